@@ -1,0 +1,32 @@
+"""cloudmic: a streaming, cloud-native data layer for microscopy deep learning."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from cloudmic.client.open import open
+    from cloudmic.client.patches import PatchStream
+    from cloudmic.client.shards import shards
+    from cloudmic.ingest.run import ingest
+
+# Imported lazily: `import cloudmic` stays fast and never pulls torch or dask by itself.
+_LAZY = {
+    "open": "cloudmic.client.open",
+    "PatchStream": "cloudmic.client.patches",
+    "shards": "cloudmic.client.shards",
+    "ingest": "cloudmic.ingest.run",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'cloudmic' has no attribute {name!r}")
+
+
+__all__ = ["PatchStream", "__version__", "ingest", "open", "shards"]

@@ -1,0 +1,269 @@
+"""The ``cloudmic`` command line. It only wires library functions together: every
+behaviour lives in the package, where the tests reach it too."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from cloudmic import __version__
+from cloudmic.errors import CloudmicError
+
+log = logging.getLogger("cloudmic")
+
+EPILOG = """\
+examples:
+  cloudmic demo                                   # everything, on embedded defaults
+  cloudmic store up                               # start the embedded S3 server
+  cloudmic synth biosr --out /tmp/biosr --train 512
+  cloudmic ingest biosr --source /tmp/biosr --dest s3://cloudmic
+  cloudmic ls s3://cloudmic
+  cloudmic info s3://cloudmic/biosr.zarr
+  cloudmic verify s3://cloudmic/biosr.zarr
+
+S3 credentials follow AWS conventions (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_ENDPOINT_URL); when they are unset, the running embedded store's are used.
+"""
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+# ---- store ----
+def cmd_store(args: argparse.Namespace) -> int:
+    from cloudmic.storage import seaweed
+
+    data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
+    if args.action == "up":
+        info = seaweed.up(data_dir, port=args.port)
+        if args.json:
+            _print_json({"endpoint": info.endpoint, "pid": info.pid, "data_dir": info.data_dir})
+            return 0
+        print(f"embedded S3 store running at {info.endpoint} (pid {info.pid}, data in "
+              f"{info.data_dir})\nto use it from other tools:")
+        for k, v in info.env().items():
+            print(f"  export {k}={v}")
+        return 0
+    if args.action == "down":
+        stopped = seaweed.down(data_dir)
+        print("embedded S3 store stopped" if stopped else "no embedded S3 store was running")
+        return 0
+    info = seaweed.status(data_dir)
+    if args.json:
+        _print_json({"running": info is not None,
+                     **({"endpoint": info.endpoint, "pid": info.pid} if info else {})})
+    else:
+        print(f"running at {info.endpoint} (pid {info.pid}, data in {info.data_dir})"
+              if info else "not running (start it with: cloudmic store up)")
+    return 0 if info else 3
+
+
+# ---- synth ----
+def cmd_synth(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cloudmic.synth import get_generator
+
+    gen = get_generator(args.dataset)
+    with tqdm(unit="file", desc=f"synth {args.dataset}", disable=args.quiet) as bar:
+        summary = gen(Path(args.out), train=args.train, validate=args.validate, test=args.test,
+                      variant=args.variant, seed=args.seed, progress=bar.update)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {summary['files']} files ({_human(summary['bytes'])}) under "
+              f"{summary['root']}")
+    return 0
+
+
+# ---- ingest ----
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cloudmic.ingest import ingest
+
+    bar = tqdm(unit="unit", desc=f"ingest {args.dataset}", disable=args.quiet)
+
+    def progress(units: int, nbytes: int) -> None:
+        bar.update(units)
+        bar.set_postfix_str(f"{_human(nbytes)} last unit")
+
+    try:
+        report = ingest(args.dataset, args.source, args.dest, workers=args.workers,
+                        progress=progress, on_plan=lambda n: setattr(bar, "total", n))
+    finally:
+        bar.close()
+    if args.json:
+        _print_json(report.as_dict())
+        return 0
+    print(f"published {report.dataset} to {report.dest}: "
+          + ", ".join(f"{g} {n}" for g, n in report.groups.items())
+          + f" samples, {report.records} records in {report.units} units\n"
+          f"  source {_human(report.source_bytes)} in {report.source_files} files; "
+          f"zarr {_human(report.zarr_bytes)} (compression {report.compression_ratio:.2f}x); "
+          f"webdataset {_human(report.wds_bytes)}; {report.seconds:.1f} s "
+          f"({_human(report.source_bytes / report.seconds)}/s)")
+    return 0
+
+
+# ---- ls / info / verify ----
+def cmd_ls(args: argparse.Namespace) -> int:
+    from cloudmic.client.describe import list_root
+
+    listing = list_root(args.root)
+    if args.json:
+        _print_json(listing)
+        return 0
+    if not listing["datasets"]:
+        print(f"nothing published under {listing['root']} (see: cloudmic ingest --help)")
+        return 0
+    print(f"{'dataset':<14}{'groups':<40}{'stored':>12}{'ratio':>8}  url")
+    for name, d in listing["datasets"].items():
+        groups = ", ".join(f"{g} {n}" for g, n in d["groups"].items())
+        print(f"{name:<14}{groups:<40}{_human(d['stored_bytes']):>12}"
+              f"{d['compression_ratio']:>7.2f}x  {d['url']}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from cloudmic.client.describe import info
+
+    d = info(args.url)
+    if args.json:
+        _print_json(d)
+        return 0
+    print(f"{d['url']}: {d['title']}\n  license {d['license']}, created {d['created']}, "
+          f"stored {_human(d['stored_bytes'])}, raw {_human(d['raw_bytes'])}, "
+          f"compression {d['compression_ratio']}x")
+    for gname, g in d["groups"].items():
+        print(f"  group {gname}: {g.get('length', '?')} samples")
+        for vname, v in g["variables"].items():
+            dims = ", ".join(f"{dim}: {n}" for dim, n in zip(v["dims"], v["shape"], strict=True))
+            print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {_human(v['stored_bytes'])}"
+                  f" ({v['compression_ratio']}x)")
+        print(f"    coordinates: {', '.join(g['coordinates'])}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from cloudmic.ingest.verify import verify_dataset
+    from cloudmic.storage.location import Location
+
+    loc = Location.parse(args.url)
+    if not loc.url.endswith(".zarr"):
+        raise CloudmicError(f"{args.url}: pass a dataset URL, ROOT/<dataset>.zarr")
+    root = Location(loc.url.rsplit("/", 1)[0], loc.storage_options)
+    report = verify_dataset(root, loc.name.removesuffix(".zarr"), records=args.records)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for c in report.checks:
+            print(f"ok    {c}")
+        for w in report.warnings:
+            print(f"warn  {w}")
+        for p in report.problems:
+            print(f"FAIL  {p}")
+    return 0 if report.ok else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cloudmic.demo import run_demo
+
+    run_demo(workdir=Path(args.workdir).expanduser(), bucket=args.bucket,
+             quiet=args.quiet, as_json=args.json)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="cloudmic", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Streaming, cloud-native data layer for microscopy deep learning: repack "
+                    "published datasets into Zarr v3 + WebDataset on S3, read them back as "
+                    "xarray or as aligned training patches.")
+    p.add_argument("--version", action="version", version=f"cloudmic {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str,
+            json_: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(fn=fn)
+        if json_:
+            sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        return sp
+
+    d = add("demo", cmd_demo, "the main job on embedded defaults: start the S3 store, synthesise "
+            "small copies of the datasets, ingest, open with xarray, stream patches, print "
+            "figures. Safe to run twice.")
+    d.add_argument("--workdir", default="~/.cloudmic/demo",
+                   help="where synthetic sources go (default: %(default)s)")
+    d.add_argument("--bucket", default="cloudmic-demo",
+                   help="bucket of the embedded store to publish to (default: %(default)s)")
+
+    s = add("store", cmd_store, "run the embedded S3 server (SeaweedFS) on 127.0.0.1")
+    s.add_argument("action", choices=["up", "down", "status"])
+    s.add_argument("--data-dir", help="where the server keeps its data and state "
+                   "(default: $CLOUDMIC_STORE_DIR or ~/.cloudmic/store)")
+    s.add_argument("--port", type=int, help="S3 port (default: a free one)")
+
+    sy = add("synth", cmd_synth, "write a faithful synthetic copy of a dataset's published "
+             "layout (names, dtypes, shapes) at a chosen size")
+    sy.add_argument("dataset", help="dataset name, e.g. biosr")
+    sy.add_argument("--out", required=True, help="folder to write the published tree into")
+    sy.add_argument("--train", type=int, default=512, help="training pairs (default: 512)")
+    sy.add_argument("--validate", type=int, default=64, help="validation pairs (default: 64)")
+    sy.add_argument("--test", type=int, default=8, help="test targets (x9 levels; default: 8)")
+    sy.add_argument("--variant", choices=["uint16", "float32"], default="uint16",
+                    help="uint16 WF 128 + GT 256 (DL-SR script) or float32 128/128 (DeepTrack)")
+    sy.add_argument("--seed", type=int, default=0)
+
+    i = add("ingest", cmd_ingest, "repack a published dataset into ROOT/<name>.zarr and "
+            "ROOT/<name>.wds, verify, publish, then update ROOT/catalog.json")
+    i.add_argument("dataset", help="manifest name (biosr) or path to a manifest YAML")
+    i.add_argument("--source", required=True, help="local folder holding the published layout")
+    i.add_argument("--dest", required=True, help="root URL: s3://bucket[/prefix] or a folder")
+    i.add_argument("--workers", type=int, default=2, help="parallel units (default: 2)")
+
+    ls = add("ls", cmd_ls, "list the datasets published under a root URL")
+    ls.add_argument("root", help="s3://bucket[/prefix] or a local folder")
+    inf = add("info", cmd_info, "groups, variables, dtypes, shapes, stored bytes, compression")
+    inf.add_argument("url", help="a dataset URL, ROOT/<name>.zarr")
+    v = add("verify", cmd_verify, "check shard checksums and that Zarr and WebDataset agree")
+    v.add_argument("url", help="a dataset URL, ROOT/<name>.zarr")
+    v.add_argument("--records", type=int, default=32, help="records to compare (default: 32)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except (CloudmicError, KeyError, ValueError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"cloudmic {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Client: open stores as xarray, stream aligned patches, read WebDataset shards."""

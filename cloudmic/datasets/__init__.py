@@ -1,0 +1,26 @@
+"""Dataset adapters: one module per published layout, looked up by the manifest's ``adapter``."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit, VarSpec
+from cloudmic.errors import ManifestError
+from cloudmic.manifest import Manifest
+
+# adapter name -> "module:Class", imported lazily so one dataset's imports never slow another
+ADAPTERS = {"biosr": "cloudmic.datasets.biosr:BioSR"}
+
+
+def get_adapter(manifest: Manifest) -> Adapter:
+    target = ADAPTERS.get(manifest.adapter)
+    if target is None:
+        raise ManifestError(
+            f"manifest {manifest.name!r} names adapter {manifest.adapter!r}; "
+            f"known adapters: {', '.join(sorted(ADAPTERS))}"
+        )
+    module, cls = target.split(":")
+    return getattr(import_module(module), cls)(manifest)
+
+
+__all__ = ["ADAPTERS", "Adapter", "GroupSpec", "Inventory", "Unit", "VarSpec", "get_adapter"]

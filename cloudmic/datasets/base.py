@@ -1,0 +1,94 @@
+"""What every dataset adapter provides: a scan of the published layout into an
+``Inventory`` (all checks happen here, before anything is written), the store schema
+of each group, and the pixel data of one work unit."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudmic.manifest import Manifest
+
+
+@dataclass(frozen=True)
+class VarSpec:
+    """One array of a group. ``data`` is set for coordinates known at scan time;
+    the rest are filled unit by unit along ``dims[0]``."""
+
+    name: str
+    dims: tuple[str, ...]
+    shape: tuple[int, ...]
+    dtype: str
+    attrs: dict[str, Any] = field(default_factory=dict)
+    data: np.ndarray | None = field(default=None, compare=False, repr=False)
+    coord: bool = False
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One Zarr group (a split, a volume, a recording) and the unit axis it is written along."""
+
+    name: str
+    unit_dim: str
+    length: int
+    variables: tuple[VarSpec, ...]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def var(self, name: str) -> VarSpec:
+        return next(v for v in self.variables if v.name == name)
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A shard-aligned slice of one group: the smallest piece of work ingest does."""
+
+    group: str
+    start: int
+    stop: int
+    index: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.group}/{self.index:06d}"
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """The result of a scan: what the source holds, checked, ready to plan."""
+
+    dataset: str
+    root: Path
+    groups: tuple[GroupSpec, ...]
+    files: dict[str, Any]
+    source_bytes: int
+    file_count: int
+
+    def group(self, name: str) -> GroupSpec:
+        return next(g for g in self.groups if g.name == name)
+
+
+class Adapter(ABC):
+    """Parses one published layout. Stateless apart from its manifest, so it pickles
+    to dask workers."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.manifest = manifest
+
+    @abstractmethod
+    def scan(self, source: Path) -> Inventory:
+        """Check the whole source (layout, pairing, every header) or raise SourceError."""
+
+    @abstractmethod
+    def read_unit(self, inv: Inventory, unit: Unit) -> dict[str, np.ndarray]:
+        """The values of every unit-filled variable of the group for this slice."""
+
+    @abstractmethod
+    def records(
+        self, inv: Inventory, unit: Unit, data: dict[str, np.ndarray]
+    ) -> Iterator[dict[str, Any]]:
+        """WebDataset records (``__key__`` plus fields) for this slice."""

@@ -1,0 +1,1 @@
+"""Pure parsing of the file formats the datasets are published in (no store, no dask)."""

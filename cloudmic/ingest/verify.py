@@ -1,0 +1,118 @@
+"""Verify a dataset: shard checksums, Zarr and WebDataset agreeing record by record."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import random
+import tarfile
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zarr
+
+from cloudmic.errors import StoreNotFoundError
+from cloudmic.storage.location import Location
+
+
+@dataclass
+class VerifyReport:
+    url: str
+    checks: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "ok": self.ok, "checks": self.checks,
+                "problems": self.problems, "warnings": self.warnings}
+
+
+def _hash_file(loc: Location) -> tuple[int, str]:
+    h, size = hashlib.sha256(), 0
+    with loc.fs.open(loc.path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
+
+
+def _tar_records(loc: Location) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with loc.fs.open(loc.path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        for m in tar:
+            if m.isfile():
+                key, _, ext = m.name.partition(".")
+                out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return out
+
+
+def open_zarr_root(loc: Location) -> zarr.Group:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is not in v3 spec
+        return zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+
+
+def _compare_record(root: zarr.Group, rec: dict[str, bytes], where: str) -> str | None:
+    meta = json.loads(rec["json"])
+    region = dict(meta["zarr"])
+    g = root[region.pop("group")]
+    for ext, payload in rec.items():
+        if not ext.endswith("npy"):
+            continue
+        var = ext.removesuffix(".npy")
+        arr = g[var]
+        sel = tuple(region.get(d, slice(None)) for d in arr.metadata.dimension_names)
+        stored, shipped = arr[sel], np.load(io.BytesIO(payload), allow_pickle=False)
+        if stored.dtype != shipped.dtype or not np.array_equal(stored, shipped):
+            return f"{where}: {var} differs between the WebDataset record and Zarr {region}"
+    return None
+
+
+def verify_dataset(root: Location, dataset: str, *, records: int = 16,
+                   seed: int = 0) -> VerifyReport:
+    """Check ``root/<dataset>.zarr`` against ``root/<dataset>.wds``; never raises on a problem
+    it can describe (it is reported), only when nothing is published there."""
+    zloc, wloc = root.child(f"{dataset}.zarr"), root.child(f"{dataset}.wds")
+    report = VerifyReport(zloc.url)
+    if not zloc.child("zarr.json").exists():
+        raise StoreNotFoundError(f"{zloc.url}: no dataset here (no zarr.json); see cloudmic ls")
+    zroot = open_zarr_root(zloc)
+    if "cloudmic" not in zroot.attrs:
+        report.problems.append(f"{zloc.url}: root attributes lack the 'cloudmic' provenance key")
+    report.checks.append("zarr metadata opens (consolidated)")
+    idx_loc = wloc.child("index.json")
+    if not idx_loc.exists():
+        report.problems.append(f"{idx_loc.url}: missing")
+        return report
+    index = json.loads(idx_loc.read_bytes())
+    rng = random.Random(seed)
+    shards = [(split, s) for split, info in index["splits"].items() for s in info["shards"]]
+    for split, info in index["splits"].items():
+        length = zroot[split][info["zarr_dim"]].shape[0]
+        if length != info["zarr_length"]:
+            report.problems.append(f"{split}: Zarr has {length} along {info['zarr_dim']}, "
+                                   f"index.json says {info['zarr_length']}")
+    for _split, s in shards:
+        size, digest = _hash_file(wloc.child(s["url"]))
+        if (size, digest) != (s["bytes"], s["sha256"]):
+            report.problems.append(
+                f"{wloc.child(s['url']).url}: size/sha256 differ from index.json")
+    report.checks.append(f"{len(shards)} shard(s): size and sha256 match index.json")
+    picked = rng.sample(shards, min(len(shards), max(1, records // 4)))
+    compared = 0
+    for _split, s in picked:
+        recs = _tar_records(wloc.child(s["url"]))
+        for key in rng.sample(sorted(recs), min(len(recs), max(1, records // len(picked)))):
+            problem = _compare_record(zroot, recs[key], f"{s['url']}:{key}")
+            compared += 1
+            if problem:
+                report.problems.append(problem)
+    report.checks.append(f"{compared} record(s) equal to their Zarr regions")
+    return report

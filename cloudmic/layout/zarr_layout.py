@@ -1,0 +1,98 @@
+"""Zarr v3 layout: one group per split/volume, sharded arrays with named dimensions.
+
+Shards are the unit of parallel writing: two writers must never touch one shard, or data
+is lost silently (STACK-NOTES "Parallel writes"), so every region write is checked here.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from cloudmic.datasets.base import GroupSpec, Unit, VarSpec
+from cloudmic.manifest import Storage
+
+
+def compressors(storage: Storage) -> tuple:
+    if storage.codec == "blosc-zstd-bitshuffle":
+        # best ratio at good speed on microscopy (STACK-NOTES "Compression")
+        return (BloscCodec(cname="zstd", clevel=storage.clevel, shuffle="bitshuffle"),)
+    if storage.codec == "zstd":
+        return (ZstdCodec(level=storage.clevel),)
+    return ()
+
+
+def chunking(spec: VarSpec, storage: Storage) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
+    """(inner chunk shape, shard shape or None) for one array.
+
+    Coordinates are small: one chunk per shard-length along the unit dim, no sharding, so a
+    unit covering whole shards also covers whole coordinate chunks.
+    """
+    if spec.coord:
+        return tuple(min(storage.shard.get(d, n), n) for d, n in zip(spec.dims, spec.shape,
+                                                                      strict=True)), None
+    shards = tuple(min(storage.shard.get(d, n), n) for d, n in zip(spec.dims, spec.shape,
+                                                                    strict=True))
+    chunks = tuple(min(storage.chunk.get(d, n), s) for d, n, s in zip(spec.dims, spec.shape,
+                                                                      shards, strict=True))
+    for d, c, s in zip(spec.dims, chunks, shards, strict=True):
+        if s % c:
+            raise ValueError(f"{spec.name}: shard {s} along {d!r} is not a multiple of chunk {c}")
+    return chunks, shards
+
+
+def create_group(root: zarr.Group, group: GroupSpec, storage: Storage) -> zarr.Group:
+    """Create every array of a group (data written later by units) and its eager coordinates."""
+    g = root.create_group(group.name, attributes=group.attrs, overwrite=True)
+    index_coords = {v.name for v in group.variables if v.coord and v.dims == (v.name,)}
+    extra_coords = [v.name for v in group.variables if v.coord and v.name not in index_coords]
+    for spec in group.variables:
+        chunks, shards = chunking(spec, storage)
+        attrs = dict(spec.attrs)
+        if not spec.coord and extra_coords:
+            attrs["coordinates"] = " ".join(extra_coords)  # CF: xarray makes these coords
+        is_str = spec.dtype == "str"
+        arr = g.create_array(
+            spec.name,
+            shape=spec.shape,
+            dtype=str if is_str else spec.dtype,
+            chunks=chunks,
+            shards=shards,
+            compressors="auto" if is_str else compressors(storage),
+            fill_value="" if is_str else 0,
+            dimension_names=spec.dims,
+            attributes=attrs,
+        )
+        if spec.data is not None:
+            arr[...] = spec.data
+    return g
+
+
+def unit_step(group: GroupSpec, storage: Storage) -> int:
+    """The shard length along the unit dim that every unit boundary must respect."""
+    steps = {
+        (chunking(v, storage)[1] or chunking(v, storage)[0])[0]
+        for v in group.variables if v.data is None
+    }
+    return int(np.lcm.reduce(sorted(steps))) if steps else group.length
+
+
+def write_unit(g: zarr.Group, group: GroupSpec, unit: Unit, data: dict[str, np.ndarray]) -> int:
+    """Write one unit's blocks; refuses any region that does not cover whole shards."""
+    written = 0
+    for spec in group.variables:
+        if spec.data is not None:
+            continue
+        arr = g[spec.name]
+        step = (arr.shards or arr.chunks)[0]
+        if unit.start % step or (unit.stop % step and unit.stop != arr.shape[0]):
+            raise ValueError(
+                f"unit {unit.key} [{unit.start}:{unit.stop}) is not aligned to the {step}-long "
+                f"shards of {spec.name!r}: parallel writers would corrupt shared shards"
+            )
+        block = data[spec.name]
+        arr[unit.start:unit.stop] = block
+        if block.dtype.kind not in "OUT":  # count pixels, not checksum strings
+            written += block.nbytes
+    return written

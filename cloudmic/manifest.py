@@ -1,0 +1,161 @@
+"""Dataset manifests: one YAML per dataset in ``manifests/``, validated by a strict schema.
+
+A manifest is data, not code: it says where a dataset comes from, how its published
+layout looks, which variables a sample has and how the store is chunked and sharded.
+Unknown or missing fields are errors that name the field, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cloudmic.errors import ManifestError
+
+DTYPES = {"uint8", "uint16", "uint32", "int32", "int64", "float32", "float64"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Citation(_Strict):
+    text: str
+    doi: str | None = None
+
+
+class Download(_Strict):
+    url: str
+    sha256: str | None = None
+    bytes: int | None = None
+
+
+class Source(_Strict):
+    homepage: str
+    original: str
+    downloads: tuple[Download, ...] = ()
+
+
+class Layout(_Strict):
+    description: str
+    tree: str = Field(description="the published tree, as the authors show it")
+    file_extensions: tuple[str, ...]
+
+
+class Variable(_Strict):
+    description: str
+    dims: tuple[str, ...]
+    dtypes: tuple[str, ...] = Field(description="dtypes the published files may have")
+    role: Literal["input", "target", "label", "table"]
+    units: str | None = None
+    pixel_size: dict[str, float] | None = None
+    scale_to: str | None = Field(None, description="the variable whose grid this one refines")
+    scale_factors: tuple[int, ...] = (1,)
+
+    @field_validator("dtypes")
+    @classmethod
+    def _known_dtypes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = sorted(set(v) - DTYPES)
+        if bad:
+            raise ValueError(f"unknown dtype(s) {bad}; known: {sorted(DTYPES)}")
+        return v
+
+
+class Split(_Strict):
+    source: str = Field(description="folder prefix in the published tree")
+    expected_samples: int | None = None
+    levels: tuple[int, ...] = ()
+    level_photons: tuple[float, ...] = ()
+
+
+class Storage(_Strict):
+    chunk: dict[str, int]
+    shard: dict[str, int]
+    codec: Literal["blosc-zstd-bitshuffle", "zstd", "none"] = "blosc-zstd-bitshuffle"
+    clevel: int = Field(3, ge=0, le=22)
+
+
+class WebDatasetSpec(_Strict):
+    samples_per_shard: int = Field(gt=0)
+    key: str = Field(description="format string for __key__, fields from the sample")
+    split_keys: dict[str, str] = Field(default_factory=dict, description="per-split key formats")
+    fields: dict[str, str] = Field(description="record extension -> variable or 'json'")
+
+
+class Manifest(_Strict):
+    name: str
+    title: str
+    adapter: str
+    citation: tuple[Citation, ...]
+    license: str
+    license_url: str
+    source: Source
+    layout: Layout
+    variables: dict[str, Variable]
+    splits: dict[str, Split]
+    storage: Storage
+    webdataset: WebDatasetSpec
+
+    def digest(self) -> str:
+        """A stable content hash: provenance records which manifest built a store."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def manifests_dir() -> Path:
+    """The manifests shipped with cloudmic: the repo folder when editable, else the wheel copy."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "manifests", here / "_manifests"):
+        if candidate.is_dir():
+            return candidate
+    raise ManifestError(f"no manifests folder beside {here}; reinstall cloudmic")
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in manifests_dir().glob("*.yaml"))
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: invalid manifest"]
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "missing":
+            lines.append(f"  field '{field}' is missing: add it (see manifests/biosr.yaml)")
+        elif e["type"] == "extra_forbidden":
+            lines.append(f"  field '{field}' is unknown: remove it or fix its spelling")
+        else:
+            lines.append(f"  field '{field}': {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_manifest(path: Path) -> Manifest:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ManifestError(f"{path}: cannot read manifest YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ManifestError(f"{path}: a manifest is a YAML mapping, got {type(raw).__name__}")
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ManifestError(_format_errors(path, exc)) from None
+
+
+@lru_cache(maxsize=32)
+def load_manifest(name_or_path: str) -> Manifest:
+    """Load a manifest by dataset name (``biosr``) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = manifests_dir() / f"{name_or_path}.yaml"
+        if not path.is_file():
+            raise ManifestError(
+                f"unknown dataset {name_or_path!r}; known: {', '.join(available())}, "
+                "or pass the path of a manifest YAML"
+            )
+    return parse_manifest(path)

@@ -1,0 +1,73 @@
+"""BioSR fixtures: synthetic sources in both variants, a small-shard manifest, roots on
+the local disk and on the real SeaweedFS server. Loaded by conftest.py."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloudmic.manifest import manifests_dir
+from cloudmic.storage.location import Location
+from cloudmic.synth.biosr import synth_biosr
+
+SIZES = {"train": 40, "validate": 6, "test": 2}
+
+
+@pytest.fixture(scope="session")
+def biosr_sources(tmp_path_factory) -> dict[str, Path]:
+    """Both published variants: uint16 with a 2x GT, float32 with a 1x GT."""
+    out = {}
+    for variant in ("uint16", "float32"):
+        d = tmp_path_factory.mktemp(f"biosr-{variant}")
+        synth_biosr(d, **SIZES, variant=variant, seed=1)
+        out[variant] = d
+    return out
+
+
+@pytest.fixture
+def biosr_copy(biosr_sources, tmp_path):
+    """A private copy of a source tree that a test may damage."""
+
+    def make(variant: str = "uint16") -> Path:
+        dest = tmp_path / f"src-{variant}"
+        shutil.copytree(biosr_sources[variant], dest)
+        return dest / "BioSR" / "Microtubules"
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_manifest(tmp_path_factory) -> Path:
+    """The shipped manifest with small shards, so a few dozen samples make several units."""
+    raw = yaml.safe_load((manifests_dir() / "biosr.yaml").read_text())
+    raw["storage"]["shard"]["sample"] = 8
+    raw["webdataset"]["samples_per_shard"] = 16
+    p = tmp_path_factory.mktemp("manifests") / "biosr.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    return p
+
+
+@pytest.fixture(params=["local", "s3"])
+def root_url(request, tmp_path) -> str:
+    """An empty publishing root: a local folder, or a fresh bucket on the real S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "root")
+    request.getfixturevalue("s3_env")
+    return f"s3://t-{uuid.uuid4().hex[:12]}"
+
+
+def snapshot(root_url: str) -> dict[str, str]:
+    """sha256 of every published object under a root (staging excluded)."""
+    loc = Location.parse(root_url)
+    if not loc.exists():
+        return {}
+    loc.fs.invalidate_cache()
+    return {
+        p[len(loc.path):]: hashlib.sha256(loc.fs.cat_file(p)).hexdigest()
+        for p in loc.fs.find(loc.path) if "/.cloudmic/" not in p
+    }
