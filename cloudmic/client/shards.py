@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -65,4 +66,6 @@ def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0,
     urls = [loc.child(s["url"]).url for s in index["splits"][split]["shards"]]
     ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=seed,
                         nodesplitter=wds.split_by_node, empty_check=False)
-    return ds.map(decode_record).with_length(index["splits"][split]["records"])
+    with warnings.catch_warnings():  # "with_length only sets __len__": that is what we want
+        warnings.simplefilter("ignore", UserWarning)
+        return ds.map(decode_record).with_length(index["splits"][split]["records"])

@@ -1,0 +1,1 @@
+"""Storage: URLs to stores, credentials, and the embedded S3 server."""

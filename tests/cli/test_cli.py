@@ -1,0 +1,82 @@
+"""The command line, run as a user runs it: a real process, real output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "cloudmic.cli", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"cloudmic {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+    return proc
+
+
+def test_help_teaches():
+    out = cli("--help").stdout
+    for word in ("demo", "store", "synth", "ingest", "ls", "info", "verify", "examples:",
+                 "AWS_ACCESS_KEY_ID"):
+        assert word in out
+    assert "--source" in cli("ingest", "--help").stdout
+
+
+def test_synth_ingest_ls_info_verify_on_s3(tmp_path, s3_env):
+    src = tmp_path / "src"
+    cli("synth", "biosr", "--out", str(src), "--train", "20", "--validate", "2", "--test", "1",
+        "-q")
+    assert (src / "BioSR/Microtubules/test_wf/level_09/001.tif").exists()
+    root = "s3://cli-test"
+    out = cli("ingest", "biosr", "--source", str(src), "--dest", root, "--json", "-q").stdout
+    report = json.loads(out)
+    assert report["groups"] == {"train": 20, "validate": 2, "test": 1}
+    listing = cli("ls", root).stdout
+    assert "biosr" in listing and "train 20" in listing
+    ls_json = json.loads(cli("ls", root, "--json").stdout)
+    assert ls_json["datasets"]["biosr"]["compression_ratio"] > 1
+    info = json.loads(cli("info", f"{root}/biosr.zarr", "--json").stdout)
+    wf = info["groups"]["train"]["variables"]["wf"]
+    assert wf["dims"] == ["sample", "y", "x"] and wf["dtype"] == "uint16"
+    assert info["groups"]["train"]["length"] == 20
+    assert "compression" in cli("info", f"{root}/biosr.zarr").stdout
+    verify = json.loads(cli("verify", f"{root}/biosr.zarr", "--json").stdout)
+    assert verify["ok"], verify
+
+
+def test_errors_are_one_clear_line_and_exit_2(tmp_path):
+    proc = cli("ingest", "biosr", "--source", str(tmp_path / "nope"), "--dest",
+               str(tmp_path / "root"), check=False)
+    assert proc.returncode == 2
+    assert "error:" in proc.stderr and "does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = cli("ingest", "nosuch", "--source", ".", "--dest", str(tmp_path), check=False)
+    assert proc.returncode == 2 and "known: biosr" in proc.stderr
+
+
+def test_verify_reports_a_corrupted_shard(tmp_path, biosr_sources, small_manifest):
+    from cloudmic.ingest import ingest
+
+    root = tmp_path / "root"
+    ingest(str(small_manifest), biosr_sources["uint16"], str(root))
+    shard = next((root / "biosr.wds" / "train").glob("*.tar"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    proc = cli("verify", f"{root}/biosr.zarr", check=False)
+    assert proc.returncode == 1 and "FAIL" in proc.stdout and shard.name in proc.stdout
+
+
+@pytest.mark.e2e
+def test_demo_runs_twice(tmp_path, s3_server):
+    env = {"CLOUDMIC_STORE_DIR": str(s3_server.data_dir)}
+    for _ in range(2):
+        out = json.loads(cli("demo", "--workdir", str(tmp_path), "--json", env=env).stdout)
+        assert out["store"] == s3_server.endpoint  # reused the running server
+        biosr = out["datasets"]["biosr"]
+        assert biosr["stream"]["patches"] == 256 and biosr["ingest"]["records"] > 500
+    assert "biosr" in cli("ls", "s3://cloudmic-demo", env=env).stdout
