@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# zarr warns on every open and consolidate that consolidated metadata is not in the v3
+# spec yet; cloudmic relies on it on purpose (one GET to open a store), so say it once here.
+warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
 if TYPE_CHECKING:
     from cloudmic.client.open import open

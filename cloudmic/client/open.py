@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import xarray as xr
@@ -10,9 +9,6 @@ import zarr
 
 from cloudmic.errors import StoreNotFoundError
 from cloudmic.storage.location import Location
-
-# zarr warns on every open that consolidated metadata is not in the v3 spec yet
-warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
 
 def dataset_location(url: str, **storage_options: Any) -> Location:

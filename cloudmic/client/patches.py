@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,7 +165,9 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         store = loc.zarr_store(read_only=True)
         cfg = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if (
             self.codec_pipeline == "zarrs") else {}
-        with zarr.config.set(cfg):  # the pipeline binds when an array is opened
+        with zarr.config.set(cfg), warnings.catch_warnings():  # pipeline binds at open
+            # zarrs rebuilds the obstore store on its side; it says so once per array
+            warnings.filterwarnings("ignore", message="Successfully reconstructed a store")
             group = zarr.open_group(store, mode="r", path=self.group)
             arrays = [group[p.name] for p in self._plans]
             self._stems = group["sample"][:] if "sample" in group else None

@@ -7,7 +7,6 @@ import io
 import json
 import random
 import tarfile
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,9 +53,7 @@ def _tar_records(loc: Location) -> dict[str, dict[str, bytes]]:
 
 
 def open_zarr_root(loc: Location) -> zarr.Group:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # consolidated metadata is not in v3 spec
-        return zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+    return zarr.open_group(loc.zarr_store(read_only=True), mode="r")
 
 
 def _compare_record(root: zarr.Group, rec: dict[str, bytes], where: str) -> str | None:

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -36,7 +37,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,9 @@ COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 _STATE_VERSION = 1
 _LOW_PORT = 10000
 _START_ATTEMPTS = 3
+_STARTUP_GRACE = 10.0
+_DRAIN_GRACE = 3.0
+_STARTED_MARKER = b"All enabled components are running"
 # Popen objects of servers started by this process, so that they can be reaped
 # (a dead child stays a zombie that os.kill(pid, 0) still reports alive).
 _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
@@ -357,7 +361,10 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _wait_dead(pid: int, timeout: float, data_dir: Path | None = None) -> bool:
+def _wait_dead(
+    pid: int, timeout: float, data_dir: Path | None = None, stuck: Callable[[], bool] | None = None
+) -> bool:
+    """Wait until ``pid`` is gone; False on timeout or as soon as ``stuck()`` says so."""
     deadline = time.monotonic() + timeout
     while True:
         child = _CHILDREN.get(pid)
@@ -366,15 +373,59 @@ def _wait_dead(pid: int, timeout: float, data_dir: Path | None = None) -> bool:
                 child.wait(timeout=0.05)
         if not _pid_alive(pid, data_dir):
             return True
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or (stuck is not None and stuck()):
             return False
         time.sleep(0.05)
 
 
-def _stop_pid(pid: int, timeout: float, data_dir: Path | None = None) -> None:
+def _drain_watch(log: Path | None) -> Callable[[], bool]:
+    """A predicate: has ``weed mini`` hung draining its volume server after a SIGTERM?
+
+    ``weed mini`` stops its S3 gateway and filer first; the volume server then waits for
+    open HTTP connections to close (up to minutes, ``httpdown``), which now and then
+    (about 1 stop in 10 here) never happens on its own. Once the filer is reported
+    stopped no client can write any more and every acknowledged write is already in the
+    volume files, so a SIGKILL ``_DRAIN_GRACE`` seconds later loses nothing.
+    """
+    if log is None:
+        return lambda: False
+    try:
+        offset = log.stat().st_size
+    except OSError:
+        return lambda: False
+    seen_at: list[float] = []
+
+    def stuck() -> bool:
+        if not seen_at:
+            try:
+                with open(log, "rb") as fh:
+                    fh.seek(offset)
+                    tail = fh.read()
+            except OSError:
+                return False
+            if not re.search(rb"Filer\s+stopped", tail):
+                return False
+            seen_at.append(time.monotonic())
+        return time.monotonic() - seen_at[0] >= _DRAIN_GRACE
+
+    return stuck
+
+
+def _stop_pid(
+    pid: int, timeout: float, data_dir: Path | None = None, log: Path | None = None
+) -> None:
+    """SIGTERM the process group of ``pid``, then SIGKILL after ``timeout`` (or a hung drain)."""
+    stuck = _drain_watch(log)
     _signal_group(pid, signal.SIGTERM)
-    if not _wait_dead(pid, timeout, data_dir):
-        logger.warning("store pid %d ignored SIGTERM for %.1f s: sending SIGKILL", pid, timeout)
+    if not _wait_dead(pid, timeout, data_dir, stuck):
+        if stuck():
+            logger.info(
+                "store pid %d: filer stopped but the volume server hangs draining "
+                "connections (a weed mini quirk): sending SIGKILL",
+                pid,
+            )
+        else:
+            logger.warning("store pid %d ignored SIGTERM for %.1f s: sending SIGKILL", pid, timeout)
         _signal_group(pid, signal.SIGKILL)
         if not _wait_dead(pid, 10.0, data_dir):
             raise StoreError(f"store pid {pid} does not stop even after SIGKILL: check `ps {pid}`")
@@ -546,7 +597,7 @@ def down(data_dir: Path | str | None = None, timeout: float = 15.0) -> bool:
         stopped = False
         if _pid_alive(pid, root):
             started = time.monotonic()
-            _stop_pid(pid, timeout, root)
+            _stop_pid(pid, timeout, root, root / LOG_FILE)
             stopped = True
             logger.info("store stopped (pid %d) in %.1f s", pid, time.monotonic() - started)
             # only now: for a long-dead pid, another server may own these ports' sockets
@@ -664,7 +715,7 @@ def _start(
     with open(log, "ab") as fh:
         fh.write(f"\n=== cloudmic store up {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
         offset = fh.tell()
-        started = time.monotonic()
+        started, started_wall = time.monotonic(), time.time()
         proc = subprocess.Popen(
             _command(weed, root, ports, identities),
             stdin=subprocess.DEVNULL,
@@ -693,10 +744,11 @@ def _start(
     logger.info("starting store pid %d on %s (data %s)", proc.pid, info.endpoint, root)
     try:
         _wait_ready(proc, info, log, offset, timeout)
+        _wait_started(proc, root, log, offset, started_wall, _STARTUP_GRACE)
     except BaseException:
         if proc.poll() is None:  # ours and bound to its ports: stop it, clean its sockets
             with contextlib.suppress(StoreError):
-                _stop_pid(proc.pid, 5.0)
+                _stop_pid(proc.pid, 5.0, root, log)
             _remove_stale_sockets(ports)
         _CHILDREN.pop(proc.pid, None)
         _remove_state(root)
@@ -737,6 +789,42 @@ def _wait_ready(
                 f"stopped. Retry with a longer timeout, or check {log}:\n" + _log_tail(log, offset)
             )
         time.sleep(0.1)
+
+
+def _wait_started(
+    proc: subprocess.Popen[bytes],
+    root: Path,
+    log: Path,
+    offset: int,
+    started_wall: float,
+    limit: float,
+) -> None:
+    """Wait (at most ``limit`` s, never failing) until ``weed mini`` finished starting.
+
+    S3 writes work before the admin server and its workers are up, but ``weed mini``
+    registers its last SIGTERM hook only then; a SIGTERM before that point can deadlock
+    the shutdown (the volume server waits for clients that nobody stops; seen in about
+    1 of 10 immediate up/down cycles). Startup is complete once the welcome banner is
+    printed or ``mini.options`` is (re)written, both right after that hook.
+    """
+    deadline = time.monotonic() + limit
+    options = root / "mini.options"
+    while proc.poll() is None:
+        with contextlib.suppress(OSError):
+            if options.stat().st_mtime >= started_wall:
+                return
+        with contextlib.suppress(OSError), open(log, "rb") as fh:
+            fh.seek(offset)
+            if _STARTED_MARKER in fh.read():
+                return
+        if time.monotonic() >= deadline:
+            logger.debug("weed mini did not report a complete start within %.0f s", limit)
+            return
+        time.sleep(0.05)
+    raise StoreError(
+        f"the store server exited with code {proc.returncode} while starting "
+        f"(data {root}); last lines of {log}:\n{_log_tail(log, offset)}"
+    )
 
 
 def _remove_stale_sockets(ports: dict[str, int]) -> None:
