@@ -11,7 +11,7 @@ import hashlib
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -57,6 +57,7 @@ class Variable(_Strict):
     pixel_size: dict[str, float] | None = None
     scale_to: str | None = Field(None, description="the variable whose grid this one refines")
     scale_factors: tuple[int, ...] = (1,)
+    attrs: dict[str, Any] = Field(default_factory=dict, description="stored as array attributes")
 
     @field_validator("dtypes")
     @classmethod
@@ -98,9 +99,10 @@ class Manifest(_Strict):
     source: Source
     layout: Layout
     variables: dict[str, Variable]
-    splits: dict[str, Split]
+    splits: dict[str, Split] = Field(default_factory=dict)
     storage: Storage
     webdataset: WebDatasetSpec
+    options: dict[str, Any] = Field(default_factory=dict, description="adapter-specific facts")
 
     def digest(self) -> str:
         """A stable content hash: provenance records which manifest built a store."""

@@ -31,16 +31,24 @@ class VarSpec:
 
 @dataclass(frozen=True)
 class GroupSpec:
-    """One Zarr group (a split, a volume, a recording) and the unit axis it is written along."""
+    """One Zarr group (a split, a cell, a volume) and the axis it is written along.
+
+    With ``unit_dim`` None the group is small enough to be one unit (e.g. one cell).
+    """
 
     name: str
-    unit_dim: str
+    unit_dim: str | None
     length: int
     variables: tuple[VarSpec, ...]
     attrs: dict[str, Any] = field(default_factory=dict)
 
     def var(self, name: str) -> VarSpec:
         return next(v for v in self.variables if v.name == name)
+
+    @property
+    def split(self) -> str:
+        """The top-level group: what ``cloudmic.shards(url, split)`` reads."""
+        return self.name.split("/", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,11 @@ class Unit:
     @property
     def key(self) -> str:
         return f"{self.group}/{self.index:06d}"
+
+    @property
+    def shard_url(self) -> str:
+        """Where this unit's WebDataset tar goes, relative to ``<dataset>.wds``."""
+        return f"{self.group}/{self.group.rsplit('/', 1)[-1]}-{self.index:06d}.tar"
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,7 @@ class Adapter(ABC):
         self.manifest = manifest
 
     @abstractmethod
-    def scan(self, source: Path) -> Inventory:
+    def scan(self, source: str | Path) -> Inventory:
         """Check the whole source (layout, pairing, every header) or raise SourceError."""
 
     @abstractmethod
@@ -92,3 +105,7 @@ class Adapter(ABC):
         self, inv: Inventory, unit: Unit, data: dict[str, np.ndarray]
     ) -> Iterator[dict[str, Any]]:
         """WebDataset records (``__key__`` plus fields) for this slice."""
+
+    def finalize(self, inv: Inventory, root: Any) -> None:  # noqa: B027 - optional hook
+        """Add what is known only after every unit ran (e.g. class counts) to the staged
+        store's group attributes. ``root`` is the staged ``zarr.Group``."""

@@ -142,7 +142,7 @@ class BioSR(Adapter):
                 )
         return first
 
-    def scan(self, source: Path) -> Inventory:
+    def scan(self, source: str | Path) -> Inventory:
         root = self.find_root(Path(source))
         groups, files, total_bytes, count = [], {}, 0, 0
         for name, split in self.manifest.splits.items():

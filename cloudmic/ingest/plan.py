@@ -13,6 +13,9 @@ def plan_units(inv: Inventory, manifest: Manifest) -> list[Unit]:
     size = manifest.webdataset.samples_per_shard
     units: list[Unit] = []
     for group in inv.groups:
+        if group.unit_dim is None:  # a whole small group (one cell) is one unit
+            units.append(Unit(group.name, 0, group.length, 0))
+            continue
         step = unit_step(group, manifest.storage)
         if size < group.length and size % step:
             raise ManifestError(

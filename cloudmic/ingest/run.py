@@ -90,18 +90,20 @@ def run_unit(adapter: Adapter, inv: Inventory, unit: Unit, zarr_loc: Location,
     data = adapter.read_unit(inv, unit)
     group = zarr.open_group(zarr_loc.zarr_store(), mode="r+", path=unit.group)
     nbytes = write_unit(group, inv.group(unit.group), unit, data)
-    url = f"{unit.group}/{unit.group}-{unit.index:06d}.tar"
-    shard = write_shard(adapter.records(inv, unit, data), wds_loc.child(url))
-    return {"unit": unit.key, "group": unit.group, "array_bytes": nbytes,
-            "shard": {"url": url, **shard}}
+    shard = write_shard(adapter.records(inv, unit, data), wds_loc.child(unit.shard_url))
+    return {"unit": unit.key, "split": inv.group(unit.group).split, "array_bytes": nbytes,
+            "shard": {"url": unit.shard_url, **shard}}
 
 
 def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     for g in inv.groups:
-        shards = [r["shard"] for r in results if r["group"] == g.name]
-        splits[g.name] = {"records": sum(s["samples"] for s in shards), "zarr_dim": g.unit_dim,
-                          "zarr_length": g.length, "shards": shards}
+        entry = splits.setdefault(g.split, {"records": 0, "shards": []})
+        if g.unit_dim is not None and g.split == g.name:
+            entry.update(zarr_dim=g.unit_dim, zarr_length=g.length)
+    for r in results:
+        splits[r["split"]]["shards"].append(r["shard"])
+        splits[r["split"]]["records"] += r["shard"]["samples"]
     return {"dataset": manifest.name, "format": "webdataset", "fields": manifest.webdataset.fields,
             "splits": splits}
 
@@ -112,15 +114,15 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
            ) -> IngestReport:
     """Repack a published dataset into ``dest/<name>.zarr`` + ``dest/<name>.wds``.
 
-    ``dataset`` is a manifest name (``biosr``) or a manifest path; ``source`` the local
-    folder of the published layout; ``dest`` an ``s3://`` URL or a local folder. Every
-    source file is checked before anything is written, and what was published before
-    stays readable until the new version has verified.
+    ``dataset`` is a manifest name (``biosr``) or a manifest path; ``source`` the
+    published layout (a local folder; archives may also be ``s3://`` URLs); ``dest`` an
+    ``s3://`` URL or a local folder. Every source file is checked before anything is
+    written, and what was published before stays readable until the new version verified.
     """
     t0 = time.perf_counter()
     manifest = load_manifest(str(dataset))
     adapter = get_adapter(manifest)
-    inv = adapter.scan(Path(source))
+    inv = adapter.scan(source)
     root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)
     units = plan_units(inv, manifest)
@@ -143,6 +145,7 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
                 results.append(fut.result())
                 if progress:
                     progress(1, results[-1]["array_bytes"])
+        adapter.finalize(inv, zroot)
         index = _index(manifest, inv, results)
         wds_loc.child("index.json").write_bytes(json.dumps(index, indent=1).encode())
         sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
@@ -163,13 +166,21 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
     entry = {"title": manifest.title, "zarr": f"{manifest.name}.zarr",
              "webdataset": f"{manifest.name}.wds/index.json", "license": manifest.license,
              "published": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
-             "manifest_digest": manifest.digest(), "groups": {g.name: g.length for g in inv.groups},
+             "manifest_digest": manifest.digest(), "groups": _split_sizes(inv),
              "records": prov["records"], "source_bytes": inv.source_bytes, **sizes}
     update_catalog(root, manifest.name, entry)
     return IngestReport(manifest.name, root.url, run_id, entry["groups"],
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
                         sizes["wds_bytes"], time.perf_counter() - t0)
+
+
+def _split_sizes(inv: Inventory) -> dict[str, int]:
+    """Samples per split; a group without a unit dim (one cell) counts as one sample."""
+    sizes: dict[str, int] = {}
+    for g in inv.groups:
+        sizes[g.split] = sizes.get(g.split, 0) + g.length
+    return sizes
 
 
 def _discard(staging: Location) -> None:

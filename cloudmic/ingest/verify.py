@@ -92,6 +92,8 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     rng = random.Random(seed)
     shards = [(split, s) for split, info in index["splits"].items() for s in info["shards"]]
     for split, info in index["splits"].items():
+        if "zarr_dim" not in info:
+            continue
         length = zroot[split][info["zarr_dim"]].shape[0]
         if length != info["zarr_length"]:
             report.problems.append(f"{split}: Zarr has {length} along {info['zarr_dim']}, "

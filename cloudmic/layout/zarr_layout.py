@@ -85,6 +85,10 @@ def write_unit(g: zarr.Group, group: GroupSpec, unit: Unit, data: dict[str, np.n
         if spec.data is not None:
             continue
         arr = g[spec.name]
+        if group.unit_dim is None:  # the unit is the whole group
+            arr[...] = data[spec.name]
+            written += data[spec.name].nbytes if data[spec.name].dtype.kind not in "OUT" else 0
+            continue
         step = (arr.shards or arr.chunks)[0]
         if unit.start % step or (unit.stop % step and unit.stop != arr.shape[0]):
             raise ValueError(

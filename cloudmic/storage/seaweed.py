@@ -18,7 +18,17 @@ Quirks of ``weed mini`` 4.48 this module handles (measured):
   on the command line win); the master keeps its state in ``DATA/m<master port>``, so
   a restart reuses the previous ports when they are free;
 - ``-master.dir`` also moves the filer metadata: it is never set here;
-- a stale ``/tmp/seaweedfs-s3-<port>.sock`` is left behind on stop: ``down()`` removes it.
+- with the default ``-master.resumeState=true`` about 1 restart in 8 waited 6-16 s for
+  the single master's raft state before the first write; with ``false`` none did (the
+  master rebuilds its topology from the volume heartbeats: data and file ids survive);
+- a SIGTERM that arrives before ``weed mini`` finished starting (admin + workers,
+  after S3 already works) skips its client-shutdown hook: ``up()`` waits for that;
+- after a SIGTERM the volume server sometimes hangs draining HTTP connections once the
+  filer and S3 gateway have stopped: ``down()`` then sends SIGKILL (nothing is lost);
+- ``weed mini`` adds ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` from its environment
+  as an extra identity: the child gets an environment without ``AWS_*``/``S3_*``;
+- unix sockets ``/tmp/seaweedfs-<component>-<port>.sock`` stay behind after a stop:
+  ``down()`` removes those of the ports its server used.
 """
 
 from __future__ import annotations
@@ -698,6 +708,7 @@ def _command(weed: Path, root: Path, ports: dict[str, int], identities: Path) ->
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
         "-volume.preStopSeconds=0",
+        "-master.resumeState=false",
     ]
 
 
