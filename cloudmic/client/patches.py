@@ -5,10 +5,15 @@ samples/s, STACK-NOTES "Reading patterns"). So the stream reads whole shard-alig
 blocks of samples (a few ahead, concurrently), cuts every sample's patch from the
 decoded block at once, and shuffles over a buffer of blocks. The order of an epoch is a
 pure function of (seed, epoch).
+
+Groups come in two shapes: stacked (BioSR ``train``: samples along a leading ``sample``
+dim, read a shard at a time) and single (a DL-SMLM cell: one sample per group, read
+whole, ``patches_per_sample`` patches cut from it). A stream may span many groups.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import math
 import warnings
@@ -45,24 +50,45 @@ class _VarPlan:
     scale: tuple[Fraction, ...]  # this grid's pixels per reference pixel, per patch dim
 
 
-class PatchStream(_Base):  # type: ignore[misc,valid-type]
-    """Aligned patches of several variables of one group, one per sample per epoch.
+@dataclass(frozen=True, slots=True)
+class _Group:
+    """One group the stream reads, with its variables' plans."""
 
+    path: str
+    plans: tuple[_VarPlan, ...]
+    stacked: bool  # samples along the first dim, else the group is one sample
+    length: int
+    block: int  # samples per read: one shard when stacked
+    steps: tuple[int, ...]  # origins on a grid every variable can be cut at exactly
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    group: int
+    start: int
+    stop: int
+
+
+class PatchStream(_Base):  # type: ignore[misc,valid-type]
+    """Aligned patches of several variables, ``patches_per_sample`` per sample per epoch.
+
+    ``group`` is a group path (``"train"``), a glob (``"CCPs/*"``) or a list of them.
     ``patch`` gives the window in pixels of the first (reference) variable, e.g.
     ``{"y": 64, "x": 64}``; the other variables get the window covering the same field of
-    view on their own grid (a 2x GT gets 128x128). Each item is a dict
-    ``{variable: ndarray, "__key__": "<group>/<sample>", "index": i, "origin": {...}}``.
+    view on their own grid (a 2x GT gets 128x128, an 8x SR image 512x512). Each item is a
+    dict ``{variable: ndarray, "__key__": str, "group": str, "index": i, "origin": {...}}``.
     """
 
     def __init__(
         self,
         url: str,
-        group: str,
+        group: str | Sequence[str],
         variables: Sequence[str],
         patch: Mapping[str, int],
         *,
         seed: int = 0,
         shuffle: bool = True,
+        patches_per_sample: int = 1,
         buffer_blocks: int = 4,
         prefetch: int = 2,
         codec_pipeline: str = "zarrs",
@@ -71,43 +97,56 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         super().__init__()
         if not variables:
             raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
-        self.url, self.group, self.variables = url, group, list(variables)
+        if patches_per_sample < 1:
+            raise ValueError("patches_per_sample must be at least 1")
+        self.url, self.variables = url, list(variables)
+        self.patterns = [group] if isinstance(group, str) else list(group)
         self.patch = dict(patch)
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self.patches_per_sample = patches_per_sample
         self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
         self.codec_pipeline = codec_pipeline
-        self.storage_options = dict(storage_options or {})
-        loc = Location.parse(url, **self.storage_options)
+        loc = Location.parse(url, **dict(storage_options or {}))
         self._url = loc.url
         self.storage_options = loc.storage_options  # resolved credentials travel to workers
-        _, arrays = read_store_metadata(loc)
-        self._plans = self._make_plans(arrays)
-        ref = self._plans[0].meta
-        self.length = ref.shape[0]
-        self.block = ref.block[0]
-        self.steps = tuple(  # positions on a grid every variable can be cut at exactly
-            math.lcm(*(s.denominator for s in (p.scale[k] for p in self._plans)))
-            for k in range(len(self.patch))
-        )
+        attrs, arrays = read_store_metadata(loc)
+        dims = {g: d.get("dim") for g, d in attrs.get("cloudmic", {}).get("groups", {}).items()}
+        self._groups = [self._make_group(p, arrays, dims.get(p)) for p in
+                        self._match_groups(arrays)]
+        self._blocks = [_Block(gi, s, min(s + g.block, g.length))
+                        for gi, g in enumerate(self._groups) for s in range(0, g.length, g.block)]
+        self.length = sum(g.length for g in self._groups) * patches_per_sample
 
-    def _make_plans(self, arrays: dict[str, ArrayMeta]) -> list[_VarPlan]:
-        in_group = {p.split("/", 1)[1]: m for p, m in arrays.items()
-                    if p.startswith(f"{self.group}/")}
-        if not in_group:
-            groups = sorted({p.split("/", 1)[0] for p in arrays if "/" in p})
-            raise KeyError(f"{self.url}: no group {self.group!r}; groups: {', '.join(groups)}")
+    # ---- construction: resolve groups and check every variable fits ----
+    def _match_groups(self, arrays: dict[str, ArrayMeta]) -> list[str]:
+        groups = sorted({p.rsplit("/", 1)[0] for p in arrays if "/" in p})
+        matched = [g for g in groups if any(fnmatch.fnmatchcase(g, p) for p in self.patterns)]
+        if not matched:
+            raise KeyError(f"{self.url}: no group {' or '.join(map(repr, self.patterns))}; "
+                           f"groups: {', '.join(groups)}")
+        return matched
+
+    def _make_group(self, path: str, arrays: dict[str, ArrayMeta], dim: str | None) -> _Group:
+        in_group = {p.rsplit("/", 1)[1]: m for p, m in arrays.items()
+                    if p.rsplit("/", 1)[0] == path}
         plans: list[_VarPlan] = []
         for name in self.variables:
             meta = in_group.get(name)
             if meta is None or meta.dtype == "string":
                 have = sorted(n for n, m in in_group.items() if m.dtype != "string"
-                              and n not in m.dims)
-                raise KeyError(f"{self.url}: group {self.group!r} has no variable {name!r}; "
+                              and (n,) != m.dims and not n.startswith("loc_"))
+                raise KeyError(f"{self.url}: group {path!r} has no variable {name!r}; "
                                f"variables: {', '.join(have)}")
-            plans.append(self._plan(name, meta, plans[0] if plans else None))
-        return plans
+            plans.append(self._plan(path, name, meta, plans[0] if plans else None, dim))
+        ref = plans[0].meta
+        stacked = dim is not None and ref.dims and ref.dims[0] == dim
+        steps = tuple(math.lcm(*(p.scale[k].denominator for p in plans))
+                      for k in range(len(self.patch)))
+        return _Group(path, tuple(plans), bool(stacked), ref.shape[0] if stacked else 1,
+                      ref.block[0] if stacked else 1, steps)
 
-    def _plan(self, name: str, meta: ArrayMeta, ref: _VarPlan | None) -> _VarPlan:
+    def _plan(self, path: str, name: str, meta: ArrayMeta, ref: _VarPlan | None,
+              dim: str | None) -> _VarPlan:
         n = len(self.patch)
         axes = tuple(range(len(meta.shape) - n, len(meta.shape)))
         if ref is None:
@@ -119,19 +158,18 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             for d, a in zip(names, axes, strict=True):
                 if not 0 < self.patch[d] <= meta.shape[a]:
                     raise ValueError(
-                        f"patch {d}={self.patch[d]} does not fit {name!r}, which is "
+                        f"patch {d}={self.patch[d]} does not fit {name!r} of {path!r}, which is "
                         f"{meta.shape[a]} along {d!r}; pass a size between 1 and {meta.shape[a]}")
-            scale = (Fraction(1),) * n
-        else:
-            scale = tuple(Fraction(meta.shape[a], ref.meta.shape[r])
-                          for a, r in zip(axes, ref.axes, strict=True))
-            if meta.shape[0] != ref.meta.shape[0]:
-                raise ValueError(f"{name!r} has {meta.shape[0]} samples but {ref.name!r} has "
-                                 f"{ref.meta.shape[0]}: they cannot be paired")
-            for d, s in zip(self.patch, scale, strict=True):
-                if (self.patch[d] * s).denominator != 1:
-                    raise ValueError(f"patch {d}={self.patch[d]} maps to a fractional window "
-                                     f"on {name!r} (scale {s}); use a multiple of {s.denominator}")
+            return _VarPlan(name, meta, axes, (Fraction(1),) * n)
+        scale = tuple(Fraction(meta.shape[a], ref.meta.shape[r])
+                      for a, r in zip(axes, ref.axes, strict=True))
+        if dim is not None and meta.shape[0] != ref.meta.shape[0]:
+            raise ValueError(f"{name!r} has {meta.shape[0]} samples but {ref.name!r} has "
+                             f"{ref.meta.shape[0]} in {path!r}: they cannot be paired")
+        for d, s in zip(self.patch, scale, strict=True):
+            if (self.patch[d] * s).denominator != 1:
+                raise ValueError(f"patch {d}={self.patch[d]} maps to a fractional window "
+                                 f"on {name!r} (scale {s}); use a multiple of {s.denominator}")
         return _VarPlan(name, meta, axes, scale)
 
     def __len__(self) -> int:
@@ -142,54 +180,65 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
 
     # ---- order: pure functions of (seed, epoch) ----
     def block_order(self, epoch: int) -> np.ndarray:
-        n_blocks = math.ceil(self.length / self.block)
         if not self.shuffle:
-            return np.arange(n_blocks)
-        return np.random.default_rng([self.seed, epoch, 0]).permutation(n_blocks)
+            return np.arange(len(self._blocks))
+        return np.random.default_rng([self.seed, epoch, 0]).permutation(len(self._blocks))
 
-    def origins(self, epoch: int, start: int, stop: int) -> np.ndarray:
-        """Patch origins (reference pixels) of samples [start, stop): one row per sample."""
-        ref = self._plans[0].meta
-        out = np.empty((stop - start, len(self.patch)), dtype=np.int64)
-        for k, (d, a) in enumerate(zip(self.patch, self._plans[0].axes, strict=True)):
-            room = (ref.shape[a] - self.patch[d]) // self.steps[k]
-            rng = np.random.default_rng([self.seed, epoch, 1, k, start])
-            out[:, k] = rng.integers(0, room + 1, size=stop - start) * self.steps[k]
+    def origins(self, epoch: int, block: _Block) -> np.ndarray:
+        """Patch origins (reference pixels): shape (samples, patches_per_sample, dims)."""
+        g = self._groups[block.group]
+        ref = g.plans[0]
+        count = (block.stop - block.start, self.patches_per_sample)
+        out = np.empty((*count, len(self.patch)), dtype=np.int64)
+        for k, (d, a) in enumerate(zip(self.patch, ref.axes, strict=True)):
+            room = (ref.meta.shape[a] - self.patch[d]) // g.steps[k]
+            rng = np.random.default_rng([self.seed, epoch, 1, k, block.group, block.start])
+            out[..., k] = rng.integers(0, room + 1, size=count) * g.steps[k]
         return out
 
     # ---- I/O: opened lazily in the process that iterates ----
-    def _arrays(self) -> list[Any]:
+    def _open(self) -> list[tuple[list[Any], np.ndarray | None]]:
         import zarr
 
-        loc = Location(self._url, self.storage_options)
-        store = loc.zarr_store(read_only=True)
+        store = Location(self._url, self.storage_options).zarr_store(read_only=True)
         cfg = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if (
             self.codec_pipeline == "zarrs") else {}
+        opened = []
         with zarr.config.set(cfg), warnings.catch_warnings():  # pipeline binds at open
             # zarrs rebuilds the obstore store on its side; it says so once per array
             warnings.filterwarnings("ignore", message="Successfully reconstructed a store")
-            group = zarr.open_group(store, mode="r", path=self.group)
-            arrays = [group[p.name] for p in self._plans]
-            self._stems = group["sample"][:] if "sample" in group else None
-        return arrays
+            for g in self._groups:
+                zg = zarr.open_group(store, mode="r", path=g.path)
+                stems = zg["sample"][:] if g.stacked and "sample" in zg else None
+                opened.append(([zg[p.name] for p in g.plans], stems))
+        return opened
 
-    def _read_block(self, arrays: list[Any], b: int, epoch: int) -> list[dict[str, Any]]:
-        start, stop = b * self.block, min((b + 1) * self.block, self.length)
-        origins = self.origins(epoch, start, stop)
-        blocks = [arr[start:stop] for arr in arrays]
+    def _key(self, g: _Group, stems: np.ndarray | None, i: int, p: int) -> str:
+        base = f"{g.path}/{stems[i]}" if stems is not None else (
+            f"{g.path}/{i}" if g.stacked else g.path)
+        return base if self.patches_per_sample == 1 else f"{base}#{p}"
+
+    def _read_block(self, opened: list, block: _Block, epoch: int) -> list[dict[str, Any]]:
+        g = self._groups[block.group]
+        arrays, stems = opened[block.group]
+        origins = self.origins(epoch, block)
+        data = [a[block.start:block.stop] if g.stacked else a[...][None] for a in arrays]
         items = []
-        for j in range(stop - start):
-            i = start + j
-            item: dict[str, Any] = {
-                "__key__": f"{self.group}/{self._stems[i] if self._stems is not None else i}",
-                "index": i, "origin": dict(zip(self.patch, origins[j].tolist(), strict=True))}
-            for plan, block in zip(self._plans, blocks, strict=True):
-                window = [slice(None)] * (block.ndim - 1)
-                for k, (d, a) in enumerate(zip(self.patch, plan.axes, strict=True)):
-                    lo = int(origins[j, k] * plan.scale[k])
-                    window[a - 1] = slice(lo, lo + int(self.patch[d] * plan.scale[k]))
-                item[plan.name] = np.ascontiguousarray(block[j][tuple(window)])
-            items.append(item)
+        for j in range(block.stop - block.start):
+            for p in range(self.patches_per_sample):
+                o = origins[j, p]
+                item: dict[str, Any] = {
+                    "__key__": self._key(g, stems, block.start + j, p), "group": g.path,
+                    "index": block.start + j, "origin": dict(zip(self.patch, o.tolist(),
+                                                                 strict=True))}
+                for plan, arr in zip(g.plans, data, strict=True):
+                    window = [slice(None)] * (arr.ndim - 1)
+                    shift = 1 if g.stacked else 0
+                    for k, (d, a) in enumerate(zip(self.patch, plan.axes, strict=True)):
+                        lo = int(o[k] * plan.scale[k])
+                        window[a - shift] = slice(lo, lo + int(self.patch[d] * plan.scale[k]))
+                    item[plan.name] = np.ascontiguousarray(arr[j][tuple(window)])
+                items.append(item)
         return items
 
     def _worker_share(self, order: np.ndarray) -> np.ndarray:
@@ -198,12 +247,19 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch
-        mine = self._worker_share(self.block_order(epoch))
-        arrays = self._arrays()
-        rng = np.random.default_rng([self.seed, epoch, 2, int(mine[0]) if len(mine) else 0])
+        mine = [self._blocks[b] for b in self._worker_share(self.block_order(epoch))]
+        opened = self._open()
+        rng = np.random.default_rng([self.seed, epoch, 2, len(mine)])
+        # bounded memory: at most `ahead` blocks of cut patches wait beside the buffer in use
+        ahead = self.buffer_blocks + self.prefetch
         with ThreadPoolExecutor(self.prefetch) as pool:
-            futures = [pool.submit(self._read_block, arrays, int(b), epoch) for b in mine]
-            for g in range(0, len(futures), self.buffer_blocks):
-                buffer = [it for f in futures[g:g + self.buffer_blocks] for it in f.result()]
+            pending = [pool.submit(self._read_block, opened, b, epoch) for b in mine[:ahead]]
+            nxt = len(pending)
+            while pending:
+                take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
+                buffer = [it for f in take for it in f.result()]
+                while nxt < len(mine) and len(pending) < ahead:
+                    pending.append(pool.submit(self._read_block, opened, mine[nxt], epoch))
+                    nxt += 1
                 for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
                     yield buffer[k]

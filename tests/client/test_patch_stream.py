@@ -56,7 +56,7 @@ def test_test_split_keeps_the_level_axis(published):
 
 def test_patch_larger_than_array(published):
     url, _ = published
-    with pytest.raises(ValueError, match="does not fit 'wf', which is 128 along 'y'"):
+    with pytest.raises(ValueError, match="does not fit 'wf' of 'train', which is 128 along 'y'"):
         cloudmic.PatchStream(url, "train", ["wf", "gt"], {"y": 256, "x": 64})
 
 
