@@ -190,8 +190,14 @@ def _read_state(data_dir: Path) -> dict[str, Any] | None:
     except (OSError, ValueError) as exc:
         logger.warning("ignoring unreadable store state file %s: %s", path, exc)
         return None
-    required = {"pid", "s3_port", "access_key", "secret_key", "readonly_access_key"}
-    if not isinstance(state, dict) or not required <= state.keys():
+    required = {"pid", "s3_port", "access_key", "secret_key"}
+    required |= {"readonly_access_key", "readonly_secret_key"}
+    try:
+        ok = isinstance(state, dict) and required <= state.keys()
+        ok = ok and int(state["pid"]) > 0 and int(state["s3_port"]) > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
         logger.warning("ignoring malformed store state file %s", path)
         return None
     return state

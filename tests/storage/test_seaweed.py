@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,13 +151,39 @@ def test_lifecycle_up_reuse_down_up(tmp_path: Path) -> None:
     try:
         assert restarted.pid != info.pid
         assert restarted.s3_port == info.s3_port  # the previous ports are reused when free
-        assert _fs(restarted).cat("cm-life/kept.txt") == b"survives restarts"
+        fs = _fs(restarted)
+        assert fs.cat("cm-life/kept.txt") == b"survives restarts"
+        fs.pipe("cm-life/new.txt", b"written after the restart")
+        assert fs.cat("cm-life/kept.txt") == b"survives restarts"
+        assert fs.cat("cm-life/new.txt") == b"written after the restart"
     finally:
         assert seaweed.down(data) is True
     assert seaweed.status(data) is None
 
 
-def test_stale_state_file_is_replaced(tmp_path: Path) -> None:
+def test_crashed_server_leaves_a_stale_state_that_up_replaces(tmp_path: Path) -> None:
+    data = tmp_path / "store"
+    crashed = seaweed.up(data)
+    _fs(crashed).pipe("cm-crash/obj", b"acknowledged before the crash")
+    os.killpg(crashed.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while seaweed.status(data) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert seaweed.status(data) is None  # dead pid: stale
+    assert (data / seaweed.STATE_FILE).exists()
+
+    info = seaweed.up(data)
+    try:
+        assert info.pid != crashed.pid and _pid_running(info.pid)
+        assert info.readonly_access_key != crashed.readonly_access_key  # fresh state
+        assert seaweed.status(data) == info
+        assert json.loads((data / seaweed.STATE_FILE).read_text())["pid"] == info.pid
+        assert _fs(info).cat("cm-crash/obj") == b"acknowledged before the crash"
+    finally:
+        assert seaweed.down(data) is True
+
+
+def test_stale_state_file_is_ignored_and_removed(tmp_path: Path) -> None:
     data = tmp_path / "store"
     data.mkdir()
     stale = {
@@ -168,20 +196,8 @@ def test_stale_state_file_is_replaced(tmp_path: Path) -> None:
     }
     (data / seaweed.STATE_FILE).write_text(json.dumps(stale))
     assert seaweed.status(data) is None
-
-    info = seaweed.up(data)
-    try:
-        assert info.pid != stale["pid"] and _pid_running(info.pid)
-        assert info.access_key != "OLDKEY"
-        assert seaweed.status(data) == info
-        assert json.loads((data / seaweed.STATE_FILE).read_text())["pid"] == info.pid
-    finally:
-        assert seaweed.down(data) is True
-
-    # down() on a stale file removes it and reports that nothing was stopped
-    (data / seaweed.STATE_FILE).write_text(json.dumps(stale))
-    assert seaweed.down(data) is False
-    assert not (data / seaweed.STATE_FILE).exists()
+    assert seaweed.down(data) is False  # nothing was stopped ...
+    assert not (data / seaweed.STATE_FILE).exists()  # ... but the stale file is gone
 
 
 def test_timeout_error_names_the_log_and_cleans_up(tmp_path: Path) -> None:
