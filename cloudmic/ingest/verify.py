@@ -60,16 +60,22 @@ def _compare_record(root: zarr.Group, rec: dict[str, bytes], where: str) -> str 
     meta = json.loads(rec["json"])
     region = dict(meta["zarr"])
     g = root[region.pop("group")]
+    tables = region.pop("tables", {})  # structured npy field f <-> Zarr array prefix+f
     for ext, payload in rec.items():
         if not ext.endswith("npy"):
             continue
         var = ext.removesuffix(".npy")
-        arr = g[var]
-        sel = tuple(region.get(d, slice(None)) for d in arr.metadata.dimension_names)
-        stored, shipped = arr[sel], np.load(io.BytesIO(payload), allow_pickle=False)
-        if stored.dtype != shipped.dtype or not np.array_equal(stored, shipped):
-            return f"{where}: {var} differs between the WebDataset record and Zarr {region}"
+        shipped = np.load(io.BytesIO(payload), allow_pickle=False)
+        pairs = ([(f"{var}.{f}", g[tables[var] + f][...], shipped[f]) for f in shipped.dtype.names]
+                 if var in tables else [(var, _region(g[var], region), shipped)])
+        for label, stored, sent in pairs:
+            if stored.dtype != sent.dtype or not np.array_equal(stored, sent):
+                return f"{where}: {label} differs between the WebDataset record and Zarr"
     return None
+
+
+def _region(arr: zarr.Array, region: dict[str, int]) -> np.ndarray:
+    return arr[tuple(region.get(d, slice(None)) for d in arr.metadata.dimension_names)]
 
 
 def verify_dataset(root: Location, dataset: str, *, records: int = 16,
@@ -114,4 +120,19 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
             if problem:
                 report.problems.append(problem)
     report.checks.append(f"{compared} record(s) equal to their Zarr regions")
+    report.warnings.extend(_dataset_warnings(zroot))
     return report
+
+
+def _dataset_warnings(zroot: zarr.Group) -> list[str]:
+    """The dataset adapter's own content checks (e.g. DL-SMLM's WF == sum of raw frames)."""
+    from cloudmic.datasets import get_adapter
+    from cloudmic.manifest import load_manifest
+
+    name = zroot.attrs.get("cloudmic", {}).get("dataset")
+    try:
+        adapter = get_adapter(load_manifest(name))
+    except Exception:  # a store built from a manifest this install does not ship
+        return []
+    check = getattr(adapter, "verify_store", None)
+    return check(zroot) if check else []
