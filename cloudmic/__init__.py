@@ -14,6 +14,7 @@ warnings.filterwarnings("ignore", message="Consolidated metadata is currently no
 if TYPE_CHECKING:
     from cloudmic.client.open import open
     from cloudmic.client.patches import PatchStream
+    from cloudmic.client.render import render
     from cloudmic.client.shards import shards
     from cloudmic.ingest.run import ingest
 
@@ -23,6 +24,7 @@ _LAZY = {
     "PatchStream": "cloudmic.client.patches",
     "shards": "cloudmic.client.shards",
     "ingest": "cloudmic.ingest.run",
+    "render": "cloudmic.client.render",
 }
 
 
@@ -34,4 +36,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'cloudmic' has no attribute {name!r}")
 
 
-__all__ = ["PatchStream", "__version__", "ingest", "open", "shards"]
+__all__ = ["PatchStream", "__version__", "ingest", "open", "render", "shards"]

@@ -150,7 +150,9 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"stored {_human(d['stored_bytes'])}, raw {_human(d['raw_bytes'])}, "
           f"compression {d['compression_ratio']}x")
     for gname, g in d["groups"].items():
-        print(f"  group {gname}: {g.get('length', '?')} samples")
+        n = g.get("length")
+        print(f"  group {gname}: " + (f"{n} samples along {g['sample_dim']!r}"
+                                      if g.get("sample_dim") else "one sample"))
         for vname, v in g["variables"].items():
             dims = ", ".join(f"{dim}: {n}" for dim, n in zip(v["dims"], v["shape"], strict=True))
             print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {_human(v['stored_bytes'])}"

@@ -41,16 +41,16 @@ def info(url: str, **storage_options: Any) -> dict[str, Any]:
     for path, meta in sorted(arrays.items()):
         group, _, name = path.rpartition("/")
         stored = sum(v for k, v in sizes.items() if k.startswith(f"{loc.path}/{path}/"))
-        g = groups.setdefault(group, {"variables": {}, "coordinates": {}})
+        g = groups.setdefault(group, {
+            "length": prov.get("groups", {}).get(group, {}).get("length"),
+            "sample_dim": prov.get("groups", {}).get(group, {}).get("dim"),
+            "variables": {}, "coordinates": {}})
         entry = {"dims": list(meta.dims), "shape": list(meta.shape), "dtype": meta.dtype,
                  "stored_bytes": stored, "raw_bytes": meta.nbytes,
                  "compression_ratio": round(meta.nbytes / stored, 3) if stored and meta.nbytes
                  else None}
         is_coord = meta.dims == (name,) or path in coord_names
         g["coordinates" if is_coord else "variables"][name] = entry
-        if is_coord and meta.dims == (name,) and name == prov.get("groups", {}).get(
-                group, {}).get("dim"):
-            g["length"] = meta.shape[0]
     raw = sum(v["raw_bytes"] for g in groups.values() for v in g["variables"].values())
     stored = sum(sizes.values())
     return {"url": loc.url, "dataset": prov.get("dataset"), "title": prov.get("title"),
