@@ -17,6 +17,9 @@ class SourceError(CloudmicError, ValueError):
         self.path, self.problem, self.fix = str(path), problem, fix
         super().__init__(f"{self.path}: {problem}\n  what to do: {fix}")
 
+    def __reduce__(self):  # survives the trip back from a dask worker
+        return (type(self), (self.path, self.problem, self.fix))
+
 
 class ManifestError(CloudmicError, ValueError):
     """A manifest YAML is missing a field, has an unknown one, or a wrong value."""
