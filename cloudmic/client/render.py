@@ -10,7 +10,6 @@ so pixel (r, c) of a render with pixel size p covers y in [r*p, (r+1)*p) and x i
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import numpy as np
@@ -89,9 +88,9 @@ def render(
 
 
 def _default_fov(locs: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    if isinstance(locs, Mapping) or not hasattr(locs, "sizes"):
-        return (float(y.max(initial=0.0)) + 1e-6, float(x.max(initial=0.0)) + 1e-6)
-    px = float(locs.attrs.get("wf_pixel_nm", 0) or 0)
-    if px and "y" in locs.sizes:
-        return (locs.sizes["y"] * px, locs.sizes["x"] * px)
+    """The widefield field of view of a cell group; else just past the last localization."""
+    sizes, attrs = getattr(locs, "sizes", {}), getattr(locs, "attrs", {})
+    px = float(attrs.get("wf_pixel_nm", 0) or 0)
+    if px and "y" in sizes and "x" in sizes:
+        return (sizes["y"] * px, sizes["x"] * px)
     return (float(y.max(initial=0.0)) + 1e-6, float(x.max(initial=0.0)) + 1e-6)

@@ -9,7 +9,11 @@ from cloudmic.errors import ManifestError
 from cloudmic.manifest import Manifest
 
 # adapter name -> "module:Class", imported lazily so one dataset's imports never slow another
-ADAPTERS = {"biosr": "cloudmic.datasets.biosr:BioSR"}
+ADAPTERS = {
+    "biosr": "cloudmic.datasets.biosr:BioSR",
+    "dl_smlm": "cloudmic.datasets.dl_smlm:DLSMLM",
+    "sted_fm": "cloudmic.datasets.sted_fm:STEDFM",
+}
 
 
 def get_adapter(manifest: Manifest) -> Adapter:

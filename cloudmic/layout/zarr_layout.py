@@ -32,10 +32,11 @@ def chunking(spec: VarSpec, storage: Storage) -> tuple[tuple[int, ...], tuple[in
     if spec.coord:
         return tuple(min(storage.shard.get(d, n), n) for d, n in zip(spec.dims, spec.shape,
                                                                       strict=True)), None
-    shards = tuple(min(storage.shard.get(d, n), n) for d, n in zip(spec.dims, spec.shape,
+    chunks = tuple(min(storage.chunk.get(d, n), n) for d, n in zip(spec.dims, spec.shape,
                                                                     strict=True))
-    chunks = tuple(min(storage.chunk.get(d, n), s) for d, n, s in zip(spec.dims, spec.shape,
-                                                                      shards, strict=True))
+    # a shard never exceeds the array, rounded up to whole chunks (12 frames, chunk 10 -> 20)
+    whole = tuple(-(-n // c) * c for n, c in zip(spec.shape, chunks, strict=True))
+    shards = tuple(min(storage.shard.get(d, w), w) for d, w in zip(spec.dims, whole, strict=True))
     for d, c, s in zip(spec.dims, chunks, shards, strict=True):
         if s % c:
             raise ValueError(f"{spec.name}: shard {s} along {d!r} is not a multiple of chunk {c}")

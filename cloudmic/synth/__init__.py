@@ -15,6 +15,8 @@ __all__ = ["GENERATORS", "get_generator"]
 
 GENERATORS: dict[str, str] = {
     "biosr": "cloudmic.synth.biosr:synth_biosr",
+    "dl-smlm": "cloudmic.synth.dl_smlm:synth_dl_smlm",
+    "sted-fm": "cloudmic.synth.sted_fm:synth_sted_fm",
 }
 
 
