@@ -27,13 +27,15 @@ wds.gopen_schemes.setdefault("s3", _gopen_s3)
 
 
 def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
-    """Decode ``*.npy`` (never with pickles) and ``json`` fields; keep the rest as is."""
+    """Decode ``*.npy`` (never with pickles), ``json`` and ``cls``; keep the rest as is."""
     out: dict[str, Any] = {}
     for key, value in sample.items():
         if key.endswith("npy") and isinstance(value, bytes):
             out[key.removesuffix(".npy")] = np.load(io.BytesIO(value), allow_pickle=False)
         elif key == "json" and isinstance(value, bytes):
             out[key] = json.loads(value)
+        elif key == "cls" and isinstance(value, bytes):
+            out[key] = int(value)
         else:
             out[key] = value
     return out

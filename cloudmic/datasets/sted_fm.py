@@ -202,7 +202,7 @@ class STEDFM(Adapter):
         """Class list and per-class counts, so the labelled subset is known without pixels."""
         for g in inv.groups:
             proteins = root[g.name]["protein"][...]
-            names, counts = np.unique(proteins.astype(str), return_counts=True)
+            names, counts = np.unique(proteins.tolist(), return_counts=True)
             per_class = {str(k): int(v) for k, v in zip(names, counts, strict=True)}
             root[g.name].update_attributes({
                 "class_counts": per_class, "labelled": int(g.length - per_class.get("unknown", 0)),
