@@ -21,6 +21,8 @@ examples:
   cloudmic demo                                   # everything, on embedded defaults
   cloudmic store up                               # start the embedded S3 server
   cloudmic synth biosr --out /tmp/biosr --train 512
+  cloudmic synth dl-smlm --out /tmp/dl-smlm --cells 4
+  cloudmic synth sted-fm --out /tmp/sted-fm --crops 1000 --variant uint16
   cloudmic ingest biosr --source /tmp/biosr --dest s3://cloudmic
   cloudmic ls s3://cloudmic
   cloudmic info s3://cloudmic/biosr.zarr
@@ -73,15 +75,27 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 
 # ---- synth ----
+SYNTH_OPTIONS = ("train", "validate", "test", "cells", "frames", "size", "structures",
+                 "crops", "unlabelled", "variant")
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
+    import inspect
+
     from tqdm import tqdm
 
     from cloudmic.synth import get_generator
 
     gen = get_generator(args.dataset)
+    accepted = inspect.signature(gen).parameters
+    given = {k: getattr(args, k) for k in SYNTH_OPTIONS if getattr(args, k) is not None}
+    wrong = sorted(set(given) - set(accepted))
+    if wrong:
+        takes = sorted(set(SYNTH_OPTIONS) & set(accepted))
+        raise CloudmicError(f"synth {args.dataset} does not take --{', --'.join(wrong)}; "
+                            f"it takes --{', --'.join(takes)}")
     with tqdm(unit="file", desc=f"synth {args.dataset}", disable=args.quiet) as bar:
-        summary = gen(Path(args.out), train=args.train, validate=args.validate, test=args.test,
-                      variant=args.variant, seed=args.seed, progress=bar.update)
+        summary = gen(Path(args.out), **given, seed=args.seed, progress=bar.update)
     if args.json:
         _print_json(summary)
     else:
@@ -226,13 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = add("synth", cmd_synth, "write a faithful synthetic copy of a dataset's published "
              "layout (names, dtypes, shapes) at a chosen size")
-    sy.add_argument("dataset", help="dataset name, e.g. biosr")
+    sy.add_argument("dataset", help="dataset name: biosr, dl-smlm or sted-fm")
     sy.add_argument("--out", required=True, help="folder to write the published tree into")
-    sy.add_argument("--train", type=int, default=512, help="training pairs (default: 512)")
-    sy.add_argument("--validate", type=int, default=64, help="validation pairs (default: 64)")
-    sy.add_argument("--test", type=int, default=8, help="test targets (x9 levels; default: 8)")
-    sy.add_argument("--variant", choices=["uint16", "float32"], default="uint16",
-                    help="uint16 WF 128 + GT 256 (DL-SR script) or float32 128/128 (DeepTrack)")
+    g = sy.add_argument_group("biosr")
+    g.add_argument("--train", type=int, help="training pairs (default: 16)")
+    g.add_argument("--validate", type=int, help="validation pairs (default: 4)")
+    g.add_argument("--test", type=int, help="test targets, each with 9 levels (default: 3)")
+    g = sy.add_argument_group("dl-smlm")
+    g.add_argument("--cells", type=int, help="cells per structure (default: 2)")
+    g.add_argument("--frames", type=int, help="raw frames per cell (default: 100)")
+    g.add_argument("--size", type=int, help="widefield pixels per side (default: 256)")
+    g.add_argument("--structures", nargs="+", help="structures to write (default: all six)")
+    g = sy.add_argument_group("sted-fm")
+    g.add_argument("--crops", type=int, help="labelled crops (default: 48)")
+    g.add_argument("--unlabelled", type=int, help="crops without metadata (default: 4)")
+    sy.add_argument("--variant", help="biosr: uint16 (WF 128 + GT 256, DL-SR script) or "
+                    "float32 (128/128, DeepTrack); sted-fm: uint8, uint16 or tiff")
     sy.add_argument("--seed", type=int, default=0)
 
     i = add("ingest", cmd_ingest, "repack a published dataset into ROOT/<name>.zarr and "

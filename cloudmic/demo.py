@@ -18,6 +18,11 @@ from tqdm import tqdm
 DEMO_DATASETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "biosr": ({"train": 512, "validate": 32, "test": 4, "variant": "uint16"},
               {"group": "train", "variables": ["wf", "gt"], "patch": {"y": 64, "x": 64}}),
+    "dl-smlm": ({"cells": 1, "frames": 50, "size": 128},
+                {"group": "*/cell*", "variables": ["wf", "sr"], "patch": {"y": 32, "x": 32},
+                 "patches_per_sample": 48}),
+    "sted-fm": ({"crops": 512, "unlabelled": 16, "variant": "uint8"},
+                {"group": "crop", "variables": ["image"], "patch": {"y": 128, "x": 128}}),
 }
 
 
@@ -59,9 +64,9 @@ def run_demo(workdir: Path, bucket: str = "cloudmic-demo", *, quiet: bool = Fals
                             on_plan=lambda n, bar=bar: setattr(bar, "total", n))
         url = f"{root}/{name}.zarr"
         tree = cloudmic.open(url)
-        say(f"[4/5] opened {url} with xarray: groups "
-            + ", ".join(f"{g.name} {dict(g.ds.sizes)}" for g in tree.subtree if g.name != "/"
-                        and g.ds.sizes))
+        groups = [g for g in tree.subtree if g.ds.data_vars]
+        say(f"[4/5] opened {url} with xarray: {len(groups)} group(s), e.g. {groups[0].path} "
+            f"{dict(groups[0].ds.sizes)}")
         streamed = _stream(url, stream_args, batches, batch_size)
         say(f"[5/5] streamed {streamed['patches']} patches ({streamed['batches']} batches of "
             f"{batch_size}) at {streamed['patches_per_s']} patches/s, "
@@ -71,7 +76,8 @@ def run_demo(workdir: Path, bucket: str = "cloudmic-demo", *, quiet: bool = Fals
         say(f"      {name}: {report.records} records, source {report.source_bytes / 1e6:.1f} MB"
             f" -> zarr {report.zarr_bytes / 1e6:.1f} MB ({report.compression_ratio:.2f}x), "
             f"webdataset {report.wds_bytes / 1e6:.1f} MB, ingest {report.seconds:.1f} s")
-    say(f"done. Try: cloudmic ls {root}   |   cloudmic info {root}/biosr.zarr")
+    say(f"done. Try: cloudmic ls {root}   |   cloudmic info {root}/biosr.zarr\n"
+        "      (the store keeps running; stop it with: cloudmic store down)")
     if as_json:
         print(json.dumps(figures, indent=2, default=str))
     return figures

@@ -79,4 +79,7 @@ def test_demo_runs_twice(tmp_path, s3_server):
         assert out["store"] == s3_server.endpoint  # reused the running server
         biosr = out["datasets"]["biosr"]
         assert biosr["stream"]["patches"] == 256 and biosr["ingest"]["records"] > 500
-    assert "biosr" in cli("ls", "s3://cloudmic-demo", env=env).stdout
+        assert set(out["datasets"]) == {"biosr", "dl-smlm", "sted-fm"}
+        assert out["datasets"]["dl-smlm"]["stream"]["patch_shapes"]["sr"] == [256, 256]
+    listing = cli("ls", "s3://cloudmic-demo", env=env).stdout
+    assert all(name in listing for name in ("biosr", "dl-smlm", "sted-fm"))
