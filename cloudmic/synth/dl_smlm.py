@@ -41,6 +41,9 @@ ingest to re-render and compare with ``numpy.allclose``:
    edges, first along x (axis 1), then along y (axis 0);
 3. the result is cast to float32.
 
+That is ``cloudmic.render(locs, 16.25, shape=(8*size, 8*size), method="gaussian")`` (sigma
+one pixel, cut at 3 sigma) cast to float32; the tests check that they agree.
+
 Each cell draws from its own random streams keyed by (seed, structure, cell number), so
 its bytes do not depend on which other structures or cells are written, nor on the
 folder spelling or CSV variant (only the CSV's columns change with those).
@@ -591,6 +594,7 @@ def _tube_sites(
     taper: bool = False,
     jitter: float = 6.0,
 ) -> NDArray[np.float64]:
+    """Label sites (nm) on tube walls or lumens along paths, sampled every 5 nm."""
     return tube_points(
         rng, paths, radius, per_nm, step=5.0, lumen=lumen, taper=taper, jitter=jitter
     )
@@ -722,7 +726,13 @@ _SITES: dict[str, Callable[[np.random.Generator, float], NDArray[np.float64]]] =
 def _write_tiff(path: Path, data, **kwargs) -> int:
     """Write a plain (uncompressed, no ImageJ/shaped metadata) TIFF atomically."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tifffile.imwrite(tmp, data, photometric="minisblack", metadata=None, software=False, **kwargs)
+    try:
+        tifffile.imwrite(
+            tmp, data, photometric="minisblack", metadata=None, software=False, **kwargs
+        )
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise
     os.replace(tmp, path)
     return path.stat().st_size
 

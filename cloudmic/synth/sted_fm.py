@@ -45,6 +45,7 @@ on how many others are written. The tar headers are fixed (mtime 0, uid/gid 0, m
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import os
@@ -125,7 +126,7 @@ QUANTILES = (0.001, 0.999)
 MIN_FOREGROUND = 0.001  # of the crop's pixels, above the Otsu threshold
 TAR_MTIME = 0
 MAX_CROPS = 1_000_000
-MAX_SOURCES = 200  # source images tried per class before giving up (all blank: a bug)
+MAX_BARREN = 50  # source images in a row without a kept crop before giving up (a bug)
 
 # Optics (per source image).
 PIXEL_NM = (15.0, 25.0)
@@ -245,6 +246,8 @@ def synth_sted_fm(
 
     Raises:
         ValueError: a bad argument (the message says what to pass).
+        RuntimeError: 50 source images in a row gave no usable crop (a scene bug); no
+            archive is written.
     """
     _check_args(
         crops=crops, variant=variant, unlabelled=unlabelled, seed=seed, legacy_names=legacy_names
@@ -255,18 +258,22 @@ def synth_sted_fm(
     tmp = path.with_name(f".{path.name}.tmp")
     classes: dict[str, int] = {}
     members = 0
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in _members(seed, crops, unlabelled, variant, legacy_names, classes):
-            header = tarfile.TarInfo(name)
-            header.size = len(data)
-            header.mtime = TAR_MTIME
-            header.mode = 0o644
-            header.uid = header.gid = 0
-            header.uname = header.gname = ""
-            tar.addfile(header, io.BytesIO(data))
-            members += 1
-            if progress is not None:
-                progress(1)
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            for name, data in _members(seed, crops, unlabelled, variant, legacy_names, classes):
+                header = tarfile.TarInfo(name)
+                header.size = len(data)
+                header.mtime = TAR_MTIME
+                header.mode = 0o644
+                header.uid = header.gid = 0
+                header.uname = header.gname = ""
+                tar.addfile(header, io.BytesIO(data))
+                members += 1
+                if progress is not None:
+                    progress(1)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # nothing half-written is left behind
+        raise
     os.replace(tmp, path)
     nbytes = path.stat().st_size
     log.info("wrote %d members (%d bytes) of synthetic STED-FM to %s", members, nbytes, path)
@@ -408,22 +415,29 @@ def _take(
 ) -> Iterator[tuple[_Source, int, int, NDArray[np.uint8], NDArray[np.uint16]]]:
     """The first ``quota`` kept crops of consecutive source images of one class."""
     left = quota
-    for s in range(MAX_SOURCES):
+    barren = 0  # consecutive source images without a kept crop
+    for s in itertools.count():
         if left <= 0:
             return
+        if barren >= MAX_BARREN:
+            raise RuntimeError(f"no usable crop in {MAX_BARREN} synthetic {protein} images")
         rng = _rng(seed, stream, klass, s)
         name = protein or STED_FM_CLASSES[int(rng.integers(len(STED_FM_CLASSES)))]
         source = _source(rng, seed, name, s, labelled=protein is not None)
+        barren += 1
+        m, big_m = np.quantile(source.counts, QUANTILES)
+        if big_m <= m:  # the writer skips images it cannot normalise (a blank field)
+            continue
         image8 = quantile_uint8(source.counts)
         raw = source.counts
         if raw.min() != 0:
             raw = raw - raw.min()
         for j, i, slc in _crops(image8):
+            barren = 0
             yield source, j, i, image8[slc], raw[slc]
             left -= 1
             if left <= 0:
                 return
-    raise RuntimeError(f"no usable crop in {MAX_SOURCES} synthetic {protein} images")
 
 
 def _source(
@@ -441,12 +455,16 @@ def _source(
     px_nm = float(rng.uniform(*PIXEL_NM))
     clean = _SCENES[_MORPHOLOGY[protein]](rng, shape, px_nm, protein)
     sigma_px = float(rng.uniform(*FWHM_NM)) / 2.3548 / px_nm
-    image = _blur(clean, sigma_px)
-    haze = _blur(clean, CONFOCAL_SIGMA_NM / px_nm)
-    image = image + CONFOCAL_FRACTION * haze * (image.max() / max(float(haze.max()), 1e-12))
+    # FFT blurs leave ~1e-16 ringing around zero: clip it, or an empty scene would be
+    # scaled up to noise of either sign.
+    image = np.clip(_blur(clean, sigma_px), 0, None)
+    haze = np.clip(_blur(clean, CONFOCAL_SIGMA_NM / px_nm), 0, None)
+    if haze.max() > 0:
+        image = image + CONFOCAL_FRACTION * haze * (image.max() / haze.max())
     peak = math.exp(rng.uniform(*np.log(LIVE_PEAK_PHOTONS if protein in _LIVE else PEAK_PHOTONS)))
-    top = float(np.percentile(image, 99.9))
-    scale = peak / top if top > 0 else 0.0
+    # Brightest labels at ``peak`` photons; a near-empty field is not blown up to noise.
+    top = max(float(np.percentile(image, 99.9)), 1e-3 * float(image.max()))
+    scale = peak / top if clean.max() > 0 and top > 0 else 0.0
     expected = image * scale + rng.uniform(*BACKGROUND_PHOTONS)
     counts = np.clip(rng.poisson(expected), 0, 65535).astype(np.uint16)
 
@@ -679,7 +697,7 @@ def _scene_actin(rng, shape, px_nm, protein):
     heads = _along(rng, backbones, _um(px_nm, 1.2), (width / 2 + 10, width / 2 + _um(px_nm, 1)))
     spines = _spots(rng, shape, heads, rng.uniform(4, 12, len(heads)), 25, 3.0)
     lines = draw_paths(fibres, shape, weights=[_labelling(rng, len(f), px_nm) for f in fibres])
-    amount = 0.3 if protein == "lifeact" else 0.1
+    amount = 0.1 if protein == "lifeact" else 0.04
     return spines + lines + amount * fill * spines.max() / max(float(fill.max()), 1e-12)
 
 
@@ -710,12 +728,12 @@ def _scene_dendrite(rng, shape, px_nm, protein):
     fill = fill / max(float(fill.max()), 1e-12)
     if protein == "map2":
         bundles = _scene_filaments(rng, shape, px_nm, protein)
-        return bundles + 0.2 * float(bundles.max()) * fill
+        return bundles + 0.1 * float(bundles.max()) * fill
     heads = _along(rng, backbones, _um(px_nm, 1.0), (width / 2, width / 2 + _um(px_nm, 1.0)))
     spines = _spots(rng, shape, heads, rng.uniform(4, 10, len(heads)), 20)
     grain = _spots(rng, shape, _along(rng, backbones, 3.0, (0.0, width / 2)), 1.0, 1)
     top = max(float(spines.max()), 1e-12)
-    return spines + 0.12 * top * fill + 0.3 * grain
+    return spines + 0.05 * top * fill + 0.3 * grain
 
 
 def _scene_mitochondria(rng, shape, px_nm, protein):
@@ -740,13 +758,13 @@ def _scene_granules(rng, shape, px_nm, protein):
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w]
     cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-    ry, rx = _um(px_nm, rng.uniform(2.0, 5.0)), _um(px_nm, rng.uniform(2.0, 5.0))
+    ry, rx = _um(px_nm, rng.uniform(1.5, 3.5)), _um(px_nm, rng.uniform(1.5, 3.5))
     nucleus = _blur((((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1) * 1.0, 8.0)
-    count = rng.poisson(2.0 * _field_um2(shape, px_nm)) + 5
+    count = rng.poisson(3.0 * _field_um2(shape, px_nm)) + 5
     centres = rng.uniform(0, 1, (count, 2)) * shape
     radius = np.exp(rng.normal(math.log(_um(px_nm, 0.08)), 0.5, count))
     granules = _spots(rng, shape, centres, radius, 15, rng.lognormal(0, 0.6, count))
-    return granules + 0.3 * float(granules.max()) * nucleus
+    return granules + 0.04 * float(granules.max()) * nucleus
 
 
 def _scene_membrane(rng, shape, px_nm, protein):
