@@ -24,7 +24,7 @@ def dataset_location(url: str, **storage_options: Any) -> Location:
 
 def provenance(loc: Location) -> dict[str, Any]:
     """The ``cloudmic`` root attributes (from consolidated metadata: one GET)."""
-    root = zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+    root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3)
     return dict(root.attrs.get("cloudmic", {}))
 
 
@@ -37,4 +37,4 @@ def open(url: str, **storage_options: Any) -> xr.DataTree:  # noqa: A001 - the c
     loc = dataset_location(url, **storage_options)
     chunks = provenance(loc).get("storage", {}).get("shard", {}) or {}
     return xr.open_datatree(loc.zarr_store(read_only=True), engine="zarr", chunks=chunks,
-                            consolidated=True)
+                            consolidated=True, zarr_format=3)

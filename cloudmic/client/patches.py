@@ -103,6 +103,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self.patterns = [group] if isinstance(group, str) else list(group)
         self.patch = dict(patch)
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
+        self._passes = 0  # iterations since the last set_epoch, in this copy of the stream
         self.patches_per_sample = patches_per_sample
         self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
         self.codec_pipeline = codec_pipeline
@@ -176,7 +177,10 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         return self.length
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        """Start epoch ``epoch`` on the next pass. Each further pass without a call counts
+        as the next epoch: persistent DataLoader workers hold their own copy of the
+        stream, which ``set_epoch`` in the parent never reaches, and still move on."""
+        self.epoch, self._passes = int(epoch), 0
 
     # ---- order: pure functions of (seed, epoch) ----
     def block_order(self, epoch: int) -> np.ndarray:
@@ -208,7 +212,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             # zarrs rebuilds the obstore store on its side; it says so once per array
             warnings.filterwarnings("ignore", message="Successfully reconstructed a store")
             for g in self._groups:
-                zg = zarr.open_group(store, mode="r", path=g.path)
+                zg = zarr.open_group(store, mode="r", path=g.path, zarr_format=3)
                 stems = zg["sample"][:] if g.stacked and "sample" in zg else None
                 opened.append(([zg[p.name] for p in g.plans], stems))
         return opened
@@ -246,7 +250,8 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         return order if info is None else order[info.id::info.num_workers]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        epoch = self.epoch
+        epoch = self.epoch + self._passes
+        self._passes += 1
         mine = [self._blocks[b] for b in self._worker_share(self.block_order(epoch))]
         opened = self._open()
         rng = np.random.default_rng([self.seed, epoch, 2, len(mine)])

@@ -1,29 +1,23 @@
 """``cloudmic.shards``: the published WebDataset shards of a split, decoded to numpy.
 
-``s3://`` shard URLs open through s3fs with credentials resolved in-process (never
-in the URL or a ``pipe:`` command line, where they would leak to the process list).
+Shards open through fsspec with the credentials resolved when the pipeline was made
+(never in the URL or a ``pipe:`` command line, where they would leak to the process
+list). The pipeline pickles, so it goes to spawn/forkserver DataLoader workers.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import warnings
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
 import webdataset as wds
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from cloudmic.errors import StoreNotFoundError
 from cloudmic.storage.location import Location
-
-
-def _gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):
-    loc = Location.parse(url)
-    return loc.fs.open(loc.path, mode, block_size=8 << 20)
-
-
-wds.gopen_schemes.setdefault("s3", _gopen_s3)
 
 
 def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
@@ -41,6 +35,23 @@ def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+class OpenShards:
+    """Pipeline stage: shard URLs -> open streams, with the store's own credentials."""
+
+    def __init__(self, storage_options: dict[str, Any]) -> None:
+        self.storage_options = storage_options
+
+    def __call__(self, sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for src in sources:
+            loc = Location(src["url"], self.storage_options)
+            try:
+                stream = loc.fs.open(loc.path, "rb", block_size=8 << 20)
+            except FileNotFoundError as exc:
+                raise StoreNotFoundError(f"{loc.url}: shard listed in index.json is missing; "
+                                         "run cloudmic verify on the dataset") from exc
+            yield {**src, "stream": stream}
+
+
 def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, Any]]:
     """(the ``<dataset>.wds`` location, its index.json). ``url`` may name the ``.zarr`` too."""
     loc = Location.parse(url, **storage_options)
@@ -56,18 +67,20 @@ def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, A
 
 
 def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0,
-           storage_options: dict[str, Any] | None = None) -> wds.WebDataset:
+           storage_options: dict[str, Any] | None = None) -> wds.DataPipeline:
     """A WebDataset pipeline over ``split``'s shards, records decoded to numpy.
 
-    Node and worker splitting are on (``split_by_node``, ``split_by_worker``); the
-    shard order is shuffled with ``seed`` when ``shuffle`` is set.
+    Shards are split over nodes (``split_by_node``) and DataLoader workers
+    (``split_by_worker``); with ``shuffle`` the shard order is permuted with ``seed``.
+    ``index.json`` gives the exact record count of the split.
     """
     loc, index = shard_index(url, **(storage_options or {}))
     if split not in index["splits"]:
         raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(index['splits'])}")
     urls = [loc.child(s["url"]).url for s in index["splits"][split]["shards"]]
-    ds = wds.WebDataset(urls, shardshuffle=len(urls) if shuffle else False, seed=seed,
-                        nodesplitter=wds.split_by_node, empty_check=False)
-    with warnings.catch_warnings():  # "with_length only sets __len__": that is what we want
-        warnings.simplefilter("ignore", UserWarning)
-        return ds.map(decode_record).with_length(index["splits"][split]["records"])
+    if shuffle:
+        urls = [urls[k] for k in np.random.default_rng(seed).permutation(len(urls))]
+    return wds.DataPipeline(
+        wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
+        OpenShards(loc.storage_options), tar_file_expander, group_by_keys,
+        wds.map(decode_record))

@@ -152,8 +152,8 @@ class BioSR(Adapter):
                 continue
             stems, paths = found
             if not stems:
-                raise SourceError(root / f"{split.source}_gt", "no images in this split",
-                                  "restore the split's files or remove its empty folders")
+                log.warning("BioSR split %r is empty under %s; skipping it", name, root)
+                continue
             flat_wf = [p for row in paths["wf"] for p in (row if split.levels else [row])]
             with ThreadPoolExecutor(8) as pool:
                 wf_infos = list(pool.map(inspect_tiff, flat_wf))

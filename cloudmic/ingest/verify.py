@@ -53,7 +53,7 @@ def _tar_records(loc: Location) -> dict[str, dict[str, bytes]]:
 
 
 def open_zarr_root(loc: Location) -> zarr.Group:
-    return zarr.open_group(loc.zarr_store(read_only=True), mode="r")
+    return zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3)
 
 
 def _compare_record(root: zarr.Group, rec: dict[str, bytes], where: str) -> str | None:

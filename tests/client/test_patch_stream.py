@@ -40,10 +40,14 @@ def test_order_is_a_function_of_seed_and_epoch(published):
     keys = lambda s: [(it["__key__"], tuple(it["origin"].values())) for it in s]  # noqa: E731
     a = cloudmic.PatchStream(url, "train", ["wf"], {"y": 16, "x": 16}, seed=3)
     b = cloudmic.PatchStream(url, "train", ["wf"], {"y": 16, "x": 16}, seed=3)
-    assert keys(a) == keys(b)
+    first = keys(a)
+    assert first == keys(b)
+    a.set_epoch(0)
+    assert keys(a) == first  # the same (seed, epoch), the same order and positions
+    second = keys(a)  # a further pass without set_epoch is the next epoch
     b.set_epoch(1)
-    assert keys(a) != keys(b)
-    assert sorted(k for k, _ in keys(a)) == sorted(k for k, _ in keys(b))
+    assert keys(b) == second != first
+    assert sorted(k for k, _ in first) == sorted(k for k, _ in second)
     c = cloudmic.PatchStream(url, "train", ["wf"], {"y": 16, "x": 16}, shuffle=False)
     assert [it["index"] for it in c] == list(range(40))
 
@@ -97,3 +101,28 @@ def test_dataloader_workers_split_the_epoch(published):
     keys = [k for batch in batches for k in batch["__key__"]]
     assert sorted(keys) == sorted(f"train/{i:08d}" for i in range(1, 41))
     assert tuple(batches[0]["wf"].shape[1:]) == (32, 32)
+
+
+def test_persistent_workers_move_to_the_next_epoch(published):
+    """set_epoch in the parent never reaches persistent workers; their passes still do."""
+    torch = pytest.importorskip("torch")
+    url, _ = published
+    stream = cloudmic.PatchStream(url, "train", ["wf"], {"y": 16, "x": 16}, seed=1)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2,
+                                         multiprocessing_context="spawn",
+                                         persistent_workers=True)
+    epochs = [[it["__key__"] for it in loader] for _ in range(2)]
+    assert sorted(epochs[0]) == sorted(epochs[1]) and len(set(epochs[0])) == 40
+    assert epochs[0] != epochs[1]
+    reference = cloudmic.PatchStream(url, "train", ["wf"], {"y": 16, "x": 16}, seed=1)
+    reference.set_epoch(1)
+    assert sorted(epochs[1]) == sorted(it["__key__"] for it in reference)
+
+
+def test_shards_pipeline_goes_to_spawned_workers(published):
+    torch = pytest.importorskip("torch")
+    url, _ = published
+    loader = torch.utils.data.DataLoader(cloudmic.shards(url, "train"), batch_size=None,
+                                         num_workers=2, multiprocessing_context="spawn")
+    keys = [r["__key__"] for r in loader]
+    assert len(keys) == len(set(keys)) == 40

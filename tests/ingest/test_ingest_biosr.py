@@ -117,3 +117,13 @@ def test_republish_replaces_old_version(root_url, biosr_sources, small_manifest)
     assert tree["train"].ds["gt"].dtype == np.float32
     assert "y_gt" not in tree["train"].ds.dims
     assert not any("y_gt" in k for k in snapshot(root))
+
+
+def test_empty_splits_are_skipped(tmp_path, caplog):
+    """A copy with only training pairs (empty validate/test folders) publishes train."""
+    from cloudmic.synth.biosr import synth_biosr
+
+    synth_biosr(tmp_path / "src", train=5, validate=0, test=0, seed=2)
+    report = ingest("biosr", tmp_path / "src", str(tmp_path / "root"))
+    assert report.groups == {"train": 5}
+    assert "split 'validate' is empty" in caplog.text
