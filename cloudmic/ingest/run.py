@@ -95,6 +95,25 @@ def run_unit(adapter: Adapter, inv: Inventory, unit: Unit, zarr_loc: Location,
             "shard": {"url": unit.shard_url, **shard}}
 
 
+def _run_units(adapter: Adapter, inv: Inventory, units: list[Unit], zarr_loc: Location,
+               wds_loc: Location, workers: int, progress: Progress | None) -> list[dict]:
+    """Run units in a thread pool (they never share a shard); the first error cancels
+    the units not yet started."""
+    results = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(run_unit, adapter, inv, u, zarr_loc, wds_loc) for u in units]
+        try:
+            for fut in futures:
+                results.append(fut.result())
+                if progress:
+                    progress(1, results[-1]["array_bytes"])
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+    return results
+
+
 def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     for g in inv.groups:
@@ -138,13 +157,7 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
                                 attributes={"cloudmic": _provenance(manifest, inv, run_id)})
         for g in inv.groups:
             create_group(zroot, g, manifest.storage)
-        results = []
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            futures = [pool.submit(run_unit, adapter, inv, u, zarr_loc, wds_loc) for u in units]
-            for fut in futures:
-                results.append(fut.result())
-                if progress:
-                    progress(1, results[-1]["array_bytes"])
+        results = _run_units(adapter, inv, units, zarr_loc, wds_loc, workers, progress)
         adapter.finalize(inv, zroot)
         index = _index(manifest, inv, results)
         wds_loc.child("index.json").write_bytes(json.dumps(index, indent=1).encode())

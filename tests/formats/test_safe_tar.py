@@ -1,5 +1,4 @@
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -7,20 +6,11 @@ import pytest
 
 from cloudmic.errors import SourceError
 from cloudmic.formats.safe_tar import TarEntry, iter_tar_members, list_tar_members, scan_tar
-
-# tests/formats/<this file> -> parents[2] is the repo; the shared data sits next to it.
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "real"
-DERIVED = REAL / "stedfm" / "derived"
+from realdata import STEDFM_DERIVED, real_path
 
 
 def real_tar(name: str) -> Path:
-    path = DERIVED / name
-    if not path.exists():
-        msg = f"real STED-FM derived sample missing: {path}"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return real_path(STEDFM_DERIVED / name)
 
 
 class Stream(io.RawIOBase):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import re
 import tarfile
@@ -26,21 +25,16 @@ from cloudmic.synth.sted_fm import (
     quantile_uint8,
     synth_sted_fm,
 )
+from realdata import STEDFM_DERIVED, real_path
 
-REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "real" / "stedfm"
+REAL = STEDFM_DERIVED.parent
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-3[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 NAME = re.compile(rf"^(?:(?P<protein>.+)-)?(?P<uuid>{UUID})-(?P<j>\d+)-(?P<i>\d+)$")
 KEYS = ["chan-id", "image-id", "image-type", "user-id", "protein-id"]
 CROPS, UNLABELLED = 30, 3
 
 
-def _real(path: Path) -> Path:
-    if not path.exists():
-        message = f"real STED-FM sample data missing: {path} (see shared/data/real/SOURCES.md)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
+_real = real_path
 
 
 def _members(archive: Path) -> list[tuple[tarfile.TarInfo, bytes]]:
