@@ -261,7 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = add("ingest", cmd_ingest, "repack a published dataset into ROOT/<name>.zarr and "
             "ROOT/<name>.wds, verify, publish, then update ROOT/catalog.json")
     i.add_argument("dataset", help="manifest name (biosr) or path to a manifest YAML")
-    i.add_argument("--source", required=True, help="local folder holding the published layout")
+    i.add_argument("--source", required=True, help="the published layout: a local folder "
+                   "(sted-fm: also a .tar or an s3:// prefix of archives)")
     i.add_argument("--dest", required=True, help="root URL: s3://bucket[/prefix] or a folder")
     i.add_argument("--workers", type=int, default=2, help="parallel units (default: 2)")
 
