@@ -191,3 +191,17 @@ def test_archive_is_read_straight_from_s3(tmp_path, s3_env):
     assert ds.sizes["sample"] == 7
     for k, name in enumerate(ds["member"].values):
         assert np.array_equal(ds["image"][k].values, _image(members[str(name)]))
+
+
+def test_archive_above_the_size_limit_is_refused(tmp_path):
+    import yaml
+
+    from cloudmic.manifest import manifests_dir
+
+    raw = yaml.safe_load((manifests_dir() / "sted-fm.yaml").read_text())
+    raw["options"]["max_archive_bytes"] = 100_000
+    manifest = tmp_path / "sted-fm.yaml"
+    manifest.write_text(yaml.safe_dump(raw))
+    synth_sted_fm(tmp_path / "src", crops=8, unlabelled=0, seed=1)
+    with pytest.raises(SourceError, match="bytes of members, above the limit of 100,000"):
+        ingest(str(manifest), tmp_path / "src", str(tmp_path / "root"))
