@@ -1,0 +1,332 @@
+"""platelet-em RLE JSON labels (bio3d_vision ``convert.indexed_to_dict`` / ``dict_to_indexed``).
+
+The layout, as ``shared/datasets.md`` section 5 records it from the authors' code::
+
+    {"1": "7 2 12 1 ...", "2": "1 3 11 1 ...", ".info": {"shape": [Z, Y, X], "dtype": "uint16"}}
+
+- one key ``str(int(label))`` per non-zero label, in ascending order; ``".info"`` comes last
+  and holds the volume's ``shape`` (a list) and ``dtype`` (``str(arr.dtype)``), plus any
+  extra keys, which are ignored;
+- each value is a Kaggle-style RLE string ``"start1 len1 start2 len2 ..."`` over the C-order
+  ``flatten()`` of the *whole* volume (3-D for the published files), with **1-based** starts;
+- the authors paint labels in key order (``label_img[mask] = int(key)``), so an overlap
+  would silently be resolved by the later key. Here it is an error instead.
+
+Decoding never allocates more than the output volume: runs are checked (inside the volume,
+positive lengths, no two labels on one voxel) on the run lists, which are proportional to
+the file, before the volume is built in one ``np.repeat``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudmic.errors import SourceError
+
+__all__ = ["DEFAULT_MAX_VOXELS", "decode_rle", "encode_rle"]
+
+log = logging.getLogger(__name__)
+
+# The largest published volume is 50 x 800 x 800 = 32 Mvoxel; 8x that is still a few GB at
+# most for an int64 volume. A larger `.info` shape needs an explicit max_voxels.
+DEFAULT_MAX_VOXELS = 2**28
+
+_INFO = ".info"
+_KEY = re.compile(r"-?[0-9]+")
+_RUNS = re.compile(r"\s*(?:-?[0-9]+(?:\s+-?[0-9]+)*)?\s*")
+_MAX_DIGITS = 18  # any 18-digit number fits an int64; longer ones are outside every volume
+
+_FIX_REEXPORT = (
+    "export the labels again with bio3d_vision (convert.indexed_to_dict, then json.dump), "
+    "or use the JSON file from the original platelet-em download"
+)
+
+
+def decode_rle(
+    path_or_bytes: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    expected_shape: tuple[int, ...] | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+) -> np.ndarray:
+    """Decode a platelet-em RLE JSON label file into an integer volume.
+
+    Args:
+        path_or_bytes: a path, or the file's bytes.
+        name: how errors name the source (default: the path, or ``"<bytes>"``).
+        expected_shape: the shape of the image the labels belong to; a different ``.info``
+            shape is refused before anything is allocated.
+        max_voxels: refuse a ``.info`` shape with more voxels than this.
+
+    Returns:
+        An array of ``.info``'s shape and dtype (native byte order), 0 where no label runs.
+
+    Raises:
+        SourceError: malformed JSON or runs, unknown dtype, a shape too large or different
+            from ``expected_shape``, runs outside the volume, zero or negative lengths, a
+            label value the dtype cannot hold, or two labels claiming one voxel.
+    """
+    if isinstance(path_or_bytes, bytes | bytearray | memoryview):
+        raw, src = bytes(path_or_bytes), name or "<bytes>"
+    else:
+        raw, src = Path(path_or_bytes).read_bytes(), name or str(path_or_bytes)
+    doc = _load_json(raw, src)
+    shape, dtype = _parse_info(doc, src, expected_shape, max_voxels)
+    total = int(np.prod(shape, dtype=object))
+    labels = [(key, _parse_label(key, dtype, src)) for key in doc if key != _INFO]
+    _check_unique_labels(labels, src)
+
+    starts, lengths, owners = [], [], []
+    for k, (key, _) in enumerate(labels):
+        s, n = _parse_runs(doc[key], key, total, src)
+        starts.append(s)
+        lengths.append(n)
+        owners.append(np.full(len(s), k, dtype=np.int64))
+    start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
+    length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+    owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+
+    order = np.argsort(start, kind="stable")
+    start, length, owner = start[order], length[order], owner[order]
+    end = start + length  # exclusive, 0-based
+    clash = np.flatnonzero(end[:-1] > start[1:])
+    if clash.size:
+        i = int(clash[0])
+        a, b = labels[owner[i]][1], labels[owner[i + 1]][1]
+        voxel = np.unravel_index(int(start[i + 1]), shape)
+        who = f"labels {a} and {b} both claim" if a != b else f"label {a} claims twice"
+        raise SourceError(
+            src,
+            f"overlapping runs: {who} voxel {tuple(int(v) for v in voxel)} (z, y, x) "
+            f"(flat index {int(start[i + 1]) + 1}, 1-based); each voxel has one label",
+            _FIX_REEXPORT,
+        )
+
+    values = np.array([lab for _, lab in labels], dtype=dtype)[owner] if labels else None
+    # Gaps and runs alternate: gap0 run0 gap1 run1 ... gapN. One allocation: the volume.
+    seg_len = np.empty(2 * len(start) + 1, dtype=np.int64)
+    seg_val = np.zeros(2 * len(start) + 1, dtype=dtype)
+    seg_len[0:-1:2] = start - np.concatenate(([0], end[:-1]))
+    seg_len[1::2] = length
+    seg_len[-1] = total - (end[-1] if len(end) else 0)
+    if values is not None:
+        seg_val[1::2] = values
+    out = np.repeat(seg_val, seg_len).reshape(shape)
+    log.debug("%s: %d labels, %d runs, shape %s %s", src, len(labels), len(start), shape, dtype)
+    return out
+
+
+def encode_rle(volume: np.ndarray, *, dtype: str | np.dtype | None = None) -> bytes:
+    """Encode an integer label volume as platelet-em RLE JSON (``.info`` last), UTF-8 bytes.
+
+    ``dtype`` is what ``.info`` records (default: the volume's own); every label must fit it.
+    Keys are the non-zero labels in ascending order, as ``np.unique`` gives them to the
+    authors' encoder; a volume of zeros gives a file with ``.info`` alone.
+    """
+    vol = np.asarray(volume)
+    if vol.dtype.kind not in "iu" or vol.ndim == 0:
+        raise ValueError(
+            f"labels must be an integer array of >= 1 dims, got {vol.dtype} with shape {vol.shape}"
+        )
+    info_dtype = np.dtype(dtype if dtype is not None else vol.dtype)
+    if info_dtype.kind not in "iu":
+        raise ValueError(f"dtype must be an integer dtype, got {info_dtype}")
+    flat = vol.reshape(-1)
+    n = flat.size
+    if n:
+        lo, hi = int(flat.min()), int(flat.max())
+        bounds = np.iinfo(info_dtype)
+        if lo < bounds.min or hi > bounds.max:
+            raise ValueError(f"labels span {lo}..{hi}, which {info_dtype} cannot hold")
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    starts = np.concatenate(([0], change)) if n else np.zeros(0, np.int64)
+    ends = np.concatenate((change, [n])) if n else np.zeros(0, np.int64)
+    vals = flat[starts]
+    keep = vals != 0
+    starts, ends, vals = starts[keep], ends[keep], vals[keep]
+    order = np.argsort(vals, kind="stable")  # runs stay in position order within a label
+    starts, ends, vals = starts[order], ends[order], vals[order]
+    doc: dict[str, Any] = {}
+    cuts = np.flatnonzero(vals[1:] != vals[:-1]) + 1
+    for s, e, v in zip(
+        np.split(starts, cuts), np.split(ends, cuts), np.split(vals, cuts), strict=True
+    ):
+        if not len(v):
+            continue
+        pairs = np.stack([s + 1, e - s], axis=1).reshape(-1)
+        doc[str(int(v[0]))] = " ".join(map(str, pairs.tolist()))
+    doc[_INFO] = {"shape": [int(d) for d in vol.shape], "dtype": str(info_dtype.newbyteorder("="))}
+    return json.dumps(doc).encode("utf-8")
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def _load_json(raw: bytes, src: str) -> dict[str, Any]:
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise SourceError(src, f"key {key!r} occurs twice in one object", _FIX_REEXPORT)
+            out[key] = value
+        return out
+
+    try:
+        doc = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=pairs)
+    except SourceError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise SourceError(src, f"not valid JSON ({exc})", _FIX_REEXPORT) from None
+    if not isinstance(doc, dict):
+        raise SourceError(
+            src,
+            f"the top level is a JSON {type(doc).__name__}, not an object of label -> runs",
+            _FIX_REEXPORT,
+        )
+    if _INFO not in doc:
+        raise SourceError(
+            src,
+            "no '.info' entry (it records the volume's shape and dtype)",
+            _FIX_REEXPORT,
+        )
+    if next(reversed(doc)) != _INFO:
+        log.debug("%s: '.info' is not the last key (the authors' encoder writes it last)", src)
+    return doc
+
+
+def _parse_info(
+    doc: dict[str, Any], src: str, expected: tuple[int, ...] | None, max_voxels: int
+) -> tuple[tuple[int, ...], np.dtype]:
+    info = doc[_INFO]
+    if not isinstance(info, dict):
+        raise SourceError(src, f"'.info' is {info!r}, not an object", _FIX_REEXPORT)
+    shape = info.get("shape")
+    if (
+        not isinstance(shape, list)
+        or not shape
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+    ):
+        raise SourceError(
+            src,
+            f"'.info' shape is {shape!r}, not a list of integers like [50, 800, 800]",
+            _FIX_REEXPORT,
+        )
+    if any(d < 1 for d in shape):
+        raise SourceError(src, f"'.info' shape {shape} has a side < 1", _FIX_REEXPORT)
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise SourceError(
+            src,
+            f"label volume shape {tuple(shape)} (from '.info') differs from its image's "
+            f"shape {tuple(expected)}",
+            "pair the labels with the image they were drawn on (N-images.tif <-> "
+            "N-semantic / N-instance-*), or download the labels again",
+        )
+    total = 1
+    for d in shape:
+        total *= d  # Python ints: no overflow on a hostile shape
+    if total > max_voxels:
+        raise SourceError(
+            src,
+            f"'.info' shape {shape} is {total:,} voxels, more than the limit of "
+            f"{max_voxels:,} (the published volumes have at most 32,000,000)",
+            "check the file (a damaged or hostile '.info'); if the volume is really that "
+            "large, pass a larger max_voxels",
+        )
+    name = info.get("dtype")
+    try:
+        if not isinstance(name, str):
+            raise TypeError(name)
+        dtype = np.dtype(name)
+    except (TypeError, ValueError):
+        dtype = None
+    if dtype is None or dtype.kind not in "iu":
+        raise SourceError(
+            src,
+            f"'.info' dtype {name!r} is not an integer numpy dtype",
+            "set '.info' dtype to the labels' numpy dtype as str(arr.dtype), e.g. \"uint16\" "
+            'or "int64" (the docstring\'s \'np.int\' means "int64")',
+        )
+    return tuple(shape), dtype.newbyteorder("=")
+
+
+def _parse_label(key: str, dtype: np.dtype, src: str) -> int:
+    if not _KEY.fullmatch(key):
+        raise SourceError(
+            src, f"key {key!r} is neither a label value (an integer) nor '.info'", _FIX_REEXPORT
+        )
+    value = int(key)
+    if value == 0:
+        raise SourceError(
+            src, "key '0' has runs, but 0 is the background and is never stored", _FIX_REEXPORT
+        )
+    bounds = np.iinfo(dtype)
+    if not bounds.min <= value <= bounds.max:
+        raise SourceError(
+            src, f"label {value} does not fit the '.info' dtype {dtype}", _FIX_REEXPORT
+        )
+    return value
+
+
+def _check_unique_labels(labels: list[tuple[str, int]], src: str) -> None:
+    seen: dict[int, str] = {}
+    for key, value in labels:
+        if value in seen:
+            raise SourceError(
+                src, f"keys {seen[value]!r} and {key!r} are the same label {value}", _FIX_REEXPORT
+            )
+        seen[value] = key
+
+
+def _parse_runs(text: object, key: str, total: int, src: str) -> tuple[np.ndarray, np.ndarray]:
+    """0-based starts and lengths of one label's runs, checked against the volume."""
+    if not isinstance(text, str) or not _RUNS.fullmatch(text):
+        shown = text if not isinstance(text, str) else text[:60]
+        raise SourceError(
+            src,
+            f"label {key}: runs must be a string of integers 'start length start length ...', "
+            f"got {shown!r}",
+            _FIX_REEXPORT,
+        )
+    tokens = text.split()
+    if len(tokens) % 2:
+        raise SourceError(
+            src,
+            f"label {key}: {len(tokens)} numbers in its runs, not start/length pairs",
+            _FIX_REEXPORT,
+        )
+    too_long = next((t for t in tokens if len(t.lstrip("-")) > _MAX_DIGITS), None)
+    if too_long is not None:
+        raise SourceError(
+            src,
+            f"label {key}: run value {too_long[:30]}... lies outside the volume of "
+            f"{total:,} voxels",
+            _FIX_REEXPORT,
+        )
+    pairs = np.array(tokens, dtype=np.int64).reshape(-1, 2) if tokens else np.zeros((0, 2), int)
+    start, length = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    bad = np.flatnonzero(length < 1)
+    if bad.size:
+        i = int(bad[0])
+        raise SourceError(
+            src,
+            f"label {key}: run {i + 1} (start {start[i]}) has length {length[i]}; "
+            "lengths must be >= 1",
+            _FIX_REEXPORT,
+        )
+    bad = np.flatnonzero((start < 1) | (start > total) | (length > total - start + 1))
+    if bad.size:
+        i = int(bad[0])
+        raise SourceError(
+            src,
+            f"label {key}: run {i + 1} covers voxels {start[i]}..{start[i] + length[i] - 1} "
+            f"(1-based), outside the volume's 1..{total:,}",
+            "check that '.info' shape is the volume the runs were encoded from; " + _FIX_REEXPORT,
+        )
+    return start - 1, length
