@@ -17,6 +17,7 @@ GENERATORS: dict[str, str] = {
     "biosr": "cloudmic.synth.biosr:synth_biosr",
     "dl-smlm": "cloudmic.synth.dl_smlm:synth_dl_smlm",
     "sted-fm": "cloudmic.synth.sted_fm:synth_sted_fm",
+    "platelet-em": "cloudmic.synth.platelet_em:synth_platelet_em",
 }
 
 
