@@ -15,6 +15,7 @@ __all__ = ["GENERATORS", "get_generator"]
 
 GENERATORS: dict[str, str] = {
     "biosr": "cloudmic.synth.biosr:synth_biosr",
+    "deepcad": "cloudmic.synth.deepcad:synth_deepcad",
     "dl-smlm": "cloudmic.synth.dl_smlm:synth_dl_smlm",
     "sted-fm": "cloudmic.synth.sted_fm:synth_sted_fm",
     "platelet-em": "cloudmic.synth.platelet_em:synth_platelet_em",

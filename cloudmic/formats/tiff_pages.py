@@ -1,0 +1,310 @@
+"""Big multipage TIFF movies (T, Y, X), read a block of frames at a time.
+
+A DeepCAD recording is ~4.5 GB, so nothing here loads a whole movie: :func:`movie_info`
+reads headers only, and :func:`iter_frame_blocks` yields ``block`` frames at a time, so
+memory stays at O(block) whatever the movie length.
+
+Two read paths:
+
+- **contiguous** (uncompressed pages stored back to back, as tifffile, ImageJ and ScanImage
+  write movies): frames are read straight from the file into a fresh array with one
+  ``readinto`` per block: no decoding, no memory map (mapped pages would count towards the
+  reader's RSS), and it also covers ImageJ hyperstacks over 4 GB, which have one IFD only;
+- **paged** (compressed or scattered pages): tifffile decodes the block's pages only.
+
+Axes: ``tifffile.imread`` gives DeepCAD's ``(T, Y, X)`` for a plain multipage file, but
+ImageJ hyperstacks and tifffile "shaped" files add singleton axes (``TZCYXS``,
+``(1, T, Y, X)``). Those are squeezed and recorded; a second axis of length > 1 besides time
+is refused (the DeepCAD code asks to re-save such hyperstacks with ImageJ).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from cloudmic.errors import SourceError
+
+__all__ = ["MovieInfo", "iter_frame_blocks", "movie_info"]
+
+
+@dataclass(frozen=True, slots=True)
+class MovieInfo:
+    """What the headers of a movie TIFF say, checked against the file's real size.
+
+    ``shape`` is one frame's ``(Y, X)``; ``stored_shape`` / ``stored_axes`` are the series as
+    tifffile describes it (tifffile axis codes, e.g. ``TZCYXS`` for ImageJ), and
+    ``squeezed_axes`` the positions in ``stored_shape`` of the singleton axes dropped to get
+    ``(frames, Y, X)``. ``contiguous`` says whether the fast, decode-free path applies.
+    """
+
+    path: Path
+    frames: int
+    shape: tuple[int, int]
+    dtype: np.dtype
+    squeezed_axes: tuple[int, ...]
+    file_bytes: int
+    stored_shape: tuple[int, ...] = ()
+    stored_axes: str = ""
+    contiguous: bool = False
+
+    @property
+    def frame_bytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return self.frames * self.frame_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    info: MovieInfo
+    offset: int | None  # first byte of frame 0 on the contiguous path
+    disk_dtype: np.dtype  # dtype with the file's byte order
+
+
+def movie_info(path: Path | str) -> MovieInfo:
+    """Frames, frame shape and dtype of a movie TIFF, from its headers only.
+
+    Raises:
+        SourceError: not a readable TIFF, truncated (pixel data beyond the end of the file),
+            not a single-channel movie (a second axis of length > 1, colour samples).
+    """
+    path = Path(path)
+    with _open(path) as tif:
+        return _layout(path, tif).info
+
+
+def iter_frame_blocks(
+    path: Path | str, block: int, *, start: int = 0, stop: int | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(i, frames[i:i + block])`` for ``i = start, start + block, ...`` up to ``stop``.
+
+    Each block is a fresh ``(n, Y, X)`` array in native byte order, with the file's dtype;
+    only that block's bytes are read, so peak memory is about one block. ``start``/``stop``
+    let parallel work units read disjoint frame ranges of one file.
+    """
+    if not isinstance(block, int | np.integer) or isinstance(block, bool) or block < 1:
+        raise ValueError(f"block must be a whole number of frames >= 1, got {block!r}")
+    path = Path(path)
+    with _open(path) as tif:
+        lay = _layout(path, tif)
+        info = lay.info
+        stop = info.frames if stop is None else min(int(stop), info.frames)
+        if not 0 <= start <= stop:
+            raise ValueError(f"start must be in 0..{stop}, got {start!r}")
+        if lay.offset is not None:
+            yield from _contiguous_blocks(path, lay, int(block), int(start), stop)
+            return
+        series = tif.series[0]
+        for i in range(start, stop, block):
+            n = min(block, stop - i)
+            try:
+                arr = tif.asarray(key=range(i, i + n), series=series)
+            except Exception as exc:
+                raise SourceError(
+                    path,
+                    f"cannot decode frames {i}..{i + n - 1} ({type(exc).__name__}: {exc})",
+                    "the file is damaged: download it again",
+                ) from exc
+            yield i, np.ascontiguousarray(arr.reshape(n, *info.shape), dtype=info.dtype)
+
+
+def _contiguous_blocks(
+    path: Path, lay: _Layout, block: int, start: int, stop: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    info = lay.info
+    native = lay.disk_dtype.newbyteorder("=")
+    swap = lay.disk_dtype != native
+    with open(path, "rb", buffering=0) as fh:
+        for i in range(start, stop, block):
+            n = min(block, stop - i)
+            out = np.empty((n, *info.shape), dtype=lay.disk_dtype)
+            view = memoryview(out).cast("B")
+            fh.seek(lay.offset + i * info.frame_bytes)
+            got = 0
+            while got < len(view):
+                k = fh.readinto(view[got:])
+                if not k:
+                    raise SourceError(
+                        path,
+                        f"truncated TIFF: frame {i + got // info.frame_bytes} ends beyond the "
+                        f"file's {os.path.getsize(path):,} bytes",
+                        "download the file again (or restore it from the original archive)",
+                    )
+                got += k
+            yield i, (out.byteswap().view(native) if swap else out)
+
+
+def _open(path: Path) -> tifffile.TiffFile:
+    try:
+        return tifffile.TiffFile(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # tifffile raises a zoo of types for bad headers
+        raise SourceError(
+            path,
+            f"not a readable TIFF ({type(exc).__name__}: {exc})",
+            "check that the file is a TIFF from the published dataset and download it again",
+        ) from exc
+
+
+def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
+    size = os.path.getsize(path)
+    try:
+        with _tifffile_errors() as errors:
+            pages = list(tif.pages)  # every IFD: the extent checks below need them all
+            series = tif.series[0]
+        stored_shape = tuple(int(n) for n in series.get_shape(False))
+        stored_axes = str(series.get_axes(False))
+        dtype = np.dtype(series.dtype)
+        keyframe = series.keyframe
+        offset = series.dataoffset
+    except Exception as exc:
+        raise SourceError(
+            path,
+            f"not a readable TIFF ({type(exc).__name__}: {exc})",
+            "check that the file is a TIFF from the published dataset and download it again",
+        ) from exc
+    if errors:
+        # tifffile logs, rather than raises, when the IFD chain runs off the end of the file;
+        # it then makes up a shorter series, which must not pass for the real movie.
+        if any("offset" in msg for msg in errors):
+            raise SourceError(
+                path,
+                f"truncated TIFF: the chain of page headers runs past the end of the file "
+                f"({size:,} bytes; tifffile: {errors[0]})",
+                "download the file again (or restore it from the original archive)",
+            )
+        raise SourceError(
+            path,
+            f"corrupt TIFF (tifffile: {errors[0]})",
+            "download the file again (or restore it from the original archive)",
+        )
+    _check_imagej_count(path, tif, pages, series, size)
+    frames, shape, squeezed = _squeeze(path, stored_shape, stored_axes)
+    info = MovieInfo(
+        path=path,
+        frames=frames,
+        shape=shape,
+        dtype=dtype,
+        squeezed_axes=squeezed,
+        file_bytes=size,
+        stored_shape=stored_shape,
+        stored_axes=stored_axes,
+        contiguous=False,
+    )
+    for page in pages:
+        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+        if ends and max(ends) > size:
+            _truncated(path, max(ends), size)
+    if offset is not None and keyframe.compression == 1 and keyframe.is_final:
+        end = offset + info.nbytes
+        if end > size:  # ImageJ > 4 GB: one IFD, the other frames follow it unannounced
+            _truncated(path, end, size)
+        disk = dtype.newbyteorder(tif.byteorder)
+        info = MovieInfo(**{**_fields(info), "contiguous": True})
+        return _Layout(info, int(offset), disk)
+    if len(series) != frames or any(p is None for p in series):
+        raise SourceError(
+            path,
+            f"{len(series)} pages make {frames} frames of {shape[0]}x{shape[1]}: "
+            "each frame must be one page when the pixel data is compressed or scattered",
+            "re-save the movie as a plain multipage TIFF (one page per frame), e.g. with "
+            "tifffile.imwrite or ImageJ 'Save As > Tiff'",
+        )
+    return _Layout(info, None, dtype)
+
+
+@contextmanager
+def _tifffile_errors() -> Iterator[list[str]]:
+    """Collect the ERROR records tifffile logs while parsing (truncation shows up there)."""
+    errors: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            errors.append(record.getMessage())
+
+    handler = _Collect(level=logging.ERROR)
+    logger = logging.getLogger("tifffile")
+    logger.addHandler(handler)
+    try:
+        yield errors
+    finally:
+        logger.removeHandler(handler)
+
+
+def _check_imagej_count(
+    path: Path, tif: tifffile.TiffFile, pages: list, series: object, size: int
+) -> None:
+    """An ImageJ file whose description announces more images than its series holds."""
+    meta = tif.imagej_metadata
+    if not meta:
+        return
+    announced = int(meta.get("images", 0) or 0)
+    found = int(np.prod(series.get_shape(False)[:-3] or (1,)))  # type: ignore[attr-defined]
+    if getattr(series, "kind", "") != "imagej" or announced > found:
+        raise SourceError(
+            path,
+            f"truncated or damaged ImageJ TIFF: its description announces {announced} images "
+            f"but only {len(pages)} page header(s) and {found} image(s) could be read "
+            f"from its {size:,} bytes",
+            "download the file again (or restore it from the original archive)",
+        )
+
+
+def _fields(info: MovieInfo) -> dict:
+    return {name: getattr(info, name) for name in MovieInfo.__slots__}
+
+
+def _squeeze(
+    path: Path, shape: tuple[int, ...], axes: str
+) -> tuple[int, tuple[int, int], tuple[int, ...]]:
+    """(frames, (Y, X), positions of dropped singleton axes) of a stored series."""
+    if axes.endswith("S") and len(axes) == len(shape):
+        if shape[-1] != 1:
+            raise SourceError(
+                path,
+                f"has {shape[-1]} samples per pixel (colour/RGB; axes {axes}, shape {shape}); "
+                "a movie must be single-channel",
+                "export one grey-scale channel as a (T, Y, X) multipage TIFF",
+            )
+        shape, axes = shape[:-1], axes[:-1]
+    if len(shape) < 2 or not axes.endswith("YX"):
+        raise SourceError(
+            path,
+            f"unexpected axis order {axes} (shape {shape}): a movie is frames of (Y, X) pages",
+            "re-save the movie as (T, Y, X), one page per frame",
+        )
+    lead = shape[:-2]
+    keep = [i for i, n in enumerate(lead) if n != 1]
+    if len(keep) > 1:
+        extra = ", ".join(f"{axes[i]}={shape[i]}" for i in keep)
+        raise SourceError(
+            path,
+            f"has more than one non-singleton axis besides Y and X ({extra}; axes {axes}, "
+            f"shape {shape}); a movie must be (T, Y, X)",
+            "split it into one (T, Y, X) file per plane/channel (DeepCAD uses '..._sliceN.tif' "
+            "per plane) or re-save the hyperstack in ImageJ with only a time axis",
+        )
+    frames = shape[keep[0]] if keep else 1
+    dropped = tuple(i for i in range(len(lead)) if i not in keep)
+    if not keep and lead:
+        dropped = dropped[1:]  # a single frame: the first leading axis is T (length 1)
+    return int(frames), (int(shape[-2]), int(shape[-1])), dropped
+
+
+def _truncated(path: Path, end: int, size: int) -> None:
+    raise SourceError(
+        path,
+        f"truncated TIFF: its header points at byte {end:,} but the file has only {size:,} bytes",
+        "download the file again (or restore it from the original archive)",
+    )
