@@ -148,6 +148,8 @@ def cmd_ls(args: argparse.Namespace) -> int:
     print(f"{'dataset':<14}{'groups':<40}{'stored':>12}{'ratio':>8}  url")
     for name, d in listing["datasets"].items():
         groups = ", ".join(f"{g} {n}" for g, n in d["groups"].items())
+        if len(groups) > 38:  # many splits (one per structure): summarise, --json has them all
+            groups = f"{len(d['groups'])} splits, {sum(d['groups'].values())} samples"
         print(f"{name:<14}{groups:<40}{_human(d['stored_bytes']):>12}"
               f"{d['compression_ratio']:>7.2f}x  {d['url']}")
     return 0
