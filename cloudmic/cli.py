@@ -76,7 +76,7 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 # ---- synth ----
 SYNTH_OPTIONS = ("train", "validate", "test", "cells", "frames", "size", "structures",
-                 "crops", "unlabelled", "variant")
+                 "crops", "unlabelled", "variant", "slices", "recordings")
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sy = add("synth", cmd_synth, "write a faithful synthetic copy of a dataset's published "
              "layout (names, dtypes, shapes) at a chosen size")
-    sy.add_argument("dataset", help="dataset name: biosr, dl-smlm or sted-fm")
+    sy.add_argument("dataset", help="dataset name: biosr, dl-smlm, sted-fm, platelet-em, deepcad")
     sy.add_argument("--out", required=True, help="folder to write the published tree into")
     g = sy.add_argument_group("biosr")
     g.add_argument("--train", type=int, help="training pairs (default: 16)")
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = sy.add_argument_group("sted-fm")
     g.add_argument("--crops", type=int, help="labelled crops (default: 48)")
     g.add_argument("--unlabelled", type=int, help="crops without metadata (default: 4)")
+    g = sy.add_argument_group("platelet-em and deepcad (ingest comes with issue 3)")
+    g.add_argument("--slices", type=int, help="platelet-em: z slices of the 50-volume (8)")
+    g.add_argument("--recordings", type=int, help="deepcad: recordings (2); --frames, --size")
     sy.add_argument("--variant", help="biosr: uint16 (WF 128 + GT 256, DL-SR script) or "
                     "float32 (128/128, DeepTrack); sted-fm: uint8, uint16 or tiff")
     sy.add_argument("--seed", type=int, default=0)

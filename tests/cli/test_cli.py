@@ -83,3 +83,14 @@ def test_demo_runs_twice(tmp_path, s3_server):
         assert out["datasets"]["dl-smlm"]["stream"]["patch_shapes"]["sr"] == [256, 256]
     listing = cli("ls", "s3://cloudmic-demo", env=env).stdout
     assert all(name in listing for name in ("biosr", "dl-smlm", "sted-fm"))
+
+
+def test_synth_every_dataset_and_reject_foreign_options(tmp_path):
+    cli("synth", "platelet-em", "--out", str(tmp_path / "pe"), "--slices", "4", "--size", "64",
+        "-q")
+    assert (tmp_path / "pe" / "platelet-em" / "labels-semantic" / "50-semantic.json").exists()
+    cli("synth", "deepcad", "--out", str(tmp_path / "dc"), "--recordings", "1", "--frames",
+        "8", "--size", "64", "-q")
+    assert len(list((tmp_path / "dc").rglob("*SNR.tif"))) == 2
+    proc = cli("synth", "sted-fm", "--out", str(tmp_path / "s"), "--train", "3", check=False)
+    assert proc.returncode == 2 and "does not take --train" in proc.stderr
