@@ -156,7 +156,7 @@ class STEDFM(Adapter):
         loc = Location.parse(src["url"])
         spec = inv.group(unit.group).var("image")
         members = inv.group(unit.group).var("member").data
-        classes = {c: k for k, k_c in enumerate(self.opts["classes"]) for c in [k_c]}
+        classes = {c: k for k, c in enumerate(self.opts["classes"])}
         n = unit.stop - unit.start
         out = {"image": np.empty((n, *spec.shape[1:]), dtype=spec.dtype),
                "label": np.full(n, -1, dtype="int16"), "sha256": np.empty(n, dtype=object),

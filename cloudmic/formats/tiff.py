@@ -32,28 +32,27 @@ def is_tiff_name(name: str) -> bool:
     return name.lower().endswith(TIFF_SUFFIXES)
 
 
-def inspect_tiff(path: Path) -> TiffInfo:
-    """Read the header only, and check that every image strip lies inside the file.
+def truncated_error(path: Path, end: int, size: int) -> SourceError:
+    return SourceError(
+        path,
+        f"truncated TIFF: its header points at byte {end:,} but the file has only {size:,} bytes",
+        "download the file again (or restore it from the original archive)",
+    )
 
-    The extent check is what catches a download cut short: the header of a truncated
-    TIFF still parses, only its pixel data is missing.
-    """
-    size = os.path.getsize(path)
+
+def check_page_extent(path: Path, page: tifffile.TiffPage, size: int) -> None:
+    """Every strip of ``page`` must lie inside the file. This is what catches a download cut
+    short: the header of a truncated TIFF still parses, only its pixel data is missing."""
+    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+    if ends and max(ends) > size:
+        raise truncated_error(path, max(ends), size)
+
+
+def open_tiff(path: Path) -> tifffile.TiffFile:
+    """Open a TIFF's header; anything but a readable TIFF is a SourceError naming the file."""
     try:
-        with tifffile.TiffFile(path) as tif:
-            pages = len(tif.pages)
-            series = tif.series[0]
-            for page in tif.pages:
-                ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
-                if ends and max(ends) > size:
-                    raise SourceError(
-                        path,
-                        f"truncated TIFF: its header points at byte {max(ends):,} "
-                        f"but the file has only {size:,} bytes",
-                        "download the file again (or restore it from the original archive)",
-                    )
-            return TiffInfo(path, tuple(series.shape), np.dtype(series.dtype), pages, size)
-    except SourceError:
+        return tifffile.TiffFile(path)
+    except FileNotFoundError:
         raise
     except Exception as exc:  # tifffile raises a zoo of types for bad headers
         raise SourceError(
@@ -61,6 +60,26 @@ def inspect_tiff(path: Path) -> TiffInfo:
             f"not a readable TIFF ({type(exc).__name__}: {exc})",
             "check that the file is a TIFF from the published dataset and download it again",
         ) from exc
+
+
+def inspect_tiff(path: Path) -> TiffInfo:
+    """Read the header only, and check that every image strip lies inside the file."""
+    size = os.path.getsize(path)
+    with open_tiff(path) as tif:
+        try:
+            series = tif.series[0]
+            for page in tif.pages:
+                check_page_extent(path, page, size)
+            return TiffInfo(path, tuple(series.shape), np.dtype(series.dtype), len(tif.pages),
+                            size)
+        except SourceError:
+            raise
+        except Exception as exc:  # damaged IFDs surface while walking the pages
+            raise SourceError(
+                path,
+                f"not a readable TIFF ({type(exc).__name__}: {exc})",
+                "check that the file is a TIFF from the published dataset and download it again",
+            ) from exc
 
 
 def read_tiff(path: Path) -> tuple[np.ndarray, str]:

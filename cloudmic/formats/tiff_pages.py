@@ -31,6 +31,7 @@ import numpy as np
 import tifffile
 
 from cloudmic.errors import SourceError
+from cloudmic.formats.tiff import check_page_extent, open_tiff, truncated_error
 
 __all__ = ["MovieInfo", "iter_frame_blocks", "movie_info"]
 
@@ -79,7 +80,7 @@ def movie_info(path: Path | str) -> MovieInfo:
             not a single-channel movie (a second axis of length > 1, colour samples).
     """
     path = Path(path)
-    with _open(path) as tif:
+    with open_tiff(path) as tif:
         return _layout(path, tif).info
 
 
@@ -95,7 +96,7 @@ def iter_frame_blocks(
     if not isinstance(block, int | np.integer) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block must be a whole number of frames >= 1, got {block!r}")
     path = Path(path)
-    with _open(path) as tif:
+    with open_tiff(path) as tif:
         lay = _layout(path, tif)
         info = lay.info
         stop = info.frames if stop is None else min(int(stop), info.frames)
@@ -144,19 +145,6 @@ def _contiguous_blocks(
             yield i, (out.byteswap().view(native) if swap else out)
 
 
-def _open(path: Path) -> tifffile.TiffFile:
-    try:
-        return tifffile.TiffFile(path)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # tifffile raises a zoo of types for bad headers
-        raise SourceError(
-            path,
-            f"not a readable TIFF ({type(exc).__name__}: {exc})",
-            "check that the file is a TIFF from the published dataset and download it again",
-        ) from exc
-
-
 def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
     size = os.path.getsize(path)
     try:
@@ -203,13 +191,11 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
         contiguous=False,
     )
     for page in pages:
-        ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
-        if ends and max(ends) > size:
-            _truncated(path, max(ends), size)
+        check_page_extent(path, page, size)
     if offset is not None and keyframe.compression == 1 and keyframe.is_final:
         end = offset + info.nbytes
         if end > size:  # ImageJ > 4 GB: one IFD, the other frames follow it unannounced
-            _truncated(path, end, size)
+            raise truncated_error(path, end, size)
         disk = dtype.newbyteorder(tif.byteorder)
         info = MovieInfo(**{**_fields(info), "contiguous": True})
         return _Layout(info, int(offset), disk)
@@ -300,11 +286,3 @@ def _squeeze(
     if not keep and lead:
         dropped = dropped[1:]  # a single frame: the first leading axis is T (length 1)
     return int(frames), (int(shape[-2]), int(shape[-1])), dropped
-
-
-def _truncated(path: Path, end: int, size: int) -> None:
-    raise SourceError(
-        path,
-        f"truncated TIFF: its header points at byte {end:,} but the file has only {size:,} bytes",
-        "download the file again (or restore it from the original archive)",
-    )

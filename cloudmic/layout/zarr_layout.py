@@ -72,10 +72,8 @@ def create_group(root: zarr.Group, group: GroupSpec, storage: Storage) -> zarr.G
 
 def unit_step(group: GroupSpec, storage: Storage) -> int:
     """The shard length along the unit dim that every unit boundary must respect."""
-    steps = {
-        (chunking(v, storage)[1] or chunking(v, storage)[0])[0]
-        for v in group.variables if v.data is None
-    }
+    grids = [chunking(v, storage) for v in group.variables if v.data is None]
+    steps = {(shards or chunks)[0] for chunks, shards in grids}
     return int(np.lcm.reduce(sorted(steps))) if steps else group.length
 
 
