@@ -11,7 +11,9 @@ from cloudmic.manifest import Manifest
 # adapter name -> "module:Class", imported lazily so one dataset's imports never slow another
 ADAPTERS = {
     "biosr": "cloudmic.datasets.biosr:BioSR",
+    "deepcad": "cloudmic.datasets.deepcad:DeepCAD",
     "dl_smlm": "cloudmic.datasets.dl_smlm:DLSMLM",
+    "platelet_em": "cloudmic.datasets.platelet_em:PlateletEM",
     "sted_fm": "cloudmic.datasets.sted_fm:STEDFM",
 }
 

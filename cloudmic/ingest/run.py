@@ -121,7 +121,10 @@ def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) ->
     for g in inv.groups:
         entry = splits.setdefault(g.split, {"records": 0, "shards": []})
         if g.unit_dim is not None and g.split == g.name:
-            entry.update(zarr_dim=g.unit_dim, zarr_length=g.length)
+            # the array verify measures: the unit dim's coordinate (``0/z`` in a pyramid)
+            axis = next((v.name for v in g.variables if v.dims == (g.unit_dim,)
+                         and v.factor == 1 and v.shape == (g.length,)), g.unit_dim)
+            entry.update(zarr_dim=g.unit_dim, zarr_length=g.length, zarr_axis=axis)
     for r in results:
         splits[r["split"]]["shards"].append(r["shard"])
         splits[r["split"]]["records"] += r["shard"]["samples"]

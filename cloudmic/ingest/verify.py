@@ -61,21 +61,26 @@ def _compare_record(root: zarr.Group, rec: dict[str, bytes], where: str) -> str 
     region = dict(meta["zarr"])
     g = root[region.pop("group")]
     tables = region.pop("tables", {})  # structured npy field f <-> Zarr array prefix+f
+    paths = region.pop("paths", {})  # npy field -> array path in the group (pyramid level 0)
     for ext, payload in rec.items():
         if not ext.endswith("npy"):
             continue
         var = ext.removesuffix(".npy")
         shipped = np.load(io.BytesIO(payload), allow_pickle=False)
         pairs = ([(f"{var}.{f}", g[tables[var] + f][...], shipped[f]) for f in shipped.dtype.names]
-                 if var in tables else [(var, _region(g[var], region), shipped)])
+                 if var in tables else [(var, _region(g[paths.get(var, var)], region), shipped)])
         for label, stored, sent in pairs:
             if stored.dtype != sent.dtype or not np.array_equal(stored, sent):
                 return f"{where}: {label} differs between the WebDataset record and Zarr"
     return None
 
 
-def _region(arr: zarr.Array, region: dict[str, int]) -> np.ndarray:
-    return arr[tuple(region.get(d, slice(None)) for d in arr.metadata.dimension_names)]
+def _region(arr: zarr.Array, region: dict[str, int | list[int]]) -> np.ndarray:
+    """A record's region: per dimension an index, or ``[start, stop]`` for a tile."""
+    def pick(d: str) -> int | slice:
+        r = region.get(d)
+        return slice(None) if r is None else (slice(*r) if isinstance(r, list) else r)
+    return arr[tuple(pick(d) for d in arr.metadata.dimension_names)]
 
 
 def verify_dataset(root: Location, dataset: str, *, records: int = 16,
@@ -100,7 +105,7 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     for split, info in index["splits"].items():
         if "zarr_dim" not in info:
             continue
-        length = zroot[split][info["zarr_dim"]].shape[0]
+        length = zroot[split][info.get("zarr_axis", info["zarr_dim"])].shape[0]
         if length != info["zarr_length"]:
             report.problems.append(f"{split}: Zarr has {length} along {info['zarr_dim']}, "
                                    f"index.json says {info['zarr_length']}")

@@ -44,15 +44,24 @@ def chunking(spec: VarSpec, storage: Storage) -> tuple[tuple[int, ...], tuple[in
 
 
 def create_group(root: zarr.Group, group: GroupSpec, storage: Storage) -> zarr.Group:
-    """Create every array of a group (data written later by units) and its eager coordinates."""
+    """Create every array of a group (data written later by units) and its eager coordinates.
+
+    Sub-groups with attributes (OME-NGFF ``labels``) are created first; arrays at nested
+    paths create their parents. Non-index coordinates are named per sub-group in the CF
+    ``coordinates`` attribute, which xarray reads.
+    """
     g = root.create_group(group.name, attributes=group.attrs, overwrite=True)
-    index_coords = {v.name for v in group.variables if v.coord and v.dims == (v.name,)}
-    extra_coords = [v.name for v in group.variables if v.coord and v.name not in index_coords]
+    for path, attrs in sorted(group.subgroups.items()):
+        g.create_group(path, attributes=attrs, overwrite=True)
+    extra: dict[str, list[str]] = {}
+    for v in group.variables:
+        if v.coord and v.dims != (v.basename,):
+            extra.setdefault(v.parent, []).append(v.basename)
     for spec in group.variables:
         chunks, shards = chunking(spec, storage)
         attrs = dict(spec.attrs)
-        if not spec.coord and extra_coords:
-            attrs["coordinates"] = " ".join(extra_coords)  # CF: xarray makes these coords
+        if not spec.coord and extra.get(spec.parent):
+            attrs["coordinates"] = " ".join(extra[spec.parent])
         is_str = spec.dtype == "str"
         arr = g.create_array(
             spec.name,
@@ -72,8 +81,9 @@ def create_group(root: zarr.Group, group: GroupSpec, storage: Storage) -> zarr.G
 
 def unit_step(group: GroupSpec, storage: Storage) -> int:
     """The shard length along the unit dim that every unit boundary must respect."""
-    grids = [chunking(v, storage) for v in group.variables if v.data is None]
-    steps = {(shards or chunks)[0] for chunks, shards in grids}
+    steps = {(shards or chunks)[0] * v.factor
+             for v in group.variables if v.data is None
+             for chunks, shards in [chunking(v, storage)]}
     return int(np.lcm.reduce(sorted(steps))) if steps else group.length
 
 
@@ -89,13 +99,14 @@ def write_unit(g: zarr.Group, group: GroupSpec, unit: Unit, data: dict[str, np.n
             written += data[spec.name].nbytes if data[spec.name].dtype.kind not in "OUT" else 0
             continue
         step = (arr.shards or arr.chunks)[0]
-        if unit.start % step or (unit.stop % step and unit.stop != arr.shape[0]):
+        start, stop = spec.unit_region(unit.start, unit.stop, group.length)
+        if start % step or (stop % step and stop != arr.shape[0]):
             raise ValueError(
                 f"unit {unit.key} [{unit.start}:{unit.stop}) is not aligned to the {step}-long "
                 f"shards of {spec.name!r}: parallel writers would corrupt shared shards"
             )
         block = data[spec.name]
-        arr[unit.start:unit.stop] = block
+        arr[start:stop] = block
         if block.dtype.kind not in "OUT":  # count pixels, not checksum strings
             written += block.nbytes
     return written
