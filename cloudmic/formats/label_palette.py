@@ -32,6 +32,7 @@ __all__ = [
     "SEMANTIC_CLASSES",
     "decode_palette_labels",
     "encode_palette_labels",
+    "jet_colours",
     "jet_lut",
     "jet_palette",
 ]
@@ -98,6 +99,12 @@ def _jet_colours(labels: np.ndarray, max_label: int) -> np.ndarray:
     x[x == _LUT_N] = _LUT_N - 1
     idx = np.clip(x, -1, _LUT_N).astype(np.int64).clip(0, _LUT_N - 1)
     return lut[idx]
+
+
+def jet_colours(max_label: int) -> np.ndarray:
+    """The RGBA release's colour of every id 0..max_label, as a (max_label + 1, 4) uint8
+    table (id 0 is the transparent background)."""
+    return _jet_colours(np.arange(max_label + 1), max(int(max_label), 1))
 
 
 def jet_palette(max_label: int) -> dict[tuple[int, ...], int]:

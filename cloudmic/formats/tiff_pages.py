@@ -15,7 +15,11 @@ Two read paths:
 Axes: ``tifffile.imread`` gives DeepCAD's ``(T, Y, X)`` for a plain multipage file, but
 ImageJ hyperstacks and tifffile "shaped" files add singleton axes (``TZCYXS``,
 ``(1, T, Y, X)``). Those are squeezed and recorded; a second axis of length > 1 besides time
-is refused (the DeepCAD code asks to re-save such hyperstacks with ImageJ).
+is refused (the DeepCAD code asks to re-save such hyperstacks with ImageJ). The one axis left
+must be able to mean time: ``T``, tifffile's page/sequence axes ``I``/``Q``, or the ``Z`` of a
+plain ImageJ stack (ImageJ calls every plain stack "slices"). A hyperstack that declares its
+only long axis as depth (``Z``, ``hyperstack=true``) or channels (``C``) is a z-stack or a
+channel stack, not a movie, and is refused rather than relabelled as time.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ class MovieInfo:
     ``shape`` is one frame's ``(Y, X)``; ``stored_shape`` / ``stored_axes`` are the series as
     tifffile describes it (tifffile axis codes, e.g. ``TZCYXS`` for ImageJ), and
     ``squeezed_axes`` the positions in ``stored_shape`` of the singleton axes dropped to get
-    ``(frames, Y, X)``. ``contiguous`` says whether the fast, decode-free path applies.
+    ``(frames, Y, X)``, ``frame_axis`` the code of the axis kept as frames ("" for a single
+    frame). ``contiguous`` says whether the fast, decode-free path applies.
     """
 
     path: Path
@@ -55,6 +60,7 @@ class MovieInfo:
     stored_shape: tuple[int, ...] = ()
     stored_axes: str = ""
     contiguous: bool = False
+    frame_axis: str = ""
 
     @property
     def frame_bytes(self) -> int:
@@ -178,7 +184,8 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
             "download the file again (or restore it from the original archive)",
         )
     _check_imagej_count(path, tif, pages, series, size)
-    frames, shape, squeezed = _squeeze(path, stored_shape, stored_axes)
+    hyperstack = bool((tif.imagej_metadata or {}).get("hyperstack"))
+    frames, shape, squeezed, frame_axis = _squeeze(path, stored_shape, stored_axes, hyperstack)
     info = MovieInfo(
         path=path,
         frames=frames,
@@ -189,6 +196,7 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
         stored_shape=stored_shape,
         stored_axes=stored_axes,
         contiguous=False,
+        frame_axis=frame_axis,
     )
     for page in pages:
         check_page_extent(path, page, size)
@@ -252,9 +260,9 @@ def _fields(info: MovieInfo) -> dict:
 
 
 def _squeeze(
-    path: Path, shape: tuple[int, ...], axes: str
-) -> tuple[int, tuple[int, int], tuple[int, ...]]:
-    """(frames, (Y, X), positions of dropped singleton axes) of a stored series."""
+    path: Path, shape: tuple[int, ...], axes: str, hyperstack: bool = False
+) -> tuple[int, tuple[int, int], tuple[int, ...], str]:
+    """(frames, (Y, X), positions of dropped singleton axes, frame axis code) of a series."""
     if axes.endswith("S") and len(axes) == len(shape):
         if shape[-1] != 1:
             raise SourceError(
@@ -282,7 +290,30 @@ def _squeeze(
             "per plane) or re-save the hyperstack in ImageJ with only a time axis",
         )
     frames = shape[keep[0]] if keep else 1
+    frame_axis = axes[keep[0]] if keep else ""
+    _check_frame_axis(path, frame_axis, frames, shape, axes, hyperstack)
     dropped = tuple(i for i in range(len(lead)) if i not in keep)
     if not keep and lead:
         dropped = dropped[1:]  # a single frame: the first leading axis is T (length 1)
-    return int(frames), (int(shape[-2]), int(shape[-1])), dropped
+    return int(frames), (int(shape[-2]), int(shape[-1])), dropped, frame_axis
+
+
+# axis codes that may hold a movie's frames: time, tifffile's generic page sequence and
+# "shaped" axis; a plain (non-hyperstack) ImageJ stack's Z is checked separately
+_TIME_LIKE = {"T", "I", "Q"}
+
+
+def _check_frame_axis(path: Path, axis: str, frames: int, shape: tuple[int, ...], axes: str,
+                      hyperstack: bool) -> None:
+    if not axis or axis in _TIME_LIKE or (axis == "Z" and not hyperstack):
+        return
+    what = {"Z": f"a z-stack ({frames} planes at one time point)",
+            "C": f"a channel stack ({frames} channels at one time point)"}.get(
+                axis, f"{frames} images along axis {axis!r}, which is not time")
+    raise SourceError(
+        path,
+        f"unexpected axis order: {what} (axes {axes}, shape {shape}); a movie is (T, Y, X)",
+        "if the images really are time points, re-save the file as (T, Y, X) (ImageJ: "
+        "Image > Hyperstacks > Re-order Hyperstack, or Image > Properties with frames="
+        f"{frames}, slices=1, channels=1; tifffile: metadata={{'axes': 'TYX'}})",
+    )

@@ -78,13 +78,39 @@ def test_leading_singleton_is_squeezed(tmp_path, movie):
     assert info.frames == 23 and np.array_equal(_read_all(p, 6), movie)
 
 
-def test_imagej_zstack_as_time(tmp_path, movie):
-    """ImageJ often saves a movie as slices: (Z, Y, X) with one frame is still a movie."""
+def test_plain_imagej_stack_is_time(tmp_path, movie):
+    """ImageJ saves every plain stack as "slices" (Z); without hyperstack=true it is a movie."""
     p = tmp_path / "z.tif"
-    tifffile.imwrite(p, movie, imagej=True, metadata={"axes": "ZYX"})
+    desc = f"ImageJ=1.54f\nimages={len(movie)}\nslices={len(movie)}\nloop=false\n"
+    tifffile.imwrite(p, movie, description=desc, metadata=None)
     info = movie_info(p)
     assert info.frames == 23 and info.stored_axes == "TZCYXS" and info.squeezed_axes == (0, 2)
+    assert info.frame_axis == "Z"
     assert np.array_equal(_read_all(p, 8), movie)
+
+
+@pytest.mark.parametrize(
+    "axes, shape, what",
+    [("TZCYX", (1, 23, 1), "z-stack (23 planes"), ("ZYX", (23,), "z-stack"),
+     ("CYX", (23,), "channel stack (23 channels")],
+)
+def test_hyperstack_without_time_is_refused(tmp_path, movie, axes, shape, what):
+    """A hyperstack that declares its long axis as Z or C is not relabelled as time."""
+    p = tmp_path / "zc.tif"
+    tifffile.imwrite(p, movie.reshape(*shape, 40, 56), imagej=True, metadata={"axes": axes})
+    with pytest.raises(SourceError, match="unexpected axis order") as e:
+        movie_info(p)
+    assert what in str(e.value) and "zc.tif" in str(e.value) and "TYX" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs, axis",
+    [({}, "Q"), ({"metadata": None}, "I"), ({"imagej": True, "metadata": {"axes": "TYX"}}, "T")],
+)
+def test_frame_axis_is_recorded(tmp_path, movie, kwargs, axis):
+    p = tmp_path / "m.tif"
+    tifffile.imwrite(p, movie, **kwargs)
+    assert movie_info(p).frame_axis == axis
 
 
 def test_second_real_axis_is_refused(tmp_path, movie):

@@ -1,0 +1,244 @@
+"""platelet-em (datasets.md §5): SBF-SEM volumes with semantic and instance labels.
+
+One group per volume (``50``, ``24``), an OME-NGFF 0.5 image (ADR 0004)::
+
+    <vol>/{0,1,2}/image(z,y,x)          uint16 or float (0..65535), 40x10x10 nm at level 0
+    <vol>/labels/semantic/{k}/semantic  uint8 class ids 0..6 (names in the attributes)
+    <vol>/labels/cell/{k}/cell          uint32 instance ids, unique within the volume
+    <vol>/labels/organelle/{k}/organelle
+
+Units are slabs of z slices; each reads its slices of the image page by page and its slab
+of the labels, and computes every level from level 0 in memory. The RLE JSON labels are the
+truth; colour TIFs are decoded through their palette only when no JSON exists (with a
+warning: the RGBA release colours instance ids through a 256-entry LUT, so ids can collide).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+
+from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit
+from cloudmic.errors import ManifestError, SourceError
+from cloudmic.formats.label_palette import (
+    JET_RGBA_SEMANTIC,
+    OLD_RGB_SEMANTIC,
+    decode_palette_labels,
+    jet_colours,
+    jet_palette,
+)
+from cloudmic.formats.label_rle import decode_rle
+from cloudmic.formats.tiff_pages import iter_frame_blocks, movie_info
+from cloudmic.layout import ngff
+
+log = logging.getLogger(__name__)
+
+HINT = "or make a synthetic copy with: cloudmic synth platelet-em --out DIR"
+LABELS = ("semantic", "cell", "organelle")
+LABEL_FILES = {"semantic": ("labels-semantic", "{vol}-semantic"),
+               "cell": ("labels-instance", "{vol}-instance-cell"),
+               "organelle": ("labels-instance", "{vol}-instance-organelle")}
+STORE_DTYPES = {"semantic": "uint8", "cell": "uint32", "organelle": "uint32"}
+IMAGE_DTYPES = ("uint16", "float32", "float64")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class PlateletEM(Adapter):
+    @property
+    def opts(self) -> dict[str, Any]:
+        return self.manifest.options
+
+    @property
+    def steps(self) -> list[list[int]]:
+        return self.opts["pyramid"]
+
+    def axes(self) -> list[ngff.Axis]:
+        px = self.opts["pixel_nm"]
+        return [ngff.Axis(d, "space", "nm", float(px[d])) for d in ("z", "y", "x")]
+
+    # --- scan -------------------------------------------------------------------------------
+    def find_root(self, source: Path) -> Path:
+        for root in (source / "platelet-em", source):
+            if (root / "images").is_dir():
+                return root
+        raise SourceError(source, "no platelet-em/images folder here",
+                          f"pass the folder the platelet-em zip unpacked into, {HINT}")
+
+    def scan(self, source: str | Path) -> Inventory:
+        self._check_tiling()
+        root = self.find_root(Path(source))
+        images = sorted((root / "images").glob("*-images.tif"))
+        if not images:
+            raise SourceError(root / "images", "no <N>-images.tif volume (e.g. 50-images.tif)",
+                              f"pass a complete platelet-em folder, {HINT}")
+        groups, files, total = [], {}, 0
+        for img in images:
+            vol = img.name.removesuffix("-images.tif")
+            info = movie_info(img)  # page headers, truncation and axes checked here
+            if info.dtype.name not in IMAGE_DTYPES:
+                raise SourceError(img, f"image dtype {info.dtype} is not one of {IMAGE_DTYPES}",
+                                  "pass the platelet-em image TIFF (uint16, or float 0..65535)")
+            shape = (info.frames, *info.shape)
+            labels = {name: self._check_label(root, vol, name, shape) for name in LABELS}
+            image = {"path": str(img), "bytes": img.stat().st_size, "sha256": _sha256(img)}
+            files[vol] = {"image": image, **labels}
+            total += image["bytes"] + sum(lab["bytes"] for lab in labels.values())
+            groups.append(self._group(vol, shape, info.dtype.name, files[vol]))
+        count = sum(1 + len(LABELS) for _ in groups)
+        return Inventory(self.manifest.name, root, tuple(groups), files, total, count)
+
+    def _check_tiling(self) -> None:
+        size, tz = self.manifest.webdataset.samples_per_shard, self.opts["tile"]["z"]
+        if size % tz:
+            raise ManifestError(f"manifest {self.manifest.name!r}: options.tile.z={tz} must "
+                                f"divide webdataset.samples_per_shard={size}, so tiles never "
+                                "straddle two work units")
+
+    def _label_path(self, root: Path, vol: str, name: str) -> Path:
+        folder, stem = LABEL_FILES[name]
+        base = root / folder / stem.format(vol=vol)
+        json_path, tif_path = base.with_suffix(".json"), base.with_suffix(".tif")
+        if json_path.is_file():
+            return json_path
+        if tif_path.is_file():
+            return tif_path
+        raise SourceError(json_path, f"missing: volume {vol} has neither {json_path.name} nor "
+                          f"{tif_path.name}", f"add the {name} labels of the release, {HINT}")
+
+    def _check_label(self, root: Path, vol: str, name: str, shape: tuple[int, ...]) -> dict:
+        """Decode once at scan: shape, runs, overlaps and id ranges are checked before any
+        write; only the facts are kept."""
+        path = self._label_path(root, vol, name)
+        if path.suffix == ".tif":
+            log.warning("%s: no JSON labels for volume %s; decoding the colour TIF through its "
+                        "palette (lossy for instance ids: colours can collide)", path, vol)
+        arr = self.load_label(path, name, shape, max_id=None, cast=False)
+        top = int(arr.max()) if arr.size else 0
+        return {"path": str(path), "format": path.suffix[1:], "bytes": path.stat().st_size,
+                "sha256": _sha256(path), "max_id": top, "source_dtype": str(arr.dtype)}
+
+    def load_label(self, path: Path, name: str, shape: tuple[int, ...],
+                   max_id: int | None, cast: bool = True) -> np.ndarray:
+        """The whole label volume, ids checked against the class list (semantic) or the
+        store dtype (instances); in the store dtype unless ``cast`` is False."""
+        if path.suffix == ".json":
+            arr = decode_rle(path, expected_shape=shape,
+                             max_voxels=int(self.opts["max_label_voxels"]))
+        else:
+            arr = self._decode_tif(path, name, shape, max_id)
+        store = np.dtype(STORE_DTYPES[name])
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        top = len(self.opts["classes"]) - 1 if name == "semantic" else np.iinfo(store).max
+        if lo < 0 or hi > top:
+            what = f"class ids 0..{top}" if name == "semantic" else f"ids 0..{top}"
+            raise SourceError(path, f"{name} labels hold values {lo}..{hi}, outside {what}",
+                              "pass the platelet-em labels of this volume")
+        return arr.astype(store, copy=False) if cast else arr
+
+    def _decode_tif(self, path: Path, name: str, shape: tuple[int, ...],
+                    max_id: int | None) -> np.ndarray:
+        rgb = tifffile.imread(path)
+        if rgb.ndim != 4 or rgb.shape[:3] != shape:
+            raise SourceError(path, f"label volume shape {rgb.shape[:3]} (colours "
+                              f"{rgb.shape[3:]}) differs from its image {shape}",
+                              "pass the label TIF that belongs to this image volume")
+        channels = rgb.shape[-1]
+        if name == "semantic":
+            palette = OLD_RGB_SEMANTIC if channels == 3 else JET_RGBA_SEMANTIC
+        elif channels == 4:
+            # the RGBA release colours id/max(id) through jet: max from the scan, or the
+            # number of distinct colours when the ids are 1..K without collisions
+            if max_id is None:
+                colours = np.unique(rgb.reshape(-1, channels), axis=0)
+                max_id = max(1, sum(1 for c in colours if c[3] != 0))
+            palette = jet_palette(max_id)
+        else:
+            raise SourceError(path, "no palette is known for RGB instance labels",
+                              "use the JSON labels of the release")
+        return decode_palette_labels(rgb, palette, name=str(path), instance=name != "semantic",
+                                     dtype=STORE_DTYPES[name])
+
+    def _group(self, vol: str, shape: tuple[int, ...], dtype: str, files: dict) -> GroupSpec:
+        axes, steps = self.axes(), self.steps
+        var = self.manifest.variables
+        variables = ngff.level_variables("", "image", axes, shape, dtype, steps,
+                                         {"long_name": var["image"].description,
+                                          "units": var["image"].units})
+        subgroups: dict[str, dict[str, Any]] = {"labels": ngff.labels_group_attrs(LABELS)}
+        classes = dict(enumerate(self.opts["classes"]))
+        for name in LABELS:
+            variables += ngff.level_variables(
+                f"labels/{name}", name, axes, shape, STORE_DTYPES[name], steps,
+                {"long_name": var[name].description,
+                 "source_dtype": files[name]["source_dtype"]})
+            if name == "semantic":
+                colours = {i: rgba for rgba, i in JET_RGBA_SEMANTIC.items()}
+                subgroups[f"labels/{name}"] = ngff.label_image_attrs(name, axes, steps,
+                                                                     colours, classes)
+            else:
+                table = jet_colours(files[name]["max_id"])
+                subgroups[f"labels/{name}"] = ngff.label_image_attrs(
+                    name, axes, steps, dict(enumerate(table.tolist())))
+        attrs = {**ngff.image_attrs(vol, axes, "image", steps),
+                 "volume": vol, "classes": self.opts["classes"],
+                 "pixel_size_nm": self.opts["pixel_nm"],
+                 "sources": {k: {f: v[f] for f in ("path", "bytes", "sha256")}
+                             for k, v in files.items()}}
+        return GroupSpec(vol, "z", shape[0], tuple(variables), attrs, subgroups)
+
+    # --- units ------------------------------------------------------------------------------
+    def read_unit(self, inv: Inventory, unit: Unit) -> dict[str, np.ndarray]:
+        files, group = inv.files[unit.group], inv.group(unit.group)
+        shape = group.var("0/image").shape
+        image_path = Path(files["image"]["path"])
+        _, image = next(iter_frame_blocks(image_path, unit.stop - unit.start,
+                                          start=unit.start, stop=unit.stop))
+        out = {f"{k}/image": lev
+               for k, lev in enumerate(ngff.pyramid(image, self.steps, labels=False))}
+        for name in LABELS:
+            full = self.load_label(Path(files[name]["path"]), name, shape,
+                                   max_id=files[name]["max_id"])
+            slab = np.ascontiguousarray(full[unit.start:unit.stop])
+            del full
+            for k, lev in enumerate(ngff.pyramid(slab, self.steps, labels=True)):
+                out[f"labels/{name}/{k}/{name}"] = lev
+        return out
+
+    def records(self, inv: Inventory, unit: Unit,
+                data: dict[str, np.ndarray]) -> Iterator[dict[str, Any]]:
+        """Tiles of image + the three label volumes; the key names the tile's voxel box."""
+        tile, px = self.opts["tile"], self.opts["pixel_nm"]
+        paths = {"image": "0/image", **{n: f"labels/{n}/0/{n}" for n in LABELS}}
+        _, ny, nx = inv.group(unit.group).var("0/image").shape
+        key = self.manifest.webdataset.key
+        for z0 in range(unit.start, unit.stop, tile["z"]):
+            z1 = min(z0 + tile["z"], unit.stop)
+            for y0 in range(0, ny, tile["y"]):
+                y1 = min(y0 + tile["y"], ny)
+                for x0 in range(0, nx, tile["x"]):
+                    x1 = min(x0 + tile["x"], nx)
+                    box = {"z": [z0, z1], "y": [y0, y1], "x": [x0, x1]}
+                    rel = (slice(z0 - unit.start, z1 - unit.start), slice(y0, y1), slice(x0, x1))
+                    rec: dict[str, Any] = {
+                        "__key__": key.format(volume=unit.group, z=z0, y=y0, x=x0)}
+                    for field, path in paths.items():
+                        rec[f"{field}.npy"] = np.ascontiguousarray(data[path][rel])
+                    rec["json"] = {
+                        "dataset": inv.dataset, "volume": unit.group, "voxels": box,
+                        "origin_nm": {d: box[d][0] * px[d] for d in box},
+                        "pixel_size_nm": px, "classes": self.opts["classes"],
+                        "zarr": {"group": unit.group, "paths": paths, **box}}
+                    yield rec

@@ -1,0 +1,256 @@
+"""platelet-em: volumes and labels ingest losslessly as OME-NGFF 0.5 images that plain xarray
+opens with nanometre coordinates; bad label files are refused before anything is written."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import xarray as xr
+
+from cloudmic.errors import SourceError
+from cloudmic.formats.label_rle import decode_rle
+from cloudmic.ingest import ingest
+from cloudmic.ingest.verify import verify_dataset
+from cloudmic.layout import ngff
+from cloudmic.storage.location import Location
+from cloudmic.synth.platelet_em import synth_platelet_em
+from ngff_check import reader_nodes, validate_image, validate_label
+
+LABELS = ("semantic", "cell", "organelle")
+FILES = {"semantic": "labels-semantic/{v}-semantic", "cell": "labels-instance/{v}-instance-cell",
+         "organelle": "labels-instance/{v}-instance-organelle"}
+STEPS = [[1, 2, 2], [2, 2, 2]]
+
+
+@pytest.fixture(scope="module")
+def pe_source(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pe-src")
+    synth_platelet_em(out, slices=20, size=96, seed=5)
+    return out / "platelet-em"
+
+
+@pytest.fixture(scope="module")
+def pe_root(pe_source, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("pe-root")
+    ingest("platelet-em", pe_source.parent, str(root))
+    return root
+
+
+def _source_labels(src: Path, vol: str) -> dict[str, np.ndarray]:
+    return {n: decode_rle(src / f"{FILES[n].format(v=vol)}.json") for n in LABELS}
+
+
+@pytest.mark.parametrize("vol", ["50", "24"])
+def test_volume_and_labels_are_lossless_at_every_level(pe_source, pe_root, vol):
+    store = pe_root / "platelet-em.zarr"
+    import zarr
+
+    g = zarr.open_group(store, path=vol, mode="r")
+    image = tifffile.imread(pe_source / "images" / f"{vol}-images.tif")
+    stored = g["0/image"][...]
+    assert stored.dtype == image.dtype and np.array_equal(stored, image)
+    labels = _source_labels(pe_source, vol)
+    for name, src in labels.items():
+        got = g[f"labels/{name}/0/{name}"][...]
+        assert np.array_equal(got, src), name  # ids equal to the source, voxel by voxel
+        assert got.dtype == ("uint8" if name == "semantic" else "uint32")
+        for k, lev in enumerate(ngff.pyramid(got, STEPS, labels=True)):
+            assert np.array_equal(g[f"labels/{name}/{k}/{name}"][...], lev)
+            assert set(np.unique(lev)) <= set(np.unique(src))  # mode never invents ids
+    for k, lev in enumerate(ngff.pyramid(image, STEPS, labels=False)):
+        assert np.array_equal(g[f"{k}/image"][...], lev)
+
+
+def test_plain_xarray_gives_named_variables_in_nanometres(pe_root):
+    tree = xr.open_datatree(pe_root / "platelet-em.zarr", engine="zarr", consolidated=True)
+    lvl0 = tree["50/0"].ds
+    assert list(lvl0.data_vars) == ["image"] and lvl0["image"].dims == ("z", "y", "x")
+    assert float(lvl0["z"][0]) == 20.0 and float(lvl0["x"][1]) == 15.0
+    assert lvl0["x"].attrs["units"] == "nm"
+    lvl2 = tree["50/labels/semantic/2"].ds
+    assert float(lvl2["z"][0]) == 40.0 and float(lvl2["x"][0]) == 20.0  # 80x40x40 nm voxels
+    # image and labels of one level share their grid, so they merge into one Dataset
+    merged = xr.merge([tree["50/1"].ds] + [tree[f"50/labels/{n}/1"].ds for n in LABELS])
+    assert sorted(merged.data_vars) == ["cell", "image", "organelle", "semantic"]
+    assert merged.sizes == {"z": 20, "y": 48, "x": 48}
+    assert tree["50"].attrs["classes"][6] == "dense granule core"
+
+
+def test_image_groups_are_valid_ome_ngff_and_open_in_the_ome_zarr_reader(pe_root):
+    store = pe_root / "platelet-em.zarr"
+    model = validate_image(store, "50", labels=True)
+    assert model["levels"] == 3 and model["labels"] == list(LABELS)
+    semantic = validate_label(store, "50/labels/semantic")
+    props = semantic.attributes.ome.image_label.properties
+    assert {p.label_value: p.model_extra["class"] for p in props}[2] == "mitochondrion"
+    for name in ("cell", "organelle"):
+        validate_label(store, f"50/labels/{name}")
+    nodes = reader_nodes(store / "50")
+    assert [tuple(d.shape) for d in nodes["50"].data] == [(20, 96, 96), (20, 48, 48),
+                                                           (10, 24, 24)]
+    assert set(LABELS) <= set(nodes)
+    assert len(nodes["semantic"].metadata["color"]) == 7
+
+
+def test_verify_and_records_name_their_regions(pe_root):
+    report = verify_dataset(Location.parse(str(pe_root)), "platelet-em")
+    assert report.ok, report.problems
+    index = json.loads((pe_root / "platelet-em.wds" / "index.json").read_text())
+    assert index["splits"]["50"]["records"] == 3  # 20 slices in tiles of 8: 3 tiles of 96x96
+    import cloudmic
+
+    rec = next(iter(cloudmic.shards(str(pe_root / "platelet-em.wds"), "50")))
+    assert rec["__key__"] == "50-z000-y0000-x0000"
+    assert rec["image"].shape == rec["cell"].shape == (8, 96, 96)
+    assert rec["json"]["zarr"]["paths"]["semantic"] == "labels/semantic/0/semantic"
+
+
+def test_rerun_rewrites_the_same_shards(pe_source, pe_root, tmp_path):
+    ingest("platelet-em", pe_source.parent, str(tmp_path))
+    a = json.loads((pe_root / "platelet-em.wds" / "index.json").read_text())
+    b = json.loads((tmp_path / "platelet-em.wds" / "index.json").read_text())
+    assert a == b
+
+
+@pytest.mark.e2e
+def test_ingest_to_s3_matches_local(pe_source, pe_root, s3_env):
+    import zarr
+
+    url = "s3://cloudmic-test/pe"
+    ingest("platelet-em", pe_source.parent, url)
+    s3 = zarr.open_group(Location.parse(url).child("platelet-em.zarr").zarr_store(), mode="r")
+    local = zarr.open_group(pe_root / "platelet-em.zarr", mode="r")
+    for path in ("24/0/image", "24/labels/cell/1/cell", "50/2/image"):
+        assert np.array_equal(s3[path][...], local[path][...])
+
+
+# --- colour TIF fallback ---------------------------------------------------------------------
+def test_colour_tifs_are_decoded_through_their_palette_when_no_json(pe_source, tmp_path, caplog):
+    src = tmp_path / "platelet-em"
+    shutil.copytree(pe_source, src)
+    truth = _source_labels(src, "24")
+    for path in src.glob("labels-*/*.json"):
+        path.unlink()
+    (src / "images" / "50-images.tif").unlink()
+    with caplog.at_level(logging.WARNING):
+        ingest("platelet-em", src, str(tmp_path / "out"))
+    assert "colours can collide" in caplog.text
+    import zarr
+
+    g = zarr.open_group(tmp_path / "out" / "platelet-em.zarr", path="24", mode="r")
+    for name in LABELS:
+        assert np.array_equal(g[f"labels/{name}/0/{name}"][...], truth[name]), name
+
+
+# --- an independent writer, following datasets.md only ---------------------------------------
+def _kaggle_rle(mask: np.ndarray) -> str:
+    """datasets.md: pad with 0 at both ends, positions where values change, +1, then every
+    second value becomes a length."""
+    pixels = np.concatenate([[0], mask.flatten(), [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def test_foreign_copy_with_float_image_and_int64_labels_is_lossless(tmp_path):
+    rng = np.random.default_rng(11)
+    root = tmp_path / "src" / "platelet-em"
+    shape = (6, 40, 56)
+    image = np.round(rng.uniform(0, 65535, shape)).astype("float32")
+    image.flat[0], image.flat[1] = 0.0, 65535.0  # the notebook's "min 0.0 max 65535.0"
+    labels = {n: np.zeros(shape, dtype="int64") for n in LABELS}
+    for k in range(1, 6):
+        z, y, x = rng.integers(0, 4), rng.integers(0, 30), rng.integers(0, 40)
+        labels["cell"][z:z + 2, y:y + 8, x:x + 12] = k
+        labels["semantic"][z:z + 2, y:y + 8, x:x + 12] = 1 + k % 6
+        labels["organelle"][z, y:y + 3, x:x + 3] = 10 * k
+    (root / "images").mkdir(parents=True)
+    tifffile.imwrite(root / "images" / "50-images.tif", image)  # Z pages, no ImageJ
+    for name, lab in labels.items():
+        path = root / f"{FILES[name].format(v='50')}.json"
+        path.parent.mkdir(exist_ok=True)
+        doc = {str(int(v)): _kaggle_rle(lab == v) for v in np.unique(lab) if v}
+        doc[".info"] = {"shape": list(shape), "dtype": "int64"}
+        path.write_text(json.dumps(doc))
+    ingest("platelet-em", root.parent, str(tmp_path / "out"))
+    import zarr
+
+    g = zarr.open_group(tmp_path / "out" / "platelet-em.zarr", path="50", mode="r")
+    assert g["0/image"].dtype == np.float32 and np.array_equal(g["0/image"][...], image)
+    for name, lab in labels.items():
+        assert np.array_equal(g[f"labels/{name}/0/{name}"][...], lab), name
+    assert g["labels/cell/0/cell"].attrs["source_dtype"] == "int64"
+
+
+# --- bad input: a clear error naming the file, nothing published -----------------------------
+@pytest.fixture
+def pe_copy(pe_source, tmp_path) -> Path:
+    src = tmp_path / "src" / "platelet-em"
+    shutil.copytree(pe_source, src)
+    return src
+
+
+def _refused(src: Path, dest: Path, match: str, name: str) -> None:
+    with pytest.raises(SourceError, match=match) as err:
+        ingest("platelet-em", src, str(dest))
+    assert name in str(err.value)
+    assert not (dest / "platelet-em.zarr").exists() and not (dest / "platelet-em.wds").exists()
+
+
+def _edit_json(path: Path, edit) -> None:
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_label_volume_of_the_wrong_shape(pe_copy, tmp_path):
+    path = pe_copy / "labels-instance" / "24-instance-cell.json"
+    _edit_json(path, lambda d: d[".info"].update(shape=[10, 96, 95]))
+    _refused(pe_copy, tmp_path / "out", "shape", "24-instance-cell.json")
+
+
+def test_rle_run_outside_the_volume(pe_copy, tmp_path):
+    path = pe_copy / "labels-semantic" / "50-semantic.json"
+    _edit_json(path, lambda d: d.update({"1": d["1"] + f" {20 * 96 * 96 - 1} 5"}))
+    _refused(pe_copy, tmp_path / "out", "outside|beyond|overlap", "50-semantic.json")
+
+
+def test_rgb_label_with_a_colour_missing_from_the_palette(pe_copy, tmp_path):
+    json_path = pe_copy / "labels-semantic" / "24-semantic.json"
+    json_path.unlink()
+    tif = json_path.with_suffix(".tif")
+    rgba = tifffile.imread(tif)
+    rgba[1, 2, 3] = (12, 34, 56, 255)
+    tifffile.imwrite(tif, rgba)
+    _refused(pe_copy, tmp_path / "out", r"\(12, 34, 56, 255\).*not in the palette",
+             "24-semantic.tif")
+
+
+def test_tiff_truncated_in_the_middle_of_a_page(pe_copy, tmp_path):
+    path = pe_copy / "images" / "50-images.tif"
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 96 * 96])  # half of the last page's pixels
+    _refused(pe_copy, tmp_path / "out", "truncated|end of the file", "50-images.tif")
+
+
+def test_semantic_class_out_of_range(pe_copy, tmp_path):
+    path = pe_copy / "labels-semantic" / "24-semantic.json"
+    _edit_json(path, lambda d: d.update({"9": d.pop("6")}))
+    _refused(pe_copy, tmp_path / "out", "outside class ids 0..6", "24-semantic.json")
+
+
+def test_a_failed_ingest_keeps_the_published_version(pe_source, pe_copy, tmp_path):
+    dest = tmp_path / "out"
+    ingest("platelet-em", pe_source.parent, str(dest))
+    before = (dest / "platelet-em.wds" / "index.json").read_bytes()
+    (pe_copy / "labels-instance" / "50-instance-organelle.json").write_text("{not json")
+    with pytest.raises(SourceError, match="50-instance-organelle.json"):
+        ingest("platelet-em", pe_copy, str(dest))
+    assert (dest / "platelet-em.wds" / "index.json").read_bytes() == before
+    assert verify_dataset(Location.parse(str(dest)), "platelet-em").ok
