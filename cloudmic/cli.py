@@ -23,6 +23,8 @@ examples:
   cloudmic synth biosr --out /tmp/biosr --train 512
   cloudmic synth dl-smlm --out /tmp/dl-smlm --cells 4
   cloudmic synth sted-fm --out /tmp/sted-fm --crops 1000 --variant uint16
+  cloudmic synth platelet-em --out /tmp/pe --slices 50 --size 800   # the published shapes
+  cloudmic synth deepcad --out /tmp/deepcad --recordings 2 --frames 300
   cloudmic ingest biosr --source /tmp/biosr --dest s3://cloudmic
   cloudmic ls s3://cloudmic
   cloudmic info s3://cloudmic/biosr.zarr
@@ -256,9 +258,12 @@ def build_parser() -> argparse.ArgumentParser:
     g = sy.add_argument_group("sted-fm")
     g.add_argument("--crops", type=int, help="labelled crops (default: 48)")
     g.add_argument("--unlabelled", type=int, help="crops without metadata (default: 4)")
-    g = sy.add_argument_group("platelet-em and deepcad (ingest comes with issue 3)")
-    g.add_argument("--slices", type=int, help="platelet-em: z slices of the 50-volume (8)")
-    g.add_argument("--recordings", type=int, help="deepcad: recordings (2); --frames, --size")
+    g = sy.add_argument_group("platelet-em and deepcad (full size: --slices 50 --size 800; "
+                              "--frames 1000 --size 490)")
+    g.add_argument("--slices", type=int, help="platelet-em: z slices of the 50-volume (8); "
+                   "--size sets y and x (128)")
+    g.add_argument("--recordings", type=int, help="deepcad: recordings of the seed table (2); "
+                   "--frames and --size set each movie (64, 128)")
     sy.add_argument("--variant", help="biosr: uint16 (WF 128 + GT 256, DL-SR script) or "
                     "float32 (128/128, DeepTrack); sted-fm: uint8, uint16 or tiff")
     sy.add_argument("--seed", type=int, default=0)

@@ -23,6 +23,10 @@ DEMO_DATASETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                  "patches_per_sample": 48}),
     "sted-fm": ({"crops": 512, "unlabelled": 16, "variant": "uint8"},
                 {"group": "crop", "variables": ["image"], "patch": {"y": 128, "x": 128}}),
+    # level 0 of each volume (the NGFF image group's "0" child)
+    "platelet-em": ({"slices": 16, "size": 256},
+                    {"group": "*[0-9]/0", "variables": ["image"],
+                     "patch": {"z": 4, "y": 64, "x": 64}, "patches_per_sample": 128}),
 }
 
 

@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from cloudmic.demo import DEMO_DATASETS
+
 
 def cli(*args: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "cloudmic.cli", *args], capture_output=True,
@@ -79,10 +81,11 @@ def test_demo_runs_twice(tmp_path, s3_server):
         assert out["store"] == s3_server.endpoint  # reused the running server
         biosr = out["datasets"]["biosr"]
         assert biosr["stream"]["patches"] == 256 and biosr["ingest"]["records"] > 500
-        assert set(out["datasets"]) == {"biosr", "dl-smlm", "sted-fm"}
+        assert set(out["datasets"]) == set(DEMO_DATASETS)
         assert out["datasets"]["dl-smlm"]["stream"]["patch_shapes"]["sr"] == [256, 256]
+        assert out["datasets"]["platelet-em"]["stream"]["patch_shapes"]["image"] == [4, 64, 64]
     listing = cli("ls", "s3://cloudmic-demo", env=env).stdout
-    assert all(name in listing for name in ("biosr", "dl-smlm", "sted-fm"))
+    assert all(name in listing for name in DEMO_DATASETS)
 
 
 def test_synth_every_dataset_and_reject_foreign_options(tmp_path):
