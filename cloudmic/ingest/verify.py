@@ -125,8 +125,62 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
             if problem:
                 report.problems.append(problem)
     report.checks.append(f"{compared} record(s) equal to their Zarr regions")
+    images, ngff_problems = _check_ngff(zroot)
+    report.problems.extend(ngff_problems)
+    if images:
+        report.checks.append(f"{images} OME-NGFF image group(s): levels, axes and labels agree")
     report.warnings.extend(_dataset_warnings(zroot))
     return report
+
+
+def _check_ngff(zroot: zarr.Group) -> tuple[int, list[str]]:
+    """The OME-NGFF 0.5 rules a reader relies on (full validation is ome-zarr-models' job, in
+    the tests): every level path is an array whose ``dimension_names`` are the axes, levels
+    never grow, and each listed label image exists with as many levels as its image."""
+    problems: list[str] = []
+    images = 0
+    groups = [(p, n) for p, n in zroot.members(max_depth=None) if isinstance(n, zarr.Group)]
+    for sub, node in groups:
+        ms = node.attrs.get("ome", {}).get("multiscales")
+        if not ms or "image-label" in node.attrs.get("ome", {}):
+            continue
+        images += 1
+        problems += _check_multiscales(node, ms[0], sub)
+        for name in _label_names(node):
+            lab = f"labels/{name}"
+            if lab not in node:
+                problems.append(f"{sub}: label image {name!r} is listed but missing")
+                continue
+            lms = node[lab].attrs.get("ome", {}).get("multiscales", [{}])[0]
+            problems += _check_multiscales(node[lab], lms, f"{sub}/{lab}")
+            if len(lms.get("datasets", [])) != len(ms[0]["datasets"]):
+                problems.append(f"{sub}/{lab}: {len(lms.get('datasets', []))} levels, the "
+                                f"image has {len(ms[0]['datasets'])}")
+    return images, problems
+
+
+def _label_names(node: zarr.Group) -> list[str]:
+    return (node["labels"].attrs.get("ome", {}).get("labels", []) if "labels" in node else [])
+
+
+def _check_multiscales(node: zarr.Group, ms: dict, where: str) -> list[str]:
+    axes = tuple(a["name"] for a in ms.get("axes", []))
+    problems, prev = [], None
+    for ds in ms.get("datasets", []):
+        try:
+            arr = node[ds["path"]]
+        except KeyError:
+            problems.append(f"{where}: level {ds['path']!r} is missing")
+            continue
+        if tuple(arr.metadata.dimension_names or ()) != axes:
+            problems.append(f"{where}/{ds['path']}: dimension_names "
+                            f"{arr.metadata.dimension_names} are not the axes {axes}")
+        if prev is not None and any(a > b for a, b in zip(arr.shape, prev, strict=False)):
+            problems.append(f"{where}/{ds['path']}: a level larger than the one before")
+        prev = arr.shape
+    if not ms.get("datasets"):
+        problems.append(f"{where}: multiscales without datasets")
+    return problems
 
 
 def _dataset_warnings(zroot: zarr.Group) -> list[str]:

@@ -254,3 +254,19 @@ def test_a_failed_ingest_keeps_the_published_version(pe_source, pe_copy, tmp_pat
         ingest("platelet-em", pe_copy, str(dest))
     assert (dest / "platelet-em.wds" / "index.json").read_bytes() == before
     assert verify_dataset(Location.parse(str(dest)), "platelet-em").ok
+
+
+def test_verify_reports_broken_ngff_metadata(pe_root, tmp_path):
+    import zarr
+
+    shutil.copytree(pe_root, tmp_path / "copy")
+    store = tmp_path / "copy" / "platelet-em.zarr"
+    lab = zarr.open_group(store, path="50/labels/cell", mode="r+", use_consolidated=False)
+    ome = dict(lab.attrs["ome"])
+    ome["multiscales"] = [{**ome["multiscales"][0],
+                           "datasets": ome["multiscales"][0]["datasets"][:2]}]
+    lab.update_attributes({"ome": ome})
+    zarr.consolidate_metadata(store)
+    report = verify_dataset(Location.parse(str(tmp_path / "copy")), "platelet-em")
+    assert not report.ok
+    assert report.problems == ["50/labels/cell: 2 levels, the image has 3"]

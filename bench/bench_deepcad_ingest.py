@@ -1,0 +1,229 @@
+"""DeepCAD ingest: MB/s and peak RSS on big movie pairs, against a raw sequential read.
+
+    python bench/bench_deepcad_ingest.py [--frames 1024] [--size 490] [--workers 2] [--s3]
+
+A DeepCAD recording is a ~4.5 GB low/high pair of multipage TIFFs; the ingest must read it
+with a flat, small footprint (DESIGN.md: "a 4.5 GB movie ingests with a flat, small
+footprint"). This writes one synthetic pair of ``--frames`` x ``--size``^2 uint16 frames per
+movie (``write_big_movie``) and one twice as long (the same frames twice), then measures,
+each in a fresh spawned process whose own peak RSS (``VmHWM``) is reported:
+- **the limit**: a plain sequential read of both movies (8 MiB ``readinto``), the least any
+  repacking must do;
+- **the peer**: ``tifffile.imread`` of each movie, which is how the DeepCAD code loads one
+  (the whole movie in memory);
+- **cloudmic scan** alone (headers, pair checks, streaming sha256 of every file);
+- **cloudmic ingest** of the 1x and the 2x pair: MB/s of source bytes and peak RSS, which
+  must stay flat (< 1 GB) whatever the movie length.
+Before every run the source files are evicted from the page cache (``posix_fadvise
+DONTNEED`` on these files only), so each run starts cold; the ingest reads every file twice
+(scan hash, then units), the second time mostly from the cache it warmed.
+Destination: a local folder, or the embedded S3 server with ``--s3``. Temp files (several
+GB) are deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _vm_hwm_mb() -> float:
+    """Peak RSS of this process's own address space (not inherited across exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _evict(paths: list[str]) -> None:
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages cannot be dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _raw_read(paths: list[str]) -> dict[str, Any]:
+    buf = bytearray(8 << 20)
+    view = memoryview(buf)
+    t0, nbytes = time.perf_counter(), 0
+    for p in paths:
+        with open(p, "rb", buffering=0) as f:
+            while k := f.readinto(view):
+                nbytes += k
+    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+
+
+def _imread(paths: list[str]) -> dict[str, Any]:
+    import tifffile
+
+    t0, nbytes = time.perf_counter(), 0
+    for p in paths:
+        arr = tifffile.imread(p)
+        nbytes += os.path.getsize(p)
+        del arr
+    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+
+
+def _scan(src: str) -> dict[str, Any]:
+    from cloudmic.datasets.deepcad import DeepCAD
+    from cloudmic.manifest import load_manifest
+
+    t0 = time.perf_counter()
+    inv = DeepCAD(load_manifest("deepcad")).scan(src)
+    return {"seconds": time.perf_counter() - t0, "bytes": inv.source_bytes}
+
+
+def _ingest(src: str, dest: str, storage_options: dict, workers: int) -> dict[str, Any]:
+    from cloudmic.ingest import ingest
+
+    t0 = time.perf_counter()
+    r = ingest("deepcad", src, dest, workers=workers, storage_options=storage_options)
+    return {"seconds": time.perf_counter() - t0, "bytes": r.source_bytes, "units": r.units,
+            "records": r.records, "zarr_bytes": r.zarr_bytes, "wds_bytes": r.wds_bytes,
+            "array_bytes": r.array_bytes}
+
+
+def _child(fn_name: str, args: tuple, queue: mp.Queue) -> None:
+    try:
+        out = globals()[fn_name](*args)
+    except BaseException as exc:  # report, do not hang the parent on q.get()
+        out = {"error": f"{type(exc).__name__}: {exc}"}
+    out["peak_rss_mb"] = _vm_hwm_mb()
+    queue.put(out)
+
+
+def run_isolated(fn_name: str, *args: Any, evict: list[str] | None = None) -> dict[str, Any]:
+    """One measurement in a fresh spawned process; its figures and its peak RSS."""
+    if evict:
+        _evict(evict)
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child, args=(fn_name, args, q))
+    p.start()
+    out = q.get()
+    p.join()
+    if "error" in out:
+        raise RuntimeError(f"{fn_name} failed: {out['error']}")
+    return out
+
+
+def _frames_twice(path: Path) -> Iterator[np.ndarray]:
+    from cloudmic.formats.tiff_pages import iter_frame_blocks
+
+    for _ in range(2):
+        for _, block in iter_frame_blocks(path, 64):
+            yield from block
+
+
+def _write_double(src: Path, dst: Path, frames: int, size: int) -> None:
+    """A movie twice as long, streamed from ``src`` (no second synthesis, no big RAM)."""
+    import tifffile
+
+    bigtiff = 2 * frames * size * size * 2 > 2**32 - 2**25
+    with tifffile.TiffWriter(dst, bigtiff=bigtiff) as tw:
+        tw.write(_frames_twice(src), shape=(2 * frames, size, size), dtype=np.uint16,
+                 photometric="minisblack", contiguous=True, software=False, metadata={})
+
+
+def make_sources(work: Path, frames: int, size: int) -> dict[str, list[str]]:
+    from cloudmic.synth.deepcad import RECORDINGS, movie_names, write_big_movie
+
+    folder, low, high = movie_names(RECORDINGS[0]["zip"])
+    out = {}
+    for tag in ("1x", "2x"):
+        (work / f"src-{tag}" / "DeepCAD" / folder).mkdir(parents=True)
+        out[tag] = [str(work / f"src-{tag}" / "DeepCAD" / folder / n) for n in (low, high)]
+    for path, is_high in zip(out["1x"], (False, True), strict=True):
+        write_big_movie(path, frames, size, seed=0, high=is_high)
+    for src, dst in zip(out["1x"], out["2x"], strict=True):
+        _write_double(Path(src), Path(dst), frames, size)
+    return out
+
+
+def _table(args: argparse.Namespace, rows: dict[str, Any], limit: float) -> str:
+    lines = [f"DeepCAD ingest, one low/high pair of {args.frames} x {args.size}x{args.size} "
+             f"uint16 frames per movie (2x: {2 * args.frames}), dest "
+             f"{'s3' if args.s3 else 'local'}, {args.workers} worker(s), {os.cpu_count()} CPUs, "
+             f"Python {platform.python_version()}, cold page cache at the start of each run", "",
+             "| run | source GB | s | MB/s | x limit | peak RSS MB |", "|---|---|---|---|---|---|"]
+    for name, r in rows.items():
+        if name.startswith("setup"):
+            continue
+        mb_s = r["bytes"] / r["seconds"] / 1e6
+        lines.append(f"| {name} | {r['bytes'] / 1e9:.2f} | {r['seconds']:.1f} | {mb_s:.0f} | "
+                     f"{mb_s / limit:.2f} | {r['peak_rss_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--frames", type=int, default=1024, help="frames per movie (1x)")
+    ap.add_argument("--size", type=int, default=490, help="frame side in pixels")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--s3", action="store_true", help="ingest into the embedded S3 server")
+    ap.add_argument("--workdir", default=None, help="where the temp files go")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "deepcad.json"))
+    args = ap.parse_args()
+
+    from cloudmic.storage import seaweed
+
+    work = Path(tempfile.mkdtemp(prefix="cloudmic-bench-deepcad-", dir=args.workdir))
+    server = None
+    rows: dict[str, Any] = {}
+    try:
+        t0 = time.perf_counter()
+        srcs = make_sources(work, args.frames, args.size)
+        rows["setup: write sources"] = {"seconds": time.perf_counter() - t0,
+                                        "bytes": sum(os.path.getsize(p) for v in srcs.values()
+                                                     for p in v)}
+        server = seaweed.up(work / "store") if args.s3 else None
+        opts = server.storage_options() if server else {}
+
+        def dest(tag: str) -> str:
+            return f"s3://bench-{tag}" if server else str(work / f"root-{tag}")
+
+        one, two = srcs["1x"], srcs["2x"]
+        rows["limit: sequential read"] = run_isolated("_raw_read", one, evict=one)
+        rows["peer: tifffile.imread (DeepCAD's loader)"] = run_isolated("_imread", one,
+                                                                         evict=one)
+        rows["cloudmic scan (headers + sha256)"] = run_isolated(
+            "_scan", str(work / "src-1x"), evict=one)
+        rows["cloudmic ingest 1x"] = run_isolated(
+            "_ingest", str(work / "src-1x"), dest("1x"), opts, args.workers, evict=one)
+        if not server:
+            shutil.rmtree(work / "root-1x")  # keep the disk footprint to one copy
+        rows["limit: sequential read 2x"] = run_isolated("_raw_read", two, evict=two)
+        rows["cloudmic ingest 2x"] = run_isolated(
+            "_ingest", str(work / "src-2x"), dest("2x"), opts, args.workers, evict=two)
+    finally:
+        if server:
+            seaweed.down(server.data_dir)
+        shutil.rmtree(work, ignore_errors=True)
+
+    limit = rows["limit: sequential read"]
+    limit_mb_s = limit["bytes"] / limit["seconds"] / 1e6
+    table = _table(args, rows, limit_mb_s)
+    print(table)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows,
+                                           "cpus": os.cpu_count(),
+                                           "loadavg": os.getloadavg()}, indent=1))
+    Path(args.json).with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
