@@ -169,8 +169,13 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"compression {d['compression_ratio']}x")
     for gname, g in d["groups"].items():
         n = g.get("length")
-        print(f"  group {gname}: " + (f"{n} samples along {g['sample_dim']!r}"
-                                      if g.get("sample_dim") else "one sample"))
+        if "ngff_level" in g:
+            kind = f"OME-NGFF image, level {g['ngff_level']}"
+        elif g.get("sample_dim"):
+            kind = f"{n} samples along {g['sample_dim']!r}"
+        else:
+            kind = "one sample"
+        print(f"  group {gname}: {kind}")
         for vname, v in g["variables"].items():
             dims = ", ".join(f"{dim}: {n}" for dim, n in zip(v["dims"], v["shape"], strict=True))
             print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {_human(v['stored_bytes'])}"

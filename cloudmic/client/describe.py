@@ -51,6 +51,8 @@ def info(url: str, **storage_options: Any) -> dict[str, Any]:
                  else None}
         is_coord = meta.dims == (name,) or path in coord_names
         g["coordinates" if is_coord else "variables"][name] = entry
+        if not is_coord and "level" in meta.attrs:  # a level of an OME-NGFF image
+            g["ngff_level"] = meta.attrs["level"]
     raw = sum(v["raw_bytes"] for g in groups.values() for v in g["variables"].values())
     stored = sum(sizes.values())
     return {"url": loc.url, "dataset": prov.get("dataset"), "title": prov.get("title"),
