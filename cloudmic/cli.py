@@ -53,12 +53,14 @@ def cmd_store(args: argparse.Namespace) -> int:
 
     data_dir = Path(args.data_dir).expanduser() if args.data_dir else None
     if args.action == "up":
-        info = seaweed.up(data_dir, port=args.port)
+        info = seaweed.up(data_dir, port=args.port, public_read=args.public_read or ())
         if args.json:
             _print_json({"endpoint": info.endpoint, "pid": info.pid, "data_dir": info.data_dir})
             return 0
         print(f"embedded S3 store running at {info.endpoint} (pid {info.pid}, data in "
               f"{info.data_dir})\nto use it from other tools:")
+        for bucket in info.public_read:
+            print(f"  public, for browser viewers (CORS, Range): {info.endpoint}/{bucket}/")
         for k, v in info.env().items():
             print(f"  export {k}={v}")
         return 0
@@ -246,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-dir", help="where the server keeps its data and state "
                    "(default: $CLOUDMIC_STORE_DIR or ~/.cloudmic/store)")
     s.add_argument("--port", type=int, help="S3 port (default: a free one)")
+    s.add_argument("--public-read", action="append", metavar="BUCKET",
+                   help="let anyone read BUCKET without keys, with the CORS and Range headers "
+                   "browser viewers need (repeatable; e.g. --public-read cloudmic-demo)")
 
     sy = add("synth", cmd_synth, "write a faithful synthetic copy of a dataset's published "
              "layout (names, dtypes, shapes) at a chosen size")

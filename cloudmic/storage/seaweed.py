@@ -47,7 +47,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,7 @@ class ServerInfo:
     secret_key: str = field(repr=False)
     readonly_access_key: str = field(repr=False)
     readonly_secret_key: str = field(repr=False)
+    public_read: tuple[str, ...] = ()  # buckets anyone may read (browser viewers)
 
     def _keys(self, readonly: bool) -> tuple[str, str]:
         if readonly:
@@ -214,6 +215,7 @@ def _info_from_state(state: dict[str, Any], data_dir: Path) -> ServerInfo:
         secret_key=state["secret_key"],
         readonly_access_key=state["readonly_access_key"],
         readonly_secret_key=state["readonly_secret_key"],
+        public_read=tuple(state.get("public_read", ())),
     )
 
 
@@ -535,6 +537,7 @@ def up(
     access_key: str | None = None,
     secret_key: str | None = None,
     timeout: float = 30.0,
+    public_read: Sequence[str] = (),
 ) -> ServerInfo:
     """Start the embedded S3 server on ``data_dir`` (or return the one already running).
 
@@ -545,6 +548,8 @@ def up(
             ``AWS_SECRET_ACCESS_KEY`` from the environment, else random ones. The
             read-only pair is always generated.
         timeout: seconds to wait until an S3 write succeeds.
+        public_read: buckets that anyone may read and list without keys, served with the
+            CORS and Range headers browser viewers need (created if missing).
 
     Returns the server's :class:`ServerInfo`. A server already running and answering
     on the same folder is reused, not restarted.
@@ -564,8 +569,15 @@ def up(
             "another folder with data_dir= or $CLOUDMIC_STORE_DIR"
         ) from exc
     with _locked(root):
+        public = tuple(sorted(set(public_read)))
         existing = _reuse_existing(root, port, access_key, timeout)
         if existing is not None:
+            missing = sorted(set(public) - set(existing.public_read))
+            if missing:
+                raise StoreError(
+                    f"the store on {root} already runs without public read access to "
+                    f"{', '.join(missing)}: restart it with `cloudmic store down` then "
+                    f"`cloudmic store up --public-read {' --public-read '.join(public)}`")
             return existing
         if access_key is None:
             env_key = os.environ.get("AWS_ACCESS_KEY_ID")
@@ -586,7 +598,10 @@ def up(
         for attempt in range(1, _START_ATTEMPTS + 1):
             ports = _pick_ports(_previous_ports(root), port)
             try:
-                return _start(weed, root, ports, creds, timeout)
+                info = _start(weed, root, ports, creds, timeout, public)
+                for bucket in public:
+                    share_bucket(info, bucket)
+                return info
             except _PortRace as exc:
                 last_error = exc.error
                 if port is not None:
@@ -671,7 +686,10 @@ def _reuse_existing(
     return info
 
 
-def _identities(creds: dict[str, str]) -> dict[str, Any]:
+def _identities(creds: dict[str, str], public: Sequence[str] = ()) -> dict[str, Any]:
+    anonymous = ([{"name": "anonymous",
+                   "actions": [f"{a}:{b}" for b in public for a in ("Read", "List")]}]
+                 if public else [])
     return {
         "identities": [
             {
@@ -691,8 +709,27 @@ def _identities(creds: dict[str, str]) -> dict[str, Any]:
                 ],
                 "actions": ["Read", "List"],
             },
+            *anonymous,
         ]
     }
+
+
+# What browser viewers (vizarr, neuroglancer, zarrita.js) need from a bucket: cross-origin
+# GET/HEAD with a Range header, and the response headers they read back.
+CORS_RULES = {"CORSRules": [{
+    "AllowedOrigins": ["*"], "AllowedMethods": ["GET", "HEAD"], "AllowedHeaders": ["*"],
+    "ExposeHeaders": ["Content-Range", "Content-Length", "Content-Type", "ETag",
+                      "Accept-Ranges", "Last-Modified"],
+    "MaxAgeSeconds": 3600}]}
+
+
+def share_bucket(info: ServerInfo, bucket: str) -> None:
+    """Create ``bucket`` if missing and give it the CORS rules browser viewers need."""
+    client = _s3_client(info, timeout=10.0)
+    with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou,
+                             client.exceptions.BucketAlreadyExists):
+        client.create_bucket(Bucket=bucket)
+    client.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS_RULES)
 
 
 def _command(weed: Path, root: Path, ports: dict[str, int], identities: Path) -> list[str]:
@@ -724,10 +761,11 @@ def _child_env() -> dict[str, str]:
 
 
 def _start(
-    weed: Path, root: Path, ports: dict[str, int], creds: dict[str, str], timeout: float
+    weed: Path, root: Path, ports: dict[str, int], creds: dict[str, str], timeout: float,
+    public: tuple[str, ...] = (),
 ) -> ServerInfo:
     identities = root / IDENTITIES_FILE
-    _write_private(identities, _identities(creds))
+    _write_private(identities, _identities(creds, public))
     log = root / LOG_FILE
     with open(log, "ab") as fh:
         fh.write(f"\n=== cloudmic store up {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
@@ -754,6 +792,7 @@ def _start(
         "ports": ports,
         "weed": str(weed),
         "started_at": time.time(),
+        "public_read": list(public),
         **creds,
     }
     _write_private(_state_path(root), state)
