@@ -9,14 +9,24 @@ pure function of (seed, epoch).
 Groups come in two shapes: stacked (BioSR ``train``: samples along a leading ``sample``
 dim, read a shard at a time) and single (a DL-SMLM cell: one sample per group, read
 whole, ``patches_per_sample`` patches cut from it). A stream may span many groups.
+
+Distribution: every item of an epoch has a fixed ``position`` (its block's offset plus its
+index in the block). The consumers of an epoch (ranks x DataLoader workers) split the
+blocks that still hold unconsumed items round-robin in the epoch's block order, so they
+cover the epoch exactly once without talking to each other. ``state_dict()`` records the
+positions consumed so far as a bitmap (gathered over ranks), so a run resumes mid-epoch on
+any number of ranks and workers with no item skipped or repeated.
 """
 
 from __future__ import annotations
 
+import base64
 import fnmatch
 import logging
 import math
+import os
 import warnings
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -93,6 +103,8 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         prefetch: int = 2,
         codec_pipeline: str = "zarrs",
         storage_options: dict[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
     ) -> None:
         super().__init__()
         if not variables:
@@ -117,6 +129,12 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self._blocks = [_Block(gi, s, min(s + g.block, g.length))
                         for gi, g in enumerate(self._groups) for s in range(0, g.length, g.block)]
         self.length = sum(g.length for g in self._groups) * patches_per_sample
+        sizes = [(b.stop - b.start) * patches_per_sample for b in self._blocks]
+        self._offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
+        self.rank, self.world_size = rank, world_size
+        self._consumed = np.zeros(self.length, dtype=bool)  # of _consumed_epoch, seen here
+        self._consumed_epoch: int | None = None
+        self._finished = False  # a pass over _consumed_epoch ran to its end here
 
     # ---- construction: resolve groups and check every variable fits ----
     def _match_groups(self, arrays: dict[str, ArrayMeta]) -> list[str]:
@@ -222,7 +240,8 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             f"{g.path}/{i}" if g.stacked else g.path)
         return base if self.patches_per_sample == 1 else f"{base}#{p}"
 
-    def _read_block(self, opened: list, block: _Block, epoch: int) -> list[dict[str, Any]]:
+    def _read_block(self, opened: list, bi: int, epoch: int) -> list[dict[str, Any]]:
+        block = self._blocks[bi]
         g = self._groups[block.group]
         arrays, stems = opened[block.group]
         origins = self.origins(epoch, block)
@@ -233,6 +252,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                 o = origins[j, p]
                 item: dict[str, Any] = {
                     "__key__": self._key(g, stems, block.start + j, p), "group": g.path,
+                    "position": int(self._offsets[bi] + j * self.patches_per_sample + p),
                     "index": block.start + j, "origin": dict(zip(self.patch, o.tolist(),
                                                                  strict=True))}
                 for plan, arr in zip(g.plans, data, strict=True):
@@ -245,16 +265,54 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                 items.append(item)
         return items
 
-    def _worker_share(self, order: np.ndarray) -> np.ndarray:
+    # ---- distribution: consumers split the blocks that still hold unconsumed items ----
+    def _dist(self) -> tuple[int, int]:
+        """(rank, world size): explicit, else torch.distributed, else RANK/WORLD_SIZE."""
+        if self.rank is not None or self.world_size is not None:
+            return int(self.rank or 0), int(self.world_size or 1)
+        try:
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                return dist.get_rank(), dist.get_world_size()
+        except ImportError:  # pragma: no cover - torch is optional
+            pass
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+    def consumer(self) -> tuple[int, int]:
+        """(this consumer's index, consumers in total): rank-major over loader workers."""
+        rank, world = self._dist()
         info = get_worker_info()
-        return order if info is None else order[info.id::info.num_workers]
+        workers, wid = (1, 0) if info is None else (info.num_workers, info.id)
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is outside a world of {world}")
+        return rank * workers + wid, world * workers
+
+    def assignment(self, epoch: int, consumer: int, consumers: int) -> list[int]:
+        """The block indices one consumer reads in ``epoch``: a pure function of (seed,
+        epoch, what was consumed, consumer, consumers)."""
+        order = self.block_order(epoch)
+        done = np.logical_and.reduceat(self._consumed, self._offsets[:-1]) if self.length \
+            else np.zeros(0, bool)
+        open_blocks = [int(b) for b in order if not done[b]]
+        return open_blocks[consumer::consumers]
+
+    def _begin_epoch(self, epoch: int) -> None:
+        """Consumption is tracked per epoch: a new epoch, or a finished one run again, starts
+        with nothing consumed; a resumed one keeps what ``load_state_dict`` gave it."""
+        if self._consumed_epoch != epoch or self._finished:
+            self._consumed[:] = False
+            self._consumed_epoch, self._finished = epoch, False
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         epoch = self.epoch + self._passes
         self._passes += 1
-        mine = [self._blocks[b] for b in self._worker_share(self.block_order(epoch))]
+        self._begin_epoch(epoch)
+        me, consumers = self.consumer()
+        mine = self.assignment(epoch, me, consumers)
         opened = self._open()
-        rng = np.random.default_rng([self.seed, epoch, 2, len(mine)])
+        rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
+        in_main = get_worker_info() is None
         # bounded memory: at most `ahead` blocks of cut patches wait beside the buffer in use
         ahead = self.buffer_blocks + self.prefetch
         with ThreadPoolExecutor(self.prefetch) as pool:
@@ -262,9 +320,110 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             nxt = len(pending)
             while pending:
                 take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
-                buffer = [it for f in take for it in f.result()]
+                buffer = [it for f in take for it in f.result()
+                          if not self._consumed[it["position"]]]
                 while nxt < len(mine) and len(pending) < ahead:
                     pending.append(pool.submit(self._read_block, opened, mine[nxt], epoch))
                     nxt += 1
                 for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
+                    if in_main:  # without loader workers, what is yielded is consumed
+                        self._consumed[buffer[k]["position"]] = True
                     yield buffer[k]
+        self._finished = in_main
+
+    # ---- resume: which positions of the epoch were consumed ----
+    def mark_consumed(self, positions: Any) -> None:
+        """Record items the training loop received (``batch["position"]``); the loader
+        from :meth:`loader` calls this for you."""
+        pos = np.asarray(positions, dtype=np.int64).ravel()
+        self._consumed[pos] = True
+
+    def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
+        """Where this epoch stands: the consumed positions of every rank (gathered with
+        ``torch.distributed`` when it is initialized and ``gather``) plus what the positions
+        mean (seed, epoch, length). Save it from any rank; all ranks return the same."""
+        consumed = self._consumed.copy()
+        if gather:
+            consumed = _gather_or(consumed)
+        packed = zlib.compress(np.packbits(consumed).tobytes())
+        epoch = self._consumed_epoch if self._consumed_epoch is not None else (
+            self.epoch + self._passes)
+        return {"version": 1, "seed": self.seed, "epoch": epoch,
+                "length": self.length, "patches_per_sample": self.patches_per_sample,
+                "consumed": base64.b64encode(packed).decode(), "count": int(consumed.sum())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the epoch of ``state``: the next pass yields only what was not consumed,
+        split over however many ranks and workers run now."""
+        for key in ("seed", "length", "patches_per_sample"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state_dict is for {key}={state[key]!r}, this stream has "
+                                 f"{getattr(self, key)!r}: build the stream as it was built")
+        bits = np.frombuffer(zlib.decompress(base64.b64decode(state["consumed"])), np.uint8)
+        self._consumed = np.unpackbits(bits, count=self.length).astype(bool)
+        self.epoch, self._passes = int(state["epoch"]), 0
+        self._consumed_epoch, self._finished = self.epoch, False
+
+    def loader(self, batch_size: int, num_workers: int = 0, **kwargs: Any) -> _TrackingLoader:
+        """A ``torch.utils.data.DataLoader`` over this stream (spawned workers) that marks
+        every batch it hands out as consumed, so :meth:`state_dict` is exact."""
+        return _TrackingLoader(self, batch_size, num_workers, **kwargs)
+
+
+class _TrackingLoader:
+    def __init__(self, stream: PatchStream, batch_size: int, num_workers: int,
+                 **kwargs: Any) -> None:
+        from torch.utils.data import DataLoader
+
+        if num_workers:
+            kwargs.setdefault("multiprocessing_context", "spawn")
+        self.stream, self.workers = stream, num_workers
+        self.loader = DataLoader(stream, batch_size=batch_size, num_workers=num_workers,
+                                 **kwargs)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        s = self.stream
+        if self.workers:  # the workers' copies run this epoch; keep the main copy in step
+            s._begin_epoch(s.epoch + s._passes)
+            it = iter(self.loader)  # workers take their copy of the stream here
+            s._passes += 1
+        else:  # the stream iterates in this process and counts its own passes
+            it = iter(self.loader)
+        for batch in it:
+            s.mark_consumed(batch["position"])
+            yield batch
+        s._finished = True
+
+
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One state from the ``state_dict(gather=False)`` of every rank (for runs that do not
+    use ``torch.distributed``): the union of what each consumed."""
+    first = states[0]
+    for st in states[1:]:
+        for key in ("seed", "epoch", "length", "patches_per_sample"):
+            if st[key] != first[key]:
+                raise ValueError(f"cannot merge states of different {key}: "
+                                 f"{first[key]!r} and {st[key]!r}")
+    bits = [np.frombuffer(zlib.decompress(base64.b64decode(st["consumed"])), np.uint8)
+            for st in states]
+    merged = np.bitwise_or.reduce(np.stack(bits))
+    count = int(np.unpackbits(merged, count=first["length"]).sum())
+    return {**first, "consumed": base64.b64encode(zlib.compress(merged.tobytes())).decode(),
+            "count": count}
+
+
+def _gather_or(consumed: np.ndarray) -> np.ndarray:
+    """OR of every rank's consumed bitmap (no-op without an initialized process group)."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover
+        return consumed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return consumed
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, np.packbits(consumed))
+    merged = np.bitwise_or.reduce(np.stack(parts))
+    return np.unpackbits(merged, count=len(consumed)).astype(bool)

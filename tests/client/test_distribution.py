@@ -1,0 +1,132 @@
+"""PatchStream under distribution: ranks x workers cover an epoch exactly once with no
+communication, and state_dict() resumes mid-epoch on another number of ranks and workers
+with no item skipped or repeated."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import cloudmic
+from cloudmic.client.patches import merge_states
+from cloudmic.ingest import ingest
+
+PATCH = {"y": 16, "x": 16}
+PPS = 3  # patches per sample: 40 samples -> 120 items, in 5 blocks of 8 samples
+
+
+@pytest.fixture(scope="module")
+def url(biosr_sources, small_manifest, tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("dist-root")
+    ingest(str(small_manifest), biosr_sources["uint16"], str(root))
+    return f"{root}/biosr.zarr"
+
+
+def _stream(url: str, **kw) -> cloudmic.PatchStream:
+    return cloudmic.PatchStream(url, "train", ["wf"], PATCH, seed=7, patches_per_sample=PPS,
+                                **kw)
+
+
+def _all_keys(url: str, epoch: int = 0) -> list[str]:
+    s = _stream(url)
+    s.set_epoch(epoch)
+    return sorted(it["__key__"] for it in s)
+
+
+def test_ranks_cover_the_epoch_exactly_once_without_talking(url):
+    everything = _all_keys(url)
+    assert len(everything) == len(set(everything)) == 120
+    for world in (2, 3, 7):  # 7 consumers for 5 blocks: some get none
+        keys = Counter()
+        for rank in range(world):
+            s = _stream(url, rank=rank, world_size=world)
+            keys.update(it["__key__"] for it in s)
+        assert sorted(keys.elements()) == everything, world
+
+
+def test_resume_on_another_world_size_skips_and_repeats_nothing(url):
+    states, seen = [], Counter()
+    for rank, stop in ((0, 17), (1, 40)):  # ranks stop at different points: no barrier
+        s = _stream(url, rank=rank, world_size=2)
+        for n, it in enumerate(s, 1):
+            seen[it["__key__"]] += 1
+            if n == stop:
+                break
+        states.append(s.state_dict(gather=False))
+    state = merge_states(states)
+    assert state["count"] == 57 and json.loads(json.dumps(state)) == state  # JSON-safe
+    for rank in range(3):
+        s = _stream(url, rank=rank, world_size=3)
+        s.load_state_dict(state)
+        seen.update(it["__key__"] for it in s)
+    assert sorted(seen.elements()) == _all_keys(url)
+    # the resumed epoch is over: the next pass is a full new epoch
+    s = _stream(url)
+    s.load_state_dict(state)
+    list(s)
+    assert len(list(s)) == 120
+
+
+def test_state_must_match_the_stream(url):
+    state = _stream(url).state_dict()
+    other = cloudmic.PatchStream(url, "train", ["wf"], PATCH, seed=8, patches_per_sample=PPS)
+    with pytest.raises(ValueError, match="seed"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_loader_workers_stop_and_resume_on_more_workers(url):
+    pytest.importorskip("torch")
+    s = _stream(url)
+    seen = Counter()
+    for n, batch in enumerate(s.loader(batch_size=5, num_workers=2), 1):
+        seen.update(batch["__key__"])
+        if n == 9:
+            break
+    state = s.state_dict()
+    assert state["count"] == 45
+    r = _stream(url)
+    r.load_state_dict(state)
+    for batch in r.loader(batch_size=4, num_workers=3):
+        seen.update(batch["__key__"])
+    assert sorted(seen.elements()) == _all_keys(url)
+
+
+SCRIPT = Path(__file__).with_name("torchrun_epoch.py")
+
+
+def _torchrun(nproc: int, *args: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc_per_node={nproc}", str(SCRIPT), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.e2e
+def test_torchrun_two_ranks_two_workers_then_resume_on_one_rank_three_workers(url, tmp_path):
+    """The issue's test: gloo on CPU, 2 ranks x 2 workers collect one epoch's keys (exactly
+    once); a second run stops half-way, and 1 rank x 3 workers finish it (still exactly
+    once)."""
+    pytest.importorskip("torch")
+    everything = _all_keys(url)
+    full = tmp_path / "full"
+    _torchrun(2, url, str(full), "--workers", "2")
+    keys = [k for r in range(2) for k in json.loads((full / f"keys-{r}.json").read_text())]
+    assert sorted(keys) == everything
+
+    half = tmp_path / "half"
+    _torchrun(2, url, str(half), "--workers", "2", "--stop-after", "6")
+    state = json.loads((half / "state.json").read_text())
+    first = [k for r in range(2) for k in json.loads((half / f"keys-{r}.json").read_text())]
+    assert state["count"] == len(first) == 2 * 6 * 5
+    _torchrun(1, url, str(tmp_path / "resumed"), "--workers", "3", "--resume",
+              str(half / "state.json"))
+    rest = json.loads((tmp_path / "resumed" / "keys-0.json").read_text())
+    assert sorted(first + rest) == everything
