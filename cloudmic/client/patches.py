@@ -25,6 +25,8 @@ import fnmatch
 import logging
 import math
 import os
+import re
+import time
 import warnings
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from cloudmic.client.metadata import ArrayMeta, read_store_metadata
+from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,17 @@ except ImportError:  # pragma: no cover - exercised in environments without torc
 
     def get_worker_info() -> None:  # type: ignore[misc]
         return None
+
+
+# What a store that is briefly down or overloaded says, through obstore, zarrs or s3fs
+_TRANSIENT = re.compile(r"error sending request|connection|timed? ?out|service unavailable|"
+                        r"slow ?down|broken pipe|reset by peer|status(?: code)?:? 5\d\d", re.I)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A read error worth retrying (the store is unreachable or overloaded), as opposed to
+    bad data (a checksum or decode error), which fails the same way every time."""
+    return isinstance(exc, ConnectionError | TimeoutError) or bool(_TRANSIENT.search(str(exc)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +100,17 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
     ``patch`` gives the window in pixels of the first (reference) variable, e.g.
     ``{"y": 64, "x": 64}``; the other variables get the window covering the same field of
     view on their own grid (a 2x GT gets 128x128, an 8x SR image 512x512). Each item is a
-    dict ``{variable: ndarray, "__key__": str, "group": str, "index": i, "origin": {...}}``.
+    dict ``{variable: ndarray, "__key__": str, "group": str, "index": i, "origin": {...},
+    "position": p}``.
+
+    Under ``torchrun`` the rank and world size come from ``torch.distributed`` (or ``RANK``
+    / ``WORLD_SIZE``; ``rank=``/``world_size=`` override), DataLoader workers are detected,
+    and together they read disjoint blocks that cover the epoch exactly once. Iterate
+    :meth:`loader` (or call :meth:`mark_consumed` with each batch's ``position``) and
+    :meth:`state_dict` says exactly what was consumed; :meth:`load_state_dict` resumes.
+    Reads that fail because the store is unreachable are retried for ``retry_seconds``;
+    unreadable (damaged) data raises, or with ``on_error="skip"`` its block is skipped with
+    a warning.
     """
 
     def __init__(
@@ -105,8 +129,13 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         storage_options: dict[str, Any] | None = None,
         rank: int | None = None,
         world_size: int | None = None,
+        on_error: str = "raise",
+        retry_seconds: float = 60.0,
     ) -> None:
         super().__init__()
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error, self.retry_seconds = on_error, float(retry_seconds)
         if not variables:
             raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
         if patches_per_sample < 1:
@@ -265,6 +294,44 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                 items.append(item)
         return items
 
+    # ---- faults: retry what is transient, apply on_error to bad data ----
+    def _retrying(self, fn: Any, what: str, *args: Any) -> Any:
+        """``fn(*args)``, retried with backoff while the store is unreachable, for at most
+        ``retry_seconds`` (an S3 server restart mid-epoch costs time, never samples)."""
+        deadline, delay = time.monotonic() + self.retry_seconds, 0.25
+        while True:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: cannot %s (%s); retrying in %.1f s", self.url, what,
+                            str(exc).splitlines()[0][:200], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+
+    def _read_checked(self, opened: list, bi: int, epoch: int) -> list[dict[str, Any]]:
+        block = self._blocks[bi]
+        g = self._groups[block.group]
+        where = (f"{self.url}: group {g.path!r}, samples {block.start}..{block.stop - 1} "
+                 f"({', '.join(p.name for p in g.plans)})")
+        try:
+            return self._retrying(self._read_block, f"read {where}", opened, bi, epoch)
+        except Exception as exc:
+            if is_transient(exc):
+                raise StoreError(f"{where}: the store did not answer for {self.retry_seconds:.0f}"
+                                 f" s ({str(exc).splitlines()[0][:200]}); check that it runs, "
+                                 "or raise retry_seconds") from exc
+            if self.on_error == "skip":
+                warnings.warn(f"{where}: skipped, unreadable ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); run cloudmic verify on the dataset",
+                              RuntimeWarning, stacklevel=2)
+                return []
+            raise StoreError(f"{where}: unreadable ({type(exc).__name__}: {str(exc)[:200]}). "
+                             "The stored bytes are damaged: run cloudmic verify on the dataset "
+                             "and ingest it again, or pass on_error='skip' to skip such blocks "
+                             "with a warning") from exc
+
     # ---- distribution: consumers split the blocks that still hold unconsumed items ----
     def _dist(self) -> tuple[int, int]:
         """(rank, world size): explicit, else torch.distributed, else RANK/WORLD_SIZE."""
@@ -310,20 +377,20 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self._begin_epoch(epoch)
         me, consumers = self.consumer()
         mine = self.assignment(epoch, me, consumers)
-        opened = self._open()
+        opened = self._retrying(self._open, "open the store")
         rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
         in_main = get_worker_info() is None
         # bounded memory: at most `ahead` blocks of cut patches wait beside the buffer in use
         ahead = self.buffer_blocks + self.prefetch
         with ThreadPoolExecutor(self.prefetch) as pool:
-            pending = [pool.submit(self._read_block, opened, b, epoch) for b in mine[:ahead]]
+            pending = [pool.submit(self._read_checked, opened, b, epoch) for b in mine[:ahead]]
             nxt = len(pending)
             while pending:
                 take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
                 buffer = [it for f in take for it in f.result()
                           if not self._consumed[it["position"]]]
                 while nxt < len(mine) and len(pending) < ahead:
-                    pending.append(pool.submit(self._read_block, opened, mine[nxt], epoch))
+                    pending.append(pool.submit(self._read_checked, opened, mine[nxt], epoch))
                     nxt += 1
                 for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
                     if in_main:  # without loader workers, what is yielded is consumed
