@@ -166,6 +166,16 @@ def _table(args: argparse.Namespace, rows: dict[str, Any], limit: float) -> str:
         mb_s = r["bytes"] / r["seconds"] / 1e6
         lines.append(f"| {name} | {r['bytes'] / 1e9:.2f} | {r['seconds']:.1f} | {mb_s:.0f} | "
                      f"{mb_s / limit:.2f} | {r['peak_rss_mb']:.0f} |")
+    lines.append("")
+    for name, r in rows.items():
+        if "units" in r:
+            lines.append(f"- {name}: {r['units']} units, {r['records']} clip records; Zarr "
+                         f"{r['zarr_bytes'] / 1e9:.2f} GB for {r['array_bytes'] / 1e9:.2f} GB of "
+                         f"arrays (both levels, {r['array_bytes'] / r['zarr_bytes']:.2f}x), "
+                         f"WebDataset {r['wds_bytes'] / 1e9:.2f} GB")
+    setup = rows["setup: write sources"]
+    lines.append(f"- setup (not timed above): {setup['bytes'] / 1e9:.1f} GB of sources written "
+                 f"in {setup['seconds']:.0f} s")
     return "\n".join(lines)
 
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cloudmic.errors import ManifestError
 
-DTYPES = {"uint8", "uint16", "uint32", "int32", "int64", "float32", "float64"}
+DTYPES = {"uint8", "uint16", "uint32", "int16", "int32", "int64", "float32", "float64"}
 
 
 class _Strict(BaseModel):

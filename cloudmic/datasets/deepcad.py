@@ -26,6 +26,7 @@ only its own frames, a block at a time, so memory stays at about one unit.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import logging
 from collections.abc import Iterator
@@ -112,12 +113,7 @@ class DeepCAD(Adapter):
             if row is not None:
                 found.append((row, p))
             elif self._tiffs(p):
-                raise SourceError(p, "folder with TIFF movies that is not a DeepCAD recording: "
-                                  "its name is none of the 27 zip names of the seed table "
-                                  f"(e.g. {self._example()}; all in manifests/deepcad.yaml, "
-                                  "options.recordings)",
-                                  "rename the folder to its zip's name without .zip, or move "
-                                  "it out of the source folder")
+                raise self._unknown_folder(p)
             else:
                 log.warning("DeepCAD: skipping %s (no TIFF inside, not a recording folder)", p)
         if not found:
@@ -126,6 +122,16 @@ class DeepCAD(Adapter):
                               f"unzip the recordings into DeepCAD/, {HINT}")
         order = {r["id"]: k for k, r in enumerate(self.opts["recordings"])}
         return sorted(found, key=lambda rp: order[rp[0]["id"]])
+
+    def _unknown_folder(self, folder: Path) -> SourceError:
+        stems = [r["zip"].removesuffix(".zip") for r in self.opts["recordings"]]
+        close = difflib.get_close_matches(folder.name, stems, n=2, cutoff=0.6)
+        hint = f"closest: {', '.join(close)}" if close else f"e.g. {stems[0]}, ..., {stems[-1]}"
+        return SourceError(folder, "folder with TIFF movies that is not a DeepCAD recording: its "
+                           f"name is none of the {len(stems)} zip names of the seed table "
+                           f"({hint}; all in manifests/deepcad.yaml, options.recordings)",
+                           "rename the folder to its zip's name without .zip, or move it out "
+                           "of the source folder")
 
     def _example(self) -> str:
         return self.opts["recordings"][0]["zip"].removesuffix(".zip")
@@ -164,8 +170,8 @@ class DeepCAD(Adapter):
     # ---- scan ---------------------------------------------------------------------------
 
     def check_pair(self, folder: Path, infos: dict[str, MovieInfo]) -> None:
-        allowed = self.opts["movie_dtypes"]
-        for info in infos.values():
+        for path, info in infos.items():
+            allowed = list(self.manifest.variables[path].dtypes)
             if info.dtype.name not in allowed:
                 raise SourceError(info.path, f"dtype {info.dtype} is not one DeepCAD movies "
                                   f"have {allowed}", "replace it with the published movie")
@@ -199,7 +205,7 @@ class DeepCAD(Adapter):
         groups, inv_files = [], {}
         for row, folder, infos in checked:
             groups.append(self._group(row, folder, infos, digests, steps))
-            inv_files[row["id"]] = {k: str(i.path) for k, i in infos.items()}
+            inv_files[row["id"]] = infos  # units read frames at the offsets found here
         total = sum(p.stat().st_size for p in paths)
         root = recordings[0][1].parent
         return Inventory(self.manifest.name, root, tuple(groups), inv_files, total, len(paths))
@@ -244,13 +250,14 @@ class DeepCAD(Adapter):
     def read_unit(self, inv: Inventory, unit: Unit) -> dict[str, np.ndarray]:
         group, steps = inv.group(unit.group), self.steps
         out: dict[str, np.ndarray] = {}
-        for path, src in inv.files[unit.group].items():
+        for path, info in inv.files[unit.group].items():
+            src = info.path
             specs = [group.var(f"{path}/{k}/{path}") for k in range(len(steps) + 1)]
             levels = [np.empty((unit.stop - unit.start, *s.shape[1:]), dtype=s.dtype)
                       for s in specs]
             got = unit.start
             for i, block in iter_frame_blocks(src, READ_BLOCK, start=unit.start,
-                                              stop=unit.stop):
+                                              stop=unit.stop, info=info):
                 if block.shape[1:] != specs[0].shape[1:] or block.dtype != levels[0].dtype:
                     raise self._changed(src, f"frames of {block.shape[1:]} {block.dtype}")
                 # levels are y/x only (t step 1), so each block downsamples on its own
@@ -266,7 +273,7 @@ class DeepCAD(Adapter):
         return out
 
     @staticmethod
-    def _changed(path: str, now: str) -> SourceError:
+    def _changed(path: Path, now: str) -> SourceError:
         return SourceError(path, f"changed since the scan: now {now}",
                            "re-run the ingest on a source that is not being modified")
 
@@ -287,7 +294,7 @@ class DeepCAD(Adapter):
             rec: dict[str, Any] = {"__key__": key.format(recording=unit.group, t=t0)}
             for path in paths:
                 rec[f"{path}.npy"] = data[f"{path}/0/{path}"][t0 - unit.start:t1 - unit.start]
-            rec["json"] = {**meta, "t_index": [t0, t1], "t_s": [t0 / hz, t1 / hz],
+            rec["json"] = {**meta, "t_index": [t0, t1], "t_span_s": [t0 / hz, t1 / hz],
                            "zarr": {"group": unit.group,
                                     "paths": {p: f"{p}/0/{p}" for p in paths},
                                     "t": [t0, t1]}}

@@ -48,7 +48,8 @@ class MovieInfo:
     tifffile describes it (tifffile axis codes, e.g. ``TZCYXS`` for ImageJ), and
     ``squeezed_axes`` the positions in ``stored_shape`` of the singleton axes dropped to get
     ``(frames, Y, X)``, ``frame_axis`` the code of the axis kept as frames ("" for a single
-    frame). ``contiguous`` says whether the fast, decode-free path applies.
+    frame). ``contiguous`` says whether the fast, decode-free path applies; then
+    ``data_offset`` is the first byte of frame 0 and ``byteorder`` the file's ("<" or ">").
     """
 
     path: Path
@@ -61,6 +62,8 @@ class MovieInfo:
     stored_axes: str = ""
     contiguous: bool = False
     frame_axis: str = ""
+    data_offset: int | None = None
+    byteorder: str = "="
 
     @property
     def frame_bytes(self) -> int:
@@ -91,23 +94,36 @@ def movie_info(path: Path | str) -> MovieInfo:
 
 
 def iter_frame_blocks(
-    path: Path | str, block: int, *, start: int = 0, stop: int | None = None
+    path: Path | str,
+    block: int,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    info: MovieInfo | None = None,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Yield ``(i, frames[i:i + block])`` for ``i = start, start + block, ...`` up to ``stop``.
 
     Each block is a fresh ``(n, Y, X)`` array in native byte order, with the file's dtype;
     only that block's bytes are read, so peak memory is about one block. ``start``/``stop``
     let parallel work units read disjoint frame ranges of one file.
+
+    ``info``, this file's :func:`movie_info` from an earlier scan, spares a contiguous movie
+    the walk over every page header (~0.1 ms a page: 0.4 s for 4,700 frames, paid again by
+    each work unit); a file whose size changed since is refused.
     """
     if not isinstance(block, int | np.integer) or isinstance(block, bool) or block < 1:
         raise ValueError(f"block must be a whole number of frames >= 1, got {block!r}")
     path = Path(path)
+    if info is not None and info.contiguous and info.data_offset is not None:
+        _check_unchanged(path, info)
+        lay = _Layout(info, info.data_offset, info.dtype.newbyteorder(info.byteorder))
+        stop = _stop(info, start, stop)
+        yield from _contiguous_blocks(path, lay, int(block), int(start), stop)
+        return
     with open_tiff(path) as tif:
         lay = _layout(path, tif)
         info = lay.info
-        stop = info.frames if stop is None else min(int(stop), info.frames)
-        if not 0 <= start <= stop:
-            raise ValueError(f"start must be in 0..{stop}, got {start!r}")
+        stop = _stop(info, start, stop)
         if lay.offset is not None:
             yield from _contiguous_blocks(path, lay, int(block), int(start), stop)
             return
@@ -123,6 +139,23 @@ def iter_frame_blocks(
                     "the file is damaged: download it again",
                 ) from exc
             yield i, np.ascontiguousarray(arr.reshape(n, *info.shape), dtype=info.dtype)
+
+
+def _stop(info: MovieInfo, start: int, stop: int | None) -> int:
+    stop = info.frames if stop is None else min(int(stop), info.frames)
+    if not 0 <= start <= stop:
+        raise ValueError(f"start must be in 0..{stop}, got {start!r}")
+    return stop
+
+
+def _check_unchanged(path: Path, info: MovieInfo) -> None:
+    size = os.path.getsize(path)
+    if size != info.file_bytes:
+        raise SourceError(
+            path,
+            f"changed since its headers were read: now {size:,} bytes, then {info.file_bytes:,}",
+            "re-run on a source that is not being modified",
+        )
 
 
 def _contiguous_blocks(
@@ -205,7 +238,8 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
         if end > size:  # ImageJ > 4 GB: one IFD, the other frames follow it unannounced
             raise truncated_error(path, end, size)
         disk = dtype.newbyteorder(tif.byteorder)
-        info = MovieInfo(**{**_fields(info), "contiguous": True})
+        info = MovieInfo(**{**_fields(info), "contiguous": True, "data_offset": int(offset),
+                            "byteorder": tif.byteorder})
         return _Layout(info, int(offset), disk)
     if len(series) != frames or any(p is None for p in series):
         raise SourceError(

@@ -25,7 +25,7 @@ from cloudmic.storage.location import Location
 from cloudmic.synth.deepcad import RECORDINGS, movie_names, synth_deepcad
 from fixtures_biosr import snapshot
 
-FRAMES, SIZE = 150, 65  # two units (128 + 22 frames), an odd side for partial 2x2 blocks
+FRAMES, SIZE = 150, 65  # three units (64 + 64 + 22 frames), an odd side for partial 2x2 blocks
 PX = 550.0 / 490.0
 RECS = [("n01_p66", RECORDINGS[0]), ("n01_p99", RECORDINGS[1])]  # the second is a hyperstack
 
@@ -57,7 +57,7 @@ def published(source, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("deepcad-root") / "root"
     report = ingest("deepcad", source, str(root))
     assert report.groups == {"n01_p66": FRAMES, "n01_p99": FRAMES}
-    assert report.units == 4 and report.records == 2 * (4 + 1)  # 32-frame clips
+    assert report.units == 6 and report.records == 2 * (4 + 1)  # 32-frame clips
     return root
 
 
@@ -171,7 +171,7 @@ def test_reingest_rewrites_the_same_bytes(source, tmp_path):
     ingest("deepcad", source, str(tmp_path / "b"))
     ingest("deepcad", source, str(tmp_path / "a"))  # over the published copy
     assert shards(tmp_path / "b") == first == shards(tmp_path / "a")
-    assert len(first[0]) == 4 and len(first[1]) >= 8
+    assert len(first[0]) == 6 and len(first[1]) >= 8
 
 
 def test_s3_destination(source, s3_env):

@@ -190,3 +190,40 @@ def test_reading_a_big_movie_keeps_memory_flat(tmp_path):
     assert int(nbytes) > 300e6
     assert float(growth_mb) < 64, f"peak RSS grew by {growth_mb} MB reading {nbytes} bytes"
     print(f"read {int(nbytes) / 1e6:.0f} MB at {float(mbps):.0f} MB/s, RSS +{growth_mb} MB")
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"byteorder": ">"}, {"bigtiff": True}])
+def test_scanned_info_skips_the_headers(tmp_path, movie, kwargs, monkeypatch):
+    """With the scan's info, a contiguous movie is read without walking its page headers."""
+    p = tmp_path / "m.tif"
+    tifffile.imwrite(p, movie, **kwargs)
+    info = movie_info(p)
+    assert info.contiguous and info.data_offset is not None
+    import cloudmic.formats.tiff_pages as tp
+
+    def no_parse(*_a, **_k):
+        raise AssertionError("headers parsed again")
+
+    monkeypatch.setattr(tp, "open_tiff", no_parse)
+    got = list(iter_frame_blocks(p, 4, start=5, stop=14, info=info))
+    assert [s for s, _ in got] == [5, 9, 13]
+    blocks = np.concatenate([b for _, b in got])
+    assert blocks.dtype.isnative and np.array_equal(blocks, movie[5:14])
+
+
+def test_scanned_info_refuses_a_changed_file(tmp_path, movie):
+    p = tmp_path / "m.tif"
+    tifffile.imwrite(p, movie)
+    info = movie_info(p)
+    p.write_bytes(p.read_bytes()[:-1000])
+    with pytest.raises(SourceError, match="changed since"):
+        list(iter_frame_blocks(p, 4, info=info))
+
+
+def test_scanned_info_of_a_compressed_movie_reads_normally(tmp_path, movie):
+    p = tmp_path / "z.tif"
+    tifffile.imwrite(p, movie, compression="zlib")
+    info = movie_info(p)
+    assert not info.contiguous and info.data_offset is None
+    assert np.array_equal(np.concatenate([b for _, b in iter_frame_blocks(p, 5, info=info)]),
+                          movie)
