@@ -117,7 +117,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self,
         url: str,
         group: str | Sequence[str],
-        variables: Sequence[str],
+        variables: Sequence[str] | Mapping[str, str],
         patch: Mapping[str, int],
         *,
         seed: int = 0,
@@ -141,6 +141,10 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         if patches_per_sample < 1:
             raise ValueError("patches_per_sample must be at least 1")
         self.url, self.variables = url, list(variables)
+        # output name -> array path inside the group (``{"semantic":
+        # "labels/semantic/0/semantic"}`` pairs an NGFF image with its labels)
+        self.paths = dict(variables) if isinstance(variables, Mapping) else {
+            v: v for v in variables}
         self.patterns = [group] if isinstance(group, str) else list(group)
         self.patch = dict(patch)
         self.seed, self.shuffle, self.epoch = seed, shuffle, 0
@@ -167,7 +171,8 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
 
     # ---- construction: resolve groups and check every variable fits ----
     def _match_groups(self, arrays: dict[str, ArrayMeta]) -> list[str]:
-        groups = sorted({p.rsplit("/", 1)[0] for p in arrays if "/" in p})
+        groups = sorted({"/".join(parts[:k]) for p in arrays for parts in [p.split("/")]
+                         for k in range(1, len(parts))})
         matched = [g for g in groups if any(fnmatch.fnmatchcase(g, p) for p in self.patterns)]
         if not matched:
             raise KeyError(f"{self.url}: no group {' or '.join(map(repr, self.patterns))}; "
@@ -175,19 +180,20 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         return matched
 
     def _make_group(self, path: str, arrays: dict[str, ArrayMeta], dim: str | None) -> _Group:
-        in_group = {p.rsplit("/", 1)[1]: m for p, m in arrays.items()
-                    if p.rsplit("/", 1)[0] == path}
         plans: list[_VarPlan] = []
         for name in self.variables:
-            meta = in_group.get(name)
+            meta = arrays.get(f"{path}/{self.paths[name]}")
             if meta is None or meta.dtype == "string":
-                have = sorted(n for n, m in in_group.items() if m.dtype != "string"
-                              and (n,) != m.dims and not n.startswith("loc_"))
-                raise KeyError(f"{self.url}: group {path!r} has no variable {name!r}; "
-                               f"variables: {', '.join(have)}")
+                have = sorted(p.removeprefix(f"{path}/") for p, m in arrays.items()
+                              if p.startswith(f"{path}/") and m.dtype != "string"
+                              and (p.rsplit("/", 1)[-1],) != m.dims
+                              and not p.rsplit("/", 1)[-1].startswith("loc_"))
+                raise KeyError(f"{self.url}: group {path!r} has no variable "
+                               f"{self.paths[name]!r}; variables: {', '.join(have)}")
             plans.append(self._plan(path, name, meta, plans[0] if plans else None, dim))
         ref = plans[0].meta
-        stacked = dim is not None and ref.dims and ref.dims[0] == dim
+        # the group's unit dim is a sample axis only when the patch does not cut along it
+        stacked = dim is not None and ref.dims and ref.dims[0] == dim and dim not in self.patch
         steps = tuple(math.lcm(*(p.scale[k].denominator for p in plans))
                       for k in range(len(self.patch)))
         return _Group(path, tuple(plans), bool(stacked), ref.shape[0] if stacked else 1,
@@ -261,7 +267,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             for g in self._groups:
                 zg = zarr.open_group(store, mode="r", path=g.path, zarr_format=3)
                 stems = zg["sample"][:] if g.stacked and "sample" in zg else None
-                opened.append(([zg[p.name] for p in g.plans], stems))
+                opened.append(([zg[self.paths[p.name]] for p in g.plans], stems))
         return opened
 
     def _key(self, g: _Group, stems: np.ndarray | None, i: int, p: int) -> str:

@@ -270,3 +270,31 @@ def test_verify_reports_broken_ngff_metadata(pe_root, tmp_path):
     report = verify_dataset(Location.parse(str(tmp_path / "copy")), "platelet-em")
     assert not report.ok
     assert report.problems == ["50/labels/cell: 2 levels, the image has 3"]
+
+
+def test_patch_stream_pairs_image_and_labels_across_levels(pe_root):
+    import zarr
+
+    import cloudmic
+
+    url = str(pe_root / "platelet-em.zarr")
+    stream = cloudmic.PatchStream(url, ["50", "24"], {
+        "image": "0/image", "semantic": "labels/semantic/0/semantic",
+        "cell": "labels/cell/0/cell", "coarse": "labels/semantic/1/semantic"},
+        {"z": 4, "y": 32, "x": 32}, patches_per_sample=4, seed=2)
+    items = list(stream)
+    assert len(items) == 8 and {it["group"] for it in items} == {"50", "24"}
+    for it in items:
+        g = zarr.open_group(url, path=it["group"], mode="r")
+        z, y, x = (it["origin"][d] for d in ("z", "y", "x"))
+        box = (slice(z, z + 4), slice(y, y + 32), slice(x, x + 32))
+        assert np.array_equal(it["image"], g["0/image"][box])
+        assert np.array_equal(it["semantic"], g["labels/semantic/0/semantic"][box])
+        assert np.array_equal(it["cell"], g["labels/cell/0/cell"][box])
+        # level 1 halves y and x: the same nanometres are 16 x 16 voxels there
+        half = (slice(z, z + 4), slice(y // 2, y // 2 + 16), slice(x // 2, x // 2 + 16))
+        assert it["coarse"].shape == (4, 16, 16) and y % 2 == 0 and x % 2 == 0
+        assert np.array_equal(it["coarse"], g["labels/semantic/1/semantic"][half])
+    with pytest.raises(KeyError, match="no variable 'labels/nuclei/0/nuclei'.*0/image"):
+        cloudmic.PatchStream(url, "50", {"n": "labels/nuclei/0/nuclei"}, {"z": 4, "y": 8,
+                                                                            "x": 8})
