@@ -25,8 +25,13 @@ DEMO_DATASETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
                 {"group": "crop", "variables": ["image"], "patch": {"y": 128, "x": 128}}),
     # level 0 of each volume (the NGFF image group's "0" child)
     "platelet-em": ({"slices": 16, "size": 256},
-                    {"group": "*[0-9]/0", "variables": ["image"],
+                    {"group": "*", "variables": {"image": "0/image",
+                                                 "semantic": "labels/semantic/0/semantic"},
                      "patch": {"z": 4, "y": 64, "x": 64}, "patches_per_sample": 128}),
+    # clips of the low-SNR movie with the synchronous high-SNR frames
+    "deepcad": ({"recordings": 2, "frames": 128, "size": 128},
+                {"group": "*", "variables": {"low": "low/0/low", "high": "high/0/high"},
+                 "patch": {"t": 16, "y": 64, "x": 64}, "patches_per_sample": 128}),
 }
 
 

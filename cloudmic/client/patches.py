@@ -173,7 +173,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
     def _match_groups(self, arrays: dict[str, ArrayMeta]) -> list[str]:
         groups = sorted({"/".join(parts[:k]) for p in arrays for parts in [p.split("/")]
                          for k in range(1, len(parts))})
-        matched = [g for g in groups if any(fnmatch.fnmatchcase(g, p) for p in self.patterns)]
+        matched = [g for g in groups if any(_glob(g, p) for p in self.patterns)]
         if not matched:
             raise KeyError(f"{self.url}: no group {' or '.join(map(repr, self.patterns))}; "
                            f"groups: {', '.join(groups)}")
@@ -469,6 +469,13 @@ class _TrackingLoader:
             s.mark_consumed(batch["position"])
             yield batch
         s._finished = True
+
+
+def _glob(path: str, pattern: str) -> bool:
+    """Glob per path segment: ``*`` never crosses a ``/`` (``*/cell*`` is one level down)."""
+    parts, pats = path.split("/"), pattern.split("/")
+    return len(parts) == len(pats) and all(
+        fnmatch.fnmatchcase(a, b) for a, b in zip(parts, pats, strict=True))
 
 
 def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
