@@ -131,11 +131,16 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         world_size: int | None = None,
         on_error: str = "raise",
         retry_seconds: float = 60.0,
+        coords: Sequence[str] = (),
+        labels: str | None = None,
+        min_foreground: float = 0.0,
+        class_weights: Mapping[Any, float] | str | None = None,
     ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error, self.retry_seconds = on_error, float(retry_seconds)
+        self.coords = list(coords)  # per-sample coordinates shipped with each item (a class)
         if not variables:
             raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
         if patches_per_sample < 1:
@@ -159,6 +164,10 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         dims = {g: d.get("dim") for g, d in attrs.get("cloudmic", {}).get("groups", {}).items()}
         self._groups = [self._make_group(p, arrays, dims.get(p)) for p in
                         self._match_groups(arrays)]
+        self._check_coords(arrays)
+        self.labels, self.min_foreground, self.class_weights = labels, min_foreground, class_weights
+        self._chunk_pick = ([self._label_chunks(g) for g in self._groups] if labels
+                            else [None] * len(self._groups))
         self._blocks = [_Block(gi, s, min(s + g.block, g.length))
                         for gi, g in enumerate(self._groups) for s in range(0, g.length, g.block)]
         self.length = sum(g.length for g in self._groups) * patches_per_sample
@@ -178,6 +187,64 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             raise KeyError(f"{self.url}: no group {' or '.join(map(repr, self.patterns))}; "
                            f"groups: {', '.join(groups)}")
         return matched
+
+    def _label_chunks(self, g: _Group) -> tuple[np.ndarray, np.ndarray]:
+        """(probability of each label chunk, its centre in reference pixels), from the chunk
+        statistics stored at ingest: no pixel is read to choose."""
+        from cloudmic.layout.label_stats import read_stats
+
+        plan = next((p for p in g.plans if p.name == self.labels), None)
+        if plan is None:
+            raise ValueError(f"labels={self.labels!r} is not one of the variables "
+                             f"{self.variables}")
+        stats = read_stats(plan.meta.attrs)
+        if stats is None or g.stacked:
+            raise ValueError(f"{self.url}: {self.paths[plan.name]!r} of group {g.path!r} has "
+                             "no per-chunk label statistics; label-aware sampling needs a "
+                             "label volume ingested by cloudmic (e.g. platelet-em semantic)")
+        chunk, counts = stats
+        total = counts.sum(-1).astype(float)
+        fg = 1.0 - counts[..., 0] / np.maximum(total, 1)
+        weight = np.ones(total.shape)
+        if self.class_weights is not None:
+            w = self._class_vector(plan, counts)
+            weight = (counts * w).sum(-1) / np.maximum(total, 1)
+        p = np.where((fg >= self.min_foreground) & (total > 0), weight, 0.0).ravel()
+        if p.sum() <= 0:
+            raise ValueError(f"{self.url}: no chunk of group {g.path!r} has foreground >= "
+                             f"{self.min_foreground} (best: {fg.max():.3f}); lower "
+                             "min_foreground")
+        grid = np.indices(counts.shape[:-1]).reshape(len(chunk), -1).T
+        shape = np.array(plan.meta.shape)
+        centres = np.minimum((grid + 0.5) * np.array(chunk), shape - 0.5)
+        ref = centres[:, list(plan.axes)] / np.array([float(s) for s in plan.scale])
+        return p / p.sum(), ref
+
+    def _class_vector(self, plan: _VarPlan, counts: np.ndarray) -> np.ndarray:
+        names = plan.meta.attrs["chunk_stats"]["classes"]
+        if self.class_weights == "balanced":  # every class present equally likely
+            per_class = counts.reshape(-1, counts.shape[-1]).sum(0).astype(float)
+            return np.where(per_class > 0, 1.0 / np.maximum(per_class, 1), 0.0)
+        if not isinstance(self.class_weights, Mapping):
+            raise ValueError(f"class_weights must be 'balanced' or a mapping, got "
+                             f"{self.class_weights!r}")
+        w = np.zeros(len(names))
+        for key, value in self.class_weights.items():
+            k = names.index(key) if isinstance(key, str) and key in names else key
+            if not isinstance(k, int | np.integer) or not 0 <= k < len(names):
+                raise ValueError(f"class_weights key {key!r} is not a class: {names}")
+            w[k] = float(value)
+        return w
+
+    def _check_coords(self, arrays: dict[str, ArrayMeta]) -> None:
+        for g in self._groups:
+            dim = g.plans[0].meta.dims[0]
+            have = sorted(p.rsplit("/", 1)[1] for p, m in arrays.items()
+                          if p.rsplit("/", 1)[0] == g.path and m.dims == (dim,))
+            for c in self.coords:
+                if not g.stacked or c not in have:
+                    raise KeyError(f"{self.url}: group {g.path!r} has no per-sample coordinate "
+                                   f"{c!r}; it has: {', '.join(have) or 'none'}")
 
     def _make_group(self, path: str, arrays: dict[str, ArrayMeta], dim: str | None) -> _Group:
         plans: list[_VarPlan] = []
@@ -247,6 +314,16 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         ref = g.plans[0]
         count = (block.stop - block.start, self.patches_per_sample)
         out = np.empty((*count, len(self.patch)), dtype=np.int64)
+        pick = self._chunk_pick[block.group]
+        if pick is not None:  # label-aware: a chunk by its stored statistics, then a window
+            rng = np.random.default_rng([self.seed, epoch, 3, block.group, block.start])
+            probs, centres = pick
+            chosen = centres[rng.choice(len(probs), size=count, p=probs)]
+            size = np.array(list(self.patch.values()))
+            top = np.array([ref.meta.shape[a] for a in ref.axes]) - size
+            o = np.floor(chosen - rng.random(chosen.shape) * size).clip(0, top)
+            steps = np.array(g.steps)
+            return ((o // steps) * steps).astype(np.int64)
         for k, (d, a) in enumerate(zip(self.patch, ref.axes, strict=True)):
             room = (ref.meta.shape[a] - self.patch[d]) // g.steps[k]
             rng = np.random.default_rng([self.seed, epoch, 1, k, block.group, block.start])
@@ -267,7 +344,8 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             for g in self._groups:
                 zg = zarr.open_group(store, mode="r", path=g.path, zarr_format=3)
                 stems = zg["sample"][:] if g.stacked and "sample" in zg else None
-                opened.append(([zg[self.paths[p.name]] for p in g.plans], stems))
+                coords = {c: zg[c][:] for c in self.coords}  # 1-D, small: read whole
+                opened.append(([zg[self.paths[p.name]] for p in g.plans], stems, coords))
         return opened
 
     def _key(self, g: _Group, stems: np.ndarray | None, i: int, p: int) -> str:
@@ -275,12 +353,20 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             f"{g.path}/{i}" if g.stacked else g.path)
         return base if self.patches_per_sample == 1 else f"{base}#{p}"
 
-    def _read_block(self, opened: list, bi: int, epoch: int) -> list[dict[str, Any]]:
+    def _fetch(self, opened: list, bi: int) -> list[np.ndarray]:
+        """The block's decoded arrays: the only step that touches the store."""
         block = self._blocks[bi]
         g = self._groups[block.group]
-        arrays, stems = opened[block.group]
+        arrays = opened[block.group][0]
+        return [a[block.start:block.stop] if g.stacked else a[...][None] for a in arrays]
+
+    def _cut(self, opened: list, bi: int, epoch: int,
+             data: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Every item of a block, cut from its decoded arrays."""
+        block = self._blocks[bi]
+        g = self._groups[block.group]
+        _, stems, coords = opened[block.group]
         origins = self.origins(epoch, block)
-        data = [a[block.start:block.stop] if g.stacked else a[...][None] for a in arrays]
         items = []
         for j in range(block.stop - block.start):
             for p in range(self.patches_per_sample):
@@ -288,6 +374,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                 item: dict[str, Any] = {
                     "__key__": self._key(g, stems, block.start + j, p), "group": g.path,
                     "position": int(self._offsets[bi] + j * self.patches_per_sample + p),
+                    **{c: _scalar(v[block.start + j]) for c, v in coords.items()},
                     "index": block.start + j, "origin": dict(zip(self.patch, o.tolist(),
                                                                  strict=True))}
                 for plan, arr in zip(g.plans, data, strict=True):
@@ -322,7 +409,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         where = (f"{self.url}: group {g.path!r}, samples {block.start}..{block.stop - 1} "
                  f"({', '.join(p.name for p in g.plans)})")
         try:
-            return self._retrying(self._read_block, f"read {where}", opened, bi, epoch)
+            data = self._retrying(self._fetch, f"read {where}", opened, bi)
         except Exception as exc:
             if is_transient(exc):
                 raise StoreError(f"{where}: the store did not answer for {self.retry_seconds:.0f}"
@@ -337,6 +424,7 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                              "The stored bytes are damaged: run cloudmic verify on the dataset "
                              "and ingest it again, or pass on_error='skip' to skip such blocks "
                              "with a warning") from exc
+        return self._cut(opened, bi, epoch, data)
 
     # ---- distribution: consumers split the blocks that still hold unconsumed items ----
     def _dist(self) -> tuple[int, int]:
@@ -469,6 +557,11 @@ class _TrackingLoader:
             s.mark_consumed(batch["position"])
             yield batch
         s._finished = True
+
+
+def _scalar(value: Any) -> Any:
+    """A plain Python value (numpy scalars to int/float/str) that collates and pickles."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _glob(path: str, pattern: str) -> bool:

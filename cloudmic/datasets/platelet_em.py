@@ -35,7 +35,7 @@ from cloudmic.formats.label_palette import (
 )
 from cloudmic.formats.label_rle import decode_rle
 from cloudmic.formats.tiff_pages import iter_frame_blocks, movie_info
-from cloudmic.layout import ngff
+from cloudmic.layout import label_stats, ngff
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,14 @@ class PlateletEM(Adapter):
                  "sources": {k: {f: v[f] for f in ("path", "bytes", "sha256")}
                              for k, v in files.items()}}
         return GroupSpec(vol, "z", shape[0], tuple(variables), attrs, subgroups)
+
+    def finalize(self, inv: Inventory, root: Any) -> None:
+        """Per-chunk class counts of each volume's semantic labels (level 0), for label-aware
+        sampling without reading pixels (``PatchStream(..., min_foreground=...)``)."""
+        for g in inv.groups:
+            arr = root[f"{g.name}/labels/semantic/0/semantic"]
+            attrs = label_stats.stats_attr(arr[...], tuple(arr.chunks), self.opts["classes"])
+            arr.update_attributes(attrs)
 
     # --- units ------------------------------------------------------------------------------
     def read_unit(self, inv: Inventory, unit: Unit) -> dict[str, np.ndarray]:
