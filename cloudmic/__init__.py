@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
 if TYPE_CHECKING:
+    from cloudmic.client.mix import Mix
     from cloudmic.client.open import open
     from cloudmic.client.patches import PatchStream
     from cloudmic.client.render import render
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 _LAZY = {
     "open": "cloudmic.client.open",
     "PatchStream": "cloudmic.client.patches",
+    "Mix": "cloudmic.client.mix",
     "shards": "cloudmic.client.shards",
     "ingest": "cloudmic.ingest.run",
     "render": "cloudmic.client.render",
@@ -36,4 +38,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'cloudmic' has no attribute {name!r}")
 
 
-__all__ = ["PatchStream", "__version__", "ingest", "open", "render", "shards"]
+__all__ = ["Mix", "PatchStream", "__version__", "ingest", "open", "render", "shards"]

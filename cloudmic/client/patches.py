@@ -499,6 +499,19 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         pos = np.asarray(positions, dtype=np.int64).ravel()
         self._consumed[pos] = True
 
+    # hooks of the tracking loader (see _TrackingLoader)
+    def _start_pass(self) -> None:
+        self._begin_epoch(self.epoch + self._passes)
+
+    def _advance_pass(self) -> None:
+        self._passes += 1
+
+    def _mark_batch(self, batch: Mapping[str, Any]) -> None:
+        self.mark_consumed(batch["position"])
+
+    def _end_pass(self) -> None:
+        self._finished = True
+
     def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
         """Where this epoch stands: the consumed positions of every rank (gathered with
         ``torch.distributed`` when it is initialized and ``gather``) plus what the positions
@@ -532,7 +545,9 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
 
 
 class _TrackingLoader:
-    def __init__(self, stream: PatchStream, batch_size: int, num_workers: int,
+    """A DataLoader that tells its stream which items the training loop received."""
+
+    def __init__(self, stream: Any, batch_size: int, num_workers: int,
                  **kwargs: Any) -> None:
         from torch.utils.data import DataLoader
 
@@ -548,15 +563,15 @@ class _TrackingLoader:
     def __iter__(self) -> Iterator[Any]:
         s = self.stream
         if self.workers:  # the workers' copies run this epoch; keep the main copy in step
-            s._begin_epoch(s.epoch + s._passes)
+            s._start_pass()
             it = iter(self.loader)  # workers take their copy of the stream here
-            s._passes += 1
+            s._advance_pass()
         else:  # the stream iterates in this process and counts its own passes
             it = iter(self.loader)
         for batch in it:
-            s.mark_consumed(batch["position"])
+            s._mark_batch(batch)
             yield batch
-        s._finished = True
+        s._end_pass()
 
 
 def _scalar(value: Any) -> Any:

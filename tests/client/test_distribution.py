@@ -130,3 +130,30 @@ def test_torchrun_two_ranks_two_workers_then_resume_on_one_rank_three_workers(ur
               str(half / "state.json"))
     rest = json.loads((tmp_path / "resumed" / "keys-0.json").read_text())
     assert sorted(first + rest) == everything
+
+
+def _mix(url: str, until: str = "all") -> cloudmic.Mix:
+    train = cloudmic.PatchStream(url, "train", ["wf"], PATCH, seed=1)
+    val = cloudmic.PatchStream(url, "validate", ["wf"], PATCH, seed=2)
+    return cloudmic.Mix([train, val], [3, 1], seed=5, until=until)
+
+
+def test_mix_draws_by_weight_and_resumes_each_source_exactly(url):
+    full = [it["__key__"] for it in _mix(url)]
+    n_train = sum(k.startswith("train/") for k in full)
+    assert len(full) == len(set(full)) == n_train + sum(k.startswith("validate/") for k in full)
+    head = [it["source"] for it in _mix(url)][:20]
+    assert 10 <= head.count(0) <= 19  # about 3 in 4 from the first source while both last
+    assert [it["__key__"] for it in _mix(url)] == full  # seeded
+    firsts = [it["source"] for it in _mix(url, until="first")]
+    assert len(firsts) < len(full)  # stops when one source runs out
+
+    m, seen = _mix(url), []
+    for n, batch in enumerate(m.loader(batch_size=4), 1):
+        seen += batch["__key__"]
+        if n == 5:
+            break
+    r = _mix(url)
+    r.load_state_dict(json.loads(json.dumps(m.state_dict())))
+    seen += [k for b in r.loader(batch_size=4, num_workers=2) for k in b["__key__"]]
+    assert sorted(seen) == sorted(full)
