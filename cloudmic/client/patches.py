@@ -135,8 +135,12 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         labels: str | None = None,
         min_foreground: float = 0.0,
         class_weights: Mapping[Any, float] | str | None = None,
+        sampling: str = "random",
     ) -> None:
         super().__init__()
+        if sampling not in ("random", "grid"):
+            raise ValueError(f"sampling must be 'random' or 'grid', got {sampling!r}")
+        self.sampling = sampling
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error, self.retry_seconds = on_error, float(retry_seconds)
@@ -162,16 +166,21 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self.storage_options = loc.storage_options  # resolved credentials travel to workers
         attrs, arrays = read_store_metadata(loc)
         dims = {g: d.get("dim") for g, d in attrs.get("cloudmic", {}).get("groups", {}).items()}
-        self._groups = [self._make_group(p, arrays, dims.get(p)) for p in
-                        self._match_groups(arrays)]
+        matched = self._match_groups(arrays)
+        if any(isinstance(v, str) for v in self.patch.values()):
+            self.patch = self._pixels(loc, arrays, matched[0])
+        self._groups = [self._make_group(p, arrays, dims.get(p)) for p in matched]
         self._check_coords(arrays)
         self.labels, self.min_foreground, self.class_weights = labels, min_foreground, class_weights
         self._chunk_pick = ([self._label_chunks(g) for g in self._groups] if labels
                             else [None] * len(self._groups))
         self._blocks = [_Block(gi, s, min(s + g.block, g.length))
                         for gi, g in enumerate(self._groups) for s in range(0, g.length, g.block)]
-        self.length = sum(g.length for g in self._groups) * patches_per_sample
-        sizes = [(b.stop - b.start) * patches_per_sample for b in self._blocks]
+        # items per sample: the tiles of the grid, or patches_per_sample random windows
+        self._grid = [self._tiles(g) if sampling == "grid" else None for g in self._groups]
+        self._pps = [len(t) if t is not None else patches_per_sample for t in self._grid]
+        self.length = sum(g.length * n for g, n in zip(self._groups, self._pps, strict=True))
+        sizes = [(b.stop - b.start) * self._pps[b.group] for b in self._blocks]
         self._offsets = np.concatenate(([0], np.cumsum(sizes))).astype(np.int64)
         self.rank, self.world_size = rank, world_size
         self._consumed = np.zeros(self.length, dtype=bool)  # of _consumed_epoch, seen here
@@ -187,6 +196,45 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
             raise KeyError(f"{self.url}: no group {' or '.join(map(repr, self.patterns))}; "
                            f"groups: {', '.join(groups)}")
         return matched
+
+    def _pixels(self, loc: Location, arrays: dict[str, ArrayMeta], group: str) -> dict[str, int]:
+        """Patch sizes given in physical units (``"2.5um"``, ``"400nm"``, ``"0.5s"``) in
+        pixels of the reference variable, from its coordinates in the first matched group."""
+        import zarr
+
+        ref = f"{group}/{self.paths[self.variables[0]]}"
+        parent = ref.rpartition("/")[0]
+        root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3)
+        out = {}
+        for d, v in self.patch.items():
+            if not isinstance(v, str):
+                out[d] = int(v)
+                continue
+            m = re.fullmatch(r"\s*([0-9.]+)\s*(nm|um|µm|mm|s|ms)\s*", v)
+            coord = arrays.get(f"{parent}/{d}")
+            unit = (coord.attrs.get("units") if coord else None) or ""
+            if m is None or unit not in _UNITS or _UNITS[unit][0] != _UNITS[m[2]][0]:
+                raise ValueError(f"patch {d}={v!r}: give a number with a unit (nm, um, s, ms) "
+                                 f"matching the {d!r} coordinate of {ref!r}, whose units are "
+                                 f"{unit or 'none'}; or give pixels")
+            values = root[f"{parent}/{d}"][:2]
+            step = float(values[1] - values[0]) * _UNITS[unit][1] if len(values) > 1 else 0.0
+            if step <= 0:
+                raise ValueError(f"patch {d}={v!r}: {ref!r} has no pixel spacing along {d!r}")
+            out[d] = max(1, round(float(m[1]) * _UNITS[m[2]][1] / step))
+        return out
+
+    def _tiles(self, g: _Group) -> np.ndarray:
+        """Grid origins covering every pixel once (the last tile flush with the edge)."""
+        ref = g.plans[0]
+        axes = []
+        for k, (d, a) in enumerate(zip(self.patch, ref.axes, strict=True)):
+            top = ref.meta.shape[a] - self.patch[d]
+            starts = list(range(0, top + 1, self.patch[d]))
+            if starts[-1] != top:
+                starts.append(top - top % g.steps[k])
+            axes.append(starts)
+        return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes))
 
     def _label_chunks(self, g: _Group) -> tuple[np.ndarray, np.ndarray]:
         """(probability of each label chunk, its centre in reference pixels), from the chunk
@@ -312,8 +360,11 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         """Patch origins (reference pixels): shape (samples, patches_per_sample, dims)."""
         g = self._groups[block.group]
         ref = g.plans[0]
-        count = (block.stop - block.start, self.patches_per_sample)
+        count = (block.stop - block.start, self._pps[block.group])
         out = np.empty((*count, len(self.patch)), dtype=np.int64)
+        tiles = self._grid[block.group]
+        if tiles is not None:
+            return np.broadcast_to(tiles, (*count, len(self.patch))).copy()
         pick = self._chunk_pick[block.group]
         if pick is not None:  # label-aware: a chunk by its stored statistics, then a window
             rng = np.random.default_rng([self.seed, epoch, 3, block.group, block.start])
@@ -348,10 +399,10 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                 opened.append(([zg[self.paths[p.name]] for p in g.plans], stems, coords))
         return opened
 
-    def _key(self, g: _Group, stems: np.ndarray | None, i: int, p: int) -> str:
+    def _key(self, g: _Group, stems: np.ndarray | None, i: int, p: int, n: int) -> str:
         base = f"{g.path}/{stems[i]}" if stems is not None else (
             f"{g.path}/{i}" if g.stacked else g.path)
-        return base if self.patches_per_sample == 1 else f"{base}#{p}"
+        return base if n == 1 else f"{base}#{p}"
 
     def _fetch(self, opened: list, bi: int) -> list[np.ndarray]:
         """The block's decoded arrays: the only step that touches the store."""
@@ -369,11 +420,12 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         origins = self.origins(epoch, block)
         items = []
         for j in range(block.stop - block.start):
-            for p in range(self.patches_per_sample):
+            for p in range(self._pps[block.group]):
                 o = origins[j, p]
                 item: dict[str, Any] = {
-                    "__key__": self._key(g, stems, block.start + j, p), "group": g.path,
-                    "position": int(self._offsets[bi] + j * self.patches_per_sample + p),
+                    "__key__": self._key(g, stems, block.start + j, p, self._pps[block.group]),
+                    "group": g.path,
+                    "position": int(self._offsets[bi] + j * self._pps[block.group] + p),
                     **{c: _scalar(v[block.start + j]) for c, v in coords.items()},
                     "index": block.start + j, "origin": dict(zip(self.patch, o.tolist(),
                                                                  strict=True))}
@@ -572,6 +624,11 @@ class _TrackingLoader:
             s._mark_batch(batch)
             yield batch
         s._end_pass()
+
+
+# unit -> (quantity, factor to the base unit: nm for lengths, s for time)
+_UNITS = {"nm": ("length", 1.0), "um": ("length", 1e3), "µm": ("length", 1e3),
+          "mm": ("length", 1e6), "s": ("time", 1.0), "ms": ("time", 1e-3)}
 
 
 def _scalar(value: Any) -> Any:

@@ -92,3 +92,37 @@ def test_classification_samples_carry_their_class(tmp_path):
     assert {it["label"] for it in items} >= {-1}  # the unlabelled members say so
     with pytest.raises(KeyError, match="no per-sample coordinate 'klass'.*label"):
         cloudmic.PatchStream(url, group, ["image"], {"y": 64, "x": 64}, coords=["klass"])
+
+
+@pytest.fixture(scope="module")
+def smlm_url(tmp_path_factory) -> str:
+    from cloudmic.synth.dl_smlm import synth_dl_smlm
+
+    work = tmp_path_factory.mktemp("smlm-grid")
+    synth_dl_smlm(work / "src", structures=("CCPs",), cells=1, frames=6, size=72, seed=1)
+    ingest("dl-smlm", work / "src", str(work / "root"))
+    return str(work / "root" / "dl-smlm.zarr")
+
+
+def test_grid_tiles_cover_every_pixel_on_every_grid(smlm_url):
+    stream = cloudmic.PatchStream(smlm_url, "*/cell*", ["wf", "sr"], {"y": 32, "x": 32},
+                                  sampling="grid")
+    items = list(stream)
+    assert len(stream) == len(items) == 9  # 72 px: tiles at 0, 32 and 40 (flush with the edge)
+    g = zarr.open_group(smlm_url, path="CCPs/cell1", mode="r")
+    wf, sr = np.zeros((72, 72)), np.zeros((576, 576))
+    for it in items:
+        y, x = it["origin"]["y"], it["origin"]["x"]
+        wf[y:y + 32, x:x + 32] = it["wf"]
+        sr[8 * y:8 * y + 256, 8 * x:8 * x + 256] = it["sr"]  # the same nm on the 8x grid
+    assert np.array_equal(wf, g["wf"][...]) and np.array_equal(sr, g["sr"][...])
+    assert len({it["__key__"] for it in items}) == 9
+
+
+def test_patch_size_in_physical_units(smlm_url, em_url):
+    s = cloudmic.PatchStream(smlm_url, "*/cell*", ["wf", "sr"], {"y": "4.16um", "x": "4160nm"})
+    assert s.patch == {"y": 32, "x": 32}  # 130 nm widefield pixels
+    em = cloudmic.PatchStream(em_url, "50", PAIR, {"z": "160nm", "y": "0.32um", "x": 32})
+    assert em.patch == {"z": 4, "y": 32, "x": 32}  # 40 x 10 x 10 nm voxels
+    with pytest.raises(ValueError, match="units are nm; or give pixels"):
+        cloudmic.PatchStream(smlm_url, "*/cell*", ["wf"], {"y": "0.5s", "x": 32})
