@@ -21,6 +21,7 @@ any number of ranks and workers with no item skipped or repeated.
 from __future__ import annotations
 
 import base64
+import copy
 import fnmatch
 import logging
 import math
@@ -136,11 +137,17 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         min_foreground: float = 0.0,
         class_weights: Mapping[Any, float] | str | None = None,
         sampling: str = "random",
+        cache_dir: str | None = None,
+        cache_bytes: int = 4 << 30,
+        scheduler: str | None = None,
     ) -> None:
         super().__init__()
         if sampling not in ("random", "grid"):
             raise ValueError(f"sampling must be 'random' or 'grid', got {sampling!r}")
         self.sampling = sampling
+        # node-local cache of decoded blocks (shared by workers), and an optional dask
+        # scheduler that cuts patches on a cluster instead of in this process
+        self.cache_dir, self.cache_bytes, self.scheduler = cache_dir, cache_bytes, scheduler
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error, self.retry_seconds = on_error, float(retry_seconds)
@@ -405,11 +412,28 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         return base if n == 1 else f"{base}#{p}"
 
     def _fetch(self, opened: list, bi: int) -> list[np.ndarray]:
-        """The block's decoded arrays: the only step that touches the store."""
+        """The block's decoded arrays: the only step that touches the store (or the cache)."""
         block = self._blocks[bi]
         g = self._groups[block.group]
         arrays = opened[block.group][0]
-        return [a[block.start:block.stop] if g.stacked else a[...][None] for a in arrays]
+        cache = self._cache()
+        out = []
+        for plan, a in zip(g.plans, arrays, strict=True):
+            key = f"{self._url}|{g.path}/{self.paths[plan.name]}|{block.start}:{block.stop}"
+            hit = cache.get(key) if cache else None
+            if hit is None:
+                hit = a[block.start:block.stop] if g.stacked else a[...][None]
+                if cache:
+                    cache.put(key, hit)
+            out.append(hit)
+        return out
+
+    def _cache(self) -> Any:
+        if self.cache_dir is None:
+            return None
+        from cloudmic.client.cache import BlockCache
+
+        return BlockCache(self.cache_dir, self.cache_bytes)
 
     def _cut(self, opened: list, bi: int, epoch: int,
              data: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -438,6 +462,36 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                     item[plan.name] = np.ascontiguousarray(arr[j][tuple(window)])
                 items.append(item)
         return items
+
+    def _iter_on_cluster(self, epoch: int, mine: list[int], me: int,
+                         consumers: int) -> Iterator[dict[str, Any]]:
+        """Blocks read and cut by dask workers (``scheduler=``), a few ahead; the order and
+        the shuffle are the same as when reading here."""
+        from distributed import Client
+
+        local = copy.copy(self)
+        local.scheduler = None  # what the cluster runs: read and cut one block
+        rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
+        in_main = get_worker_info() is None
+        ahead = self.buffer_blocks + self.prefetch
+        with Client(self.scheduler, set_as_default=False) as client:
+            remote = client.scatter(local, broadcast=True)
+            pending = [client.submit(_cluster_block, remote, b, epoch, pure=False)
+                       for b in mine[:ahead]]
+            nxt = len(pending)
+            while pending:
+                take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
+                buffer = [it for f in take for it in f.result()
+                          if not self._consumed[it["position"]]]
+                while nxt < len(mine) and len(pending) < ahead:
+                    pending.append(client.submit(_cluster_block, remote, mine[nxt], epoch,
+                                                 pure=False))
+                    nxt += 1
+                for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
+                    if in_main:
+                        self._consumed[buffer[k]["position"]] = True
+                    yield buffer[k]
+        self._finished = in_main
 
     # ---- faults: retry what is transient, apply on_error to bad data ----
     def _retrying(self, fn: Any, what: str, *args: Any) -> Any:
@@ -523,6 +577,9 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self._begin_epoch(epoch)
         me, consumers = self.consumer()
         mine = self.assignment(epoch, me, consumers)
+        if self.scheduler:
+            yield from self._iter_on_cluster(epoch, mine, me, consumers)
+            return
         opened = self._retrying(self._open, "open the store")
         rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
         in_main = get_worker_info() is None
@@ -629,6 +686,15 @@ class _TrackingLoader:
 # unit -> (quantity, factor to the base unit: nm for lengths, s for time)
 _UNITS = {"nm": ("length", 1.0), "um": ("length", 1e3), "µm": ("length", 1e3),
           "mm": ("length", 1e6), "s": ("time", 1.0), "ms": ("time", 1e-3)}
+
+
+def _cluster_block(stream: PatchStream, bi: int, epoch: int) -> list[dict[str, Any]]:
+    """Run on a dask worker: open the store there (once per worker) and cut one block."""
+    opened = getattr(stream, "_opened_here", None)
+    if opened is None:
+        opened = stream._retrying(stream._open, "open the store")
+        stream._opened_here = opened
+    return stream._read_checked(opened, bi, epoch)
 
 
 def _scalar(value: Any) -> Any:

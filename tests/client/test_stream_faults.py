@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cloudmic
@@ -89,3 +90,36 @@ def test_s3_server_restart_mid_epoch_loses_no_sample(biosr_sources, small_manife
         assert sorted(keys) == sorted(f"train/{i:08d}" for i in range(1, 41))
     finally:
         seaweed.down(data)
+
+
+def test_node_local_cache_serves_later_epochs_within_its_byte_limit(local_root, tmp_path):
+    shutil.copytree(local_root, tmp_path / "root")
+    url = str(tmp_path / "root" / "biosr.zarr")
+    cache = tmp_path / "cache"
+    first = cloudmic.PatchStream(url, "train", ["wf", "gt"], PATCH, cache_dir=str(cache))
+    one = {it["__key__"]: it["gt"] for it in first}
+    cached = sum(p.stat().st_size for p in cache.glob("*.npy"))
+    assert cached > 0
+    shutil.rmtree(tmp_path / "root" / "biosr.zarr" / "train" / "gt" / "c")  # chunks gone
+    again = cloudmic.PatchStream(url, "train", ["wf", "gt"], PATCH, cache_dir=str(cache))
+    for it in again:  # every block comes from the cache: same pixels as the first epoch
+        assert np.array_equal(it["gt"], one[it["__key__"]])
+    small = cloudmic.PatchStream(str(local_root / "biosr.zarr"), "train", ["wf"], PATCH,
+                                 cache_dir=str(tmp_path / "small"), cache_bytes=cached // 8)
+    list(small)
+    assert 0 < sum(p.stat().st_size for p in (tmp_path / "small").glob("*.npy")) <= cached // 8
+
+
+@pytest.mark.e2e
+def test_patches_cut_on_a_dask_cluster_equal_local_ones(local_root):
+    from distributed import LocalCluster
+
+    url = str(local_root / "biosr.zarr")
+    here = [(it["__key__"], it["wf"].tobytes()) for it in
+            cloudmic.PatchStream(url, "train", ["wf"], PATCH, seed=4)]
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                      dashboard_address=None) as cluster:
+        there = [(it["__key__"], it["wf"].tobytes()) for it in
+                 cloudmic.PatchStream(url, "train", ["wf"], PATCH, seed=4,
+                                      scheduler=cluster.scheduler_address)]
+    assert there == here

@@ -1,0 +1,63 @@
+"""A node-local cache of decoded blocks, shared by every loader worker on the machine.
+
+Decoding a shard costs more CPU than fetching it (STACK-NOTES); later epochs read the same
+blocks, so keeping decoded blocks on local disk saves both. Entries are ``.npy`` files
+written atomically (temp file + rename), so concurrent workers never read half a file; the
+byte limit is kept by evicting the least recently used entries after each write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+class BlockCache:
+    def __init__(self, folder: str | os.PathLike[str], max_bytes: int) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"cache_bytes must be positive, got {max_bytes!r}")
+        self.folder, self.max_bytes = Path(folder).expanduser(), int(max_bytes)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        path = self._path(key)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (FileNotFoundError, ValueError, OSError):  # missing, or evicted meanwhile
+            return None
+        os.utime(path)  # recently used
+        return arr
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        if arr.nbytes > self.max_bytes or arr.dtype.kind in "OU":
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+        os.replace(tmp, self._path(key))
+        self._evict()
+
+    def _evict(self) -> None:
+        entries = []
+        for p in self.folder.glob("*.npy"):
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime, st.st_size, p))
+        total = sum(size for _, size, _ in entries)
+        for _, size, p in sorted(entries):  # oldest use first
+            if total <= self.max_bytes:
+                break
+            p.unlink(missing_ok=True)
+            total -= size
+
+    def nbytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.glob("*.npy"))
