@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -66,21 +67,29 @@ def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, A
                                  "(`cloudmic ls ROOT` lists what is published)") from None
 
 
-def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0,
-           storage_options: dict[str, Any] | None = None) -> wds.DataPipeline:
+def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+           buffer: int = 0, storage_options: dict[str, Any] | None = None) -> wds.DataPipeline:
     """A WebDataset pipeline over ``split``'s shards, records decoded to numpy.
 
-    Shards are split over nodes (``split_by_node``) and DataLoader workers
-    (``split_by_worker``); with ``shuffle`` the shard order is permuted with ``seed``.
-    ``index.json`` gives the exact record count of the split.
+    Shards are split over nodes (``split_by_node``: ranks from ``torch.distributed`` or
+    ``RANK``/``WORLD_SIZE``) and DataLoader workers (``split_by_worker``), so every record of
+    the epoch is read exactly once across them. With ``shuffle`` the shard order is a
+    permutation of ``(seed, epoch)`` and, with ``buffer`` > 0, records are also shuffled in
+    a buffer of that many. ``len()`` is the split's exact record count from ``index.json``.
     """
+    import random
+
     loc, index = shard_index(url, **(storage_options or {}))
     if split not in index["splits"]:
         raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(index['splits'])}")
     urls = [loc.child(s["url"]).url for s in index["splits"][split]["shards"]]
     if shuffle:
-        urls = [urls[k] for k in np.random.default_rng(seed).permutation(len(urls))]
-    return wds.DataPipeline(
-        wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-        OpenShards(loc.storage_options), tar_file_expander, group_by_keys,
-        wds.map(decode_record))
+        urls = [urls[k] for k in np.random.default_rng([seed, epoch]).permutation(len(urls))]
+    stages: list[Any] = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
+                         OpenShards(loc.storage_options), tar_file_expander, group_by_keys]
+    if shuffle and buffer > 0:
+        stages.append(wds.shuffle(buffer, initial=buffer, rng=random.Random(f"{seed}-{epoch}")))
+    stages.append(wds.map(decode_record))
+    with warnings.catch_warnings():  # it warns that a length does not change the epoch: known
+        warnings.simplefilter("ignore", UserWarning)
+        return wds.DataPipeline(*stages).with_length(int(index["splits"][split]["records"]))

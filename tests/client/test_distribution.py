@@ -157,3 +157,24 @@ def test_mix_draws_by_weight_and_resumes_each_source_exactly(url):
     r.load_state_dict(json.loads(json.dumps(m.state_dict())))
     seen += [k for b in r.loader(batch_size=4, num_workers=2) for k in b["__key__"]]
     assert sorted(seen) == sorted(full)
+
+
+def test_shards_cover_the_split_exactly_once_over_ranks(url, monkeypatch):
+    wds_url = url.removesuffix(".zarr") + ".wds"
+    everything = sorted(r["__key__"] for r in cloudmic.shards(wds_url, "train"))
+    assert len(cloudmic.shards(wds_url, "train")) == len(everything) == 40
+    keys = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        keys += [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True,
+                                                       epoch=1, buffer=8)]
+    assert sorted(keys) == everything
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    order = [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True, epoch=1,
+                                                   buffer=8)]
+    assert order == [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True,
+                                                           epoch=1, buffer=8)]
+    assert order != [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True,
+                                                           epoch=2, buffer=8)]
