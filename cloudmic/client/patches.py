@@ -547,13 +547,14 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
     def consumer(self) -> tuple[int, int]:
-        """(this consumer's index, consumers in total): rank-major over loader workers."""
+        """(this consumer's index, consumers in total), worker-major: when blocks are few,
+        every rank gets one before any rank's second worker does."""
         rank, world = self._dist()
         info = get_worker_info()
         workers, wid = (1, 0) if info is None else (info.num_workers, info.id)
         if not 0 <= rank < world:
             raise ValueError(f"rank {rank} is outside a world of {world}")
-        return rank * workers + wid, world * workers
+        return wid * world + rank, world * workers
 
     def assignment(self, epoch: int, consumer: int, consumers: int) -> list[int]:
         """The block indices one consumer reads in ``epoch``: a pure function of (seed,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -67,6 +66,18 @@ def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, A
                                  "(`cloudmic ls ROOT` lists what is published)") from None
 
 
+class ShardPipeline(wds.DataPipeline):
+    """A DataPipeline whose ``len()`` is the split's record count (and that pickles to
+    spawned workers, which ``DataPipeline.with_length`` does not)."""
+
+    def __init__(self, records: int, *stages: Any) -> None:
+        super().__init__(*stages)
+        self.records = records
+
+    def __len__(self) -> int:
+        return self.records
+
+
 def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
            buffer: int = 0, storage_options: dict[str, Any] | None = None) -> wds.DataPipeline:
     """A WebDataset pipeline over ``split``'s shards, records decoded to numpy.
@@ -90,6 +101,4 @@ def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch:
     if shuffle and buffer > 0:
         stages.append(wds.shuffle(buffer, initial=buffer, rng=random.Random(f"{seed}-{epoch}")))
     stages.append(wds.map(decode_record))
-    with warnings.catch_warnings():  # it warns that a length does not change the epoch: known
-        warnings.simplefilter("ignore", UserWarning)
-        return wds.DataPipeline(*stages).with_length(int(index["splits"][split]["records"]))
+    return ShardPipeline(int(index["splits"][split]["records"]), *stages)
