@@ -29,6 +29,7 @@ examples:
   cloudmic ls s3://cloudmic
   cloudmic info s3://cloudmic/biosr.zarr
   cloudmic verify s3://cloudmic/biosr.zarr
+  cloudmic catalog s3://cloudmic --html ./catalog   # static HTML page of the root
 
 S3 credentials follow AWS conventions (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
 AWS_ENDPOINT_URL); when they are unset, the running embedded store's are used.
@@ -207,6 +208,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def cmd_catalog(args: argparse.Namespace) -> int:
+    from cloudmic.catalog.html import catalog_facts, write_catalog
+
+    facts = catalog_facts(args.root)
+    index = write_catalog(facts, Path(args.html).expanduser()) if args.html else None
+    if args.json:
+        _print_json({**facts, "html": str(index) if index else None})
+        return 0
+    for name, d in facts["datasets"].items():
+        figures = (d.get("previews") or {}).get("figures", [])
+        print(f"{name:<14}{d.get('title') or ''}\n{'':<14}{d.get('license')}; source "
+              f"{_human(d.get('source_bytes') or 0)}, stored {_human(d['stored_bytes'])} "
+              f"({d['compression_ratio']}x); {len(d['splits'])} split(s); "
+              f"{sum(len(f['panels']) for f in figures)} preview(s)")
+        for p in d.get("problems", []):
+            print(f"{'':<14}note: {p}")
+    if index:
+        print(f"wrote {index} ({len(facts['datasets'])} datasets); open it in a browser or "
+              "copy the folder next to the bucket")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cloudmic.demo import run_demo
 
@@ -290,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("root", help="s3://bucket[/prefix] or a local folder")
     inf = add("info", cmd_info, "groups, variables, dtypes, shapes, stored bytes, compression")
     inf.add_argument("url", help="a dataset URL, ROOT/<name>.zarr")
+    c = add("catalog", cmd_catalog, "a static HTML catalog of everything published under a "
+            "root: titles, citations, licenses, sizes, splits, variables with pixel sizes, "
+            "the previews stored at ingest and code to open each dataset")
+    c.add_argument("root", help="s3://bucket[/prefix] or a local folder")
+    c.add_argument("--html", metavar="DIR", help="write DIR/index.html and the preview PNGs "
+                   "(self-contained: no scripts, no external resources)")
+    c.epilog = ("examples:\n  cloudmic catalog s3://cloudmic --html ./catalog   # then open "
+                "./catalog/index.html\n  cloudmic catalog s3://cloudmic --json             "
+                "# the same facts, for scripts")
     v = add("verify", cmd_verify, "check shard checksums and that Zarr and WebDataset agree")
     v.add_argument("url", help="a dataset URL, ROOT/<name>.zarr")
     v.add_argument("--records", type=int, default=32, help="records to compare (default: 32)")

@@ -18,6 +18,7 @@ from typing import Any
 import zarr
 
 from cloudmic import __version__
+from cloudmic.catalog.previews import write_previews
 from cloudmic.datasets import Adapter, Inventory, Unit, get_adapter
 from cloudmic.errors import CloudmicError
 from cloudmic.ingest.plan import plan_units
@@ -177,7 +178,11 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
         if not report.ok:
             raise VerifyFailed(f"{staging.url}: verification failed, nothing published:\n  "
                                + "\n  ".join(report.problems))
-        publish(staging, root, [f"{manifest.name}.zarr", f"{manifest.name}.wds"])
+        names = [f"{manifest.name}.zarr", f"{manifest.name}.wds"]
+        # previews come from the verified store; a failure only warns (data still publishes)
+        previews = write_previews(zarr_loc, staging.child(f"{manifest.name}.previews"),
+                                  manifest.name)
+        publish(staging, root, names + ([f"{manifest.name}.previews"] if previews else []))
     except BaseException:
         _discard(staging)
         raise
@@ -186,6 +191,8 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
              "published": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
              "manifest_digest": manifest.digest(), "groups": _split_sizes(inv),
              "records": prov["records"], "source_bytes": inv.source_bytes, **sizes}
+    if previews:
+        entry["previews"] = f"{manifest.name}.previews/previews.json"
     update_catalog(root, manifest.name, entry)
     return IngestReport(manifest.name, root.url, run_id, entry["groups"],
                         sum(prov["records"].values()), len(units), inv.file_count,

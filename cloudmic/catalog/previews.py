@@ -1,0 +1,493 @@
+"""Preview images of a published dataset, computed from the store at ingest.
+
+``make_previews(zarr_loc, dataset)`` reads a few chunks of a staged (or published) store and
+returns PNG files plus a ``previews.json`` that lists them. Ingest stores them beside the
+dataset as ``ROOT/<dataset>.previews/``, so ``cloudmic catalog`` only copies files and never
+decodes array chunks.
+
+What each dataset shows (a dataset without its own recipe gets one middle plane of its
+first image-like variable):
+
+- biosr: a WF / GT training pair; the 9 signal levels of one test sample with its GT
+- dl-smlm: the widefield sum image and the 8x SMLM render of one cell (same field of view)
+- sted-fm: one crop per protein class (coordinate ``label`` into ``attrs["classes"]``)
+- platelet-em: the middle EM slice of a volume and its semantic labels in the class colours
+  of ``ome.image-label.colors``
+- deepcad: a low / high SNR frame pair and the mean intensity over time of both paths
+
+Reads are bounded whatever the store's size: a plane larger than ``MAX_READ`` pixels a side
+is read as a centre crop, pyramids are read at the level that fits ``MAX_SIDE``, and the
+movie trace covers at most ``TRACE_FRAMES`` frames of the coarsest level, a shard at a time.
+Intensities are percentile-scaled to 8 bits; the PNG bytes are a pure function of the
+stored values (re-ingesting the same sources rewrites the same previews).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import imagecodecs
+import numpy as np
+
+from cloudmic.client.metadata import ArrayMeta, read_store_metadata
+from cloudmic.storage.location import Location
+
+log = logging.getLogger(__name__)
+
+PREVIEWS_JSON = "previews.json"
+FORMAT = 1
+MAX_SIDE = 512  # pixels a side of a preview PNG (larger planes are block-averaged down)
+MAX_READ = 2048  # pixels a side read from one plane; beyond that a centre crop is read
+TRACE_FRAMES = 600  # frames of the movie trace (20 s at 30 Hz), read a shard at a time
+PERCENTILES = (0.5, 99.8)
+GAP = 2  # pixels between the tiles of a strip
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass
+class Panel:
+    file: str
+    title: str
+    caption: str
+    image: np.ndarray = field(repr=False)  # uint8 (h, w) or (h, w, 3)
+    source: str = ""  # which array and index the pixels come from
+
+
+@dataclass
+class Figure:
+    title: str
+    caption: str
+    panels: list[Panel]
+    extra: dict[str, Any] = field(default_factory=dict)  # trace, legend
+
+
+# ---- pixels ----
+def to_uint8(a: np.ndarray, lo: float = PERCENTILES[0], hi: float = PERCENTILES[1]) -> np.ndarray:
+    """Percentile-scale to 0..255 (NaNs and infinities map to 0)."""
+    a = np.asarray(a, dtype=np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return np.zeros(a.shape, np.uint8)
+    values = a[finite]
+    vlo, vhi = np.percentile(values, [lo, hi])
+    above = values[values > values.min()]
+    if above.size < values.size // 2 and above.size:  # sparse (an SMLM render): scale the signal
+        vhi = max(vhi, float(np.percentile(above, hi)))
+    if vhi <= vlo:  # flat or almost: use the full range instead
+        vlo, vhi = float(a[finite].min()), float(a[finite].max())
+    if vhi <= vlo:
+        return np.zeros(a.shape, np.uint8)
+    out = (np.where(finite, a, vlo) - vlo) * (255.0 / (vhi - vlo))
+    return np.rint(np.clip(out, 0, 255)).astype(np.uint8)
+
+
+def shrink(a: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
+    """Block-mean the last two axes by the smallest integer factor that fits ``max_side``."""
+    h, w = a.shape[-2:]
+    f = max(1, -(-max(h, w) // max_side))
+    if f == 1:
+        return a
+    h2, w2 = h // f * f, w // f * f
+    a = np.asarray(a[..., :h2, :w2], dtype=np.float64)
+    return a.reshape(*a.shape[:-2], h2 // f, f, w2 // f, f).mean(axis=(-3, -1))
+
+
+def plane_window(shape: tuple[int, ...]) -> tuple[slice, slice]:
+    """The (y, x) window of a plane that is read: all of it, or a centre crop of MAX_READ."""
+    out = []
+    for n in shape[-2:]:
+        m = min(n, MAX_READ)
+        start = (n - m) // 2
+        out.append(slice(start, start + m))
+    return out[0], out[1]
+
+
+def read_plane(arr: Any, lead: tuple[int, ...]) -> np.ndarray:
+    """One 2-D plane ``arr[lead..., y, x]`` (centre crop when huge), shrunk to MAX_SIDE."""
+    ys, xs = plane_window(arr.shape)
+    return shrink(np.asarray(arr[(*lead, ys, xs)]))
+
+
+def strip(tiles: list[np.ndarray], gap: int = GAP) -> np.ndarray:
+    """uint8 tiles of one height side by side, separated by white gaps."""
+    h = max(t.shape[0] for t in tiles)
+    parts = []
+    for i, t in enumerate(tiles):
+        if i:
+            parts.append(np.full((h, gap), 255, np.uint8))
+        parts.append(np.pad(t, ((0, h - t.shape[0]), (0, 0))))
+    return np.concatenate(parts, axis=1)
+
+
+def overlay(gray: np.ndarray, labels: np.ndarray, colors: dict[int, tuple[int, ...]],
+            alpha: float = 0.45) -> np.ndarray:
+    """RGB: the uint8 image with each labelled pixel blended with its class colour."""
+    rgb = np.repeat(gray[..., None].astype(np.float64), 3, axis=-1)
+    for value, rgba in colors.items():
+        a = alpha * (rgba[3] / 255.0 if len(rgba) > 3 else 1.0)
+        mask = labels == value
+        if a <= 0 or not mask.any():
+            continue
+        rgb[mask] = (1 - a) * rgb[mask] + a * np.asarray(rgba[:3], dtype=np.float64)
+    return np.rint(rgb).astype(np.uint8)
+
+
+def png(image: np.ndarray) -> bytes:
+    return bytes(imagecodecs.png_encode(np.ascontiguousarray(image), level=9))
+
+
+def _num(v: float, digits: int = 6) -> float:
+    """A float rounded for JSON (stable text, short files)."""
+    return float(f"{float(v):.{digits}g}")
+
+
+# ---- store access ----
+class _Store:
+    """The store's consolidated metadata plus lazily opened arrays."""
+
+    def __init__(self, loc: Location) -> None:
+        import zarr
+
+        self.loc = loc
+        self.root_attrs, self.arrays = read_store_metadata(loc)
+        self.root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3,
+                                    use_consolidated=True)
+
+    def array(self, path: str) -> Any:
+        return self.root[path]
+
+    def attrs(self, group: str) -> dict[str, Any]:
+        return dict(self.root[group].attrs) if group else dict(self.root.attrs)
+
+    def groups(self) -> list[str]:
+        return sorted({p.rpartition("/")[0] for p in self.arrays})
+
+    def has(self, path: str) -> bool:
+        return path in self.arrays
+
+    def step(self, group: str, dim: str) -> tuple[float, str] | None:
+        """(pixel size, units) along ``dim`` from the coordinate ``group/dim``."""
+        meta = self.arrays.get(f"{group}/{dim}" if group else dim)
+        if meta is None or meta.shape[0] < 2 or meta.dtype == "string":
+            return None
+        units = str(meta.attrs.get("units", ""))
+        if "pixel_size" in meta.attrs:
+            return float(meta.attrs["pixel_size"]), units
+        v = np.asarray(self.array(meta.path)[:2], dtype=np.float64)
+        return float(v[1] - v[0]), units
+
+    def data_vars(self, group: str) -> dict[str, ArrayMeta]:
+        coords = set()
+        for p, m in self.arrays.items():
+            if p.rpartition("/")[0] == group:
+                coords.update(str(m.attrs.get("coordinates", "")).split())
+        return {p.rpartition("/")[2]: m for p, m in self.arrays.items()
+                if p.rpartition("/")[0] == group and m.dims != (p.rpartition("/")[2],)
+                and p.rpartition("/")[2] not in coords and m.dtype != "string"}
+
+
+def _fmt_step(s: tuple[float, str] | None) -> str:
+    if s is None:
+        return ""
+    return f"{_num(s[0], 4):g} {s[1]}".strip()
+
+
+def _dims(meta: ArrayMeta) -> str:
+    return " x ".join(f"{n}" for n in meta.shape[-2:])
+
+
+# ---- recipes ----
+def _biosr(st: _Store) -> list[Figure]:
+    figs = []
+    pair_group = next((g for g in ("train", "validate", *st.groups())
+                       if st.has(f"{g}/wf") and st.has(f"{g}/gt")
+                       and len(st.arrays[f"{g}/wf"].shape) == 3), None)
+    if pair_group:
+        wf, gt = st.arrays[f"{pair_group}/wf"], st.arrays[f"{pair_group}/gt"]
+        stem = str(st.array(f"{pair_group}/sample")[0]) if st.has(f"{pair_group}/sample") else "0"
+        figs.append(Figure(
+            "WF / GT pair",
+            f"{pair_group} sample {stem}: widefield input ({_dims(wf)}, {wf.dtype}) and its "
+            f"linear-SIM ground truth ({_dims(gt)}, {gt.dtype}), same field of view; each "
+            f"scaled to its own {PERCENTILES[0]}-{PERCENTILES[1]} percentiles.",
+            [Panel(f"{pair_group}-wf.png", "WF", f"wf[{stem}]",
+                   to_uint8(read_plane(st.array(wf.path), (0,))), f"{wf.path}[0]"),
+             Panel(f"{pair_group}-gt.png", "GT", f"gt[{stem}]",
+                   to_uint8(read_plane(st.array(gt.path), (0,))), f"{gt.path}[0]")]))
+    if st.has("test/wf") and len(st.arrays["test/wf"].shape) == 4:
+        wf = st.arrays["test/wf"]
+        levels = (np.asarray(st.array("test/level")[:]) if st.has("test/level")
+                  else np.arange(1, wf.shape[1] + 1))
+        photons = np.asarray(st.array("test/photons")[:]) if st.has("test/photons") else None
+        stem = str(st.array("test/sample")[0]) if st.has("test/sample") else "0"
+        arr = st.array(wf.path)
+        tiles = [to_uint8(read_plane(arr, (0, k))) for k in range(wf.shape[1])]
+        lv = ", ".join(f"{int(lev)}" + (f" (~{_num(p, 3):g})" if photons is not None else "")
+                       for lev, p in zip(levels, photons if photons is not None else levels,
+                                         strict=True))
+        panels = [Panel("test-levels.png", f"WF, levels {int(levels[0])}-{int(levels[-1])}",
+                        f"levels (approx. photons): {lv}", strip(tiles), f"{wf.path}[0, :]")]
+        if st.has("test/gt"):
+            gt = st.arrays["test/gt"]
+            panels.append(Panel("test-gt.png", "GT", f"gt[{stem}]",
+                                to_uint8(read_plane(st.array(gt.path), (0,))), f"{gt.path}[0]"))
+        figs.append(Figure(
+            "Test signal levels",
+            f"test sample {stem}: the widefield input at each of its {wf.shape[1]} signal "
+            "levels, lowest photon count first, each tile scaled to its own percentiles, and "
+            "the ground truth they share.", panels))
+    return figs
+
+
+def _dl_smlm(st: _Store) -> list[Figure]:
+    group = next((g for g in st.groups() if st.has(f"{g}/wf") and st.has(f"{g}/sr")), None)
+    if group is None:
+        return []
+    wf, sr = st.arrays[f"{group}/wf"], st.arrays[f"{group}/sr"]
+    wf_px = _fmt_step(st.step(group, wf.dims[-1]))
+    sr_px = _fmt_step(st.step(group, sr.dims[-1]))
+    sr_img = read_plane(st.array(sr.path), ())
+    return [Figure(
+        "Widefield / super-resolution pair",
+        f"{group}: the widefield sum image ({_dims(wf)} px" + (f", {wf_px}" if wf_px else "")
+        + f") and the SMLM render of its localizations ({_dims(sr)} px"
+        + (f", {sr_px}" if sr_px else "") + ", shown block-averaged to "
+        f"{sr_img.shape[0]} x {sr_img.shape[1]}), same field of view.",
+        [Panel("wf.png", "WF (sum of frames)", f"{group}/wf",
+               to_uint8(read_plane(st.array(wf.path), ())), wf.path),
+         Panel("sr.png", "SR (SMLM render)", f"{group}/sr", to_uint8(sr_img), sr.path)])]
+
+
+def _sted_fm(st: _Store) -> list[Figure]:
+    group = next((g for g in st.groups() if st.has(f"{g}/image")
+                  and (st.has(f"{g}/label") or st.has(f"{g}/protein"))), None)
+    if group is None:
+        return []
+    attrs = st.attrs(group)
+    classes = list(attrs.get("classes", []))
+    if st.has(f"{group}/label"):
+        label = np.asarray(st.array(f"{group}/label")[:])
+        names = {i: c for i, c in enumerate(classes)}
+        names[-1] = "unknown"
+    else:  # protein names only
+        protein = np.asarray(st.array(f"{group}/protein")[:]).astype(str)
+        classes = classes or sorted(set(protein.tolist()) - {"unknown"})
+        names = {i: c for i, c in enumerate(classes)}
+        names[-1] = "unknown"
+        lookup = {c: i for i, c in names.items()}
+        label = np.array([lookup.get(p, -1) for p in protein])
+    img = st.array(f"{group}/image")
+    panels = []
+    for value in [*range(len(classes)), -1]:
+        hits = np.flatnonzero(label == value)
+        if hits.size == 0:
+            continue
+        i = int(hits[0])
+        name = names.get(value, str(value))
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or f"class{value}"
+        panels.append(Panel(f"class-{value + 1:02d}-{safe}.png", name,
+                            f"sample {i} ({hits.size} crop{'s' if hits.size != 1 else ''})",
+                            to_uint8(read_plane(img, (i,))), f"{img.path}[{i}]"))
+    n = len([p for p in panels if p.title != "unknown"])
+    return [Figure(
+        "One crop per class",
+        f"{group}: the first crop of each of the {n} protein classes present "
+        f"({len(classes)} in the class list){', and one unlabelled crop' if -1 in label else ''}"
+        "; each scaled to its own percentiles.", panels)]
+
+
+def _ome(st: _Store, group: str) -> dict[str, Any]:
+    return st.attrs(group).get("ome", {}) if group in st.root else {}
+
+
+def _pick_level(st: _Store, group: str, ms: dict[str, Any]) -> tuple[int, str]:
+    paths = [d["path"] for d in ms.get("datasets", [])]
+    for k, p in enumerate(paths):
+        if max(st.arrays[f"{group}/{p}"].shape[-2:]) <= MAX_SIDE:
+            return k, p
+    return len(paths) - 1, paths[-1]
+
+
+def _platelet_em(st: _Store) -> list[Figure]:
+    volumes = [g for g in sorted({p.split("/", 1)[0] for p in st.arrays})
+               if "multiscales" in _ome(st, g) and "labels" in _ome(st, f"{g}/labels")]
+    if not volumes:
+        return []
+
+    def size(v: str) -> int:
+        path = _ome(st, v)["multiscales"][0]["datasets"][0]["path"]
+        return st.arrays[f"{v}/{path}"].shape[0]
+
+    vol = max(volumes, key=lambda v: (size(v), v))  # the largest, then the last name
+    ms = _ome(st, vol)["multiscales"][0]
+    level, path = _pick_level(st, vol, ms)
+    image = st.arrays[f"{vol}/{path}"]
+    z = image.shape[0] // 2
+    lvl_group = f"{vol}/{path}".rpartition("/")[0]
+    em = to_uint8(read_plane(st.array(image.path), (z,)))
+    figs_panels = [Panel("em.png", f"EM slice z={z}", f"{image.path}[{z}]", em,
+                         f"{image.path}[{z}]")]
+    legend = []
+    labels_group = f"{vol}/labels/semantic"
+    lab_ome = _ome(st, labels_group)
+    if lab_ome.get("multiscales"):
+        lab_paths = [d["path"] for d in lab_ome["multiscales"][0]["datasets"]]
+        lab = st.arrays[f"{labels_group}/{lab_paths[min(level, len(lab_paths) - 1)]}"]
+        il = lab_ome.get("image-label", {})
+        colors = {int(c["label-value"]): tuple(int(v) for v in c["rgba"])
+                  for c in il.get("colors", [])}
+        names = {int(p["label-value"]): str(p.get("class", p["label-value"]))
+                 for p in il.get("properties", [])}
+        if lab.shape == image.shape:
+            # block-mean would invent ids: take every f-th pixel instead when shrunk
+            ys, xs = plane_window(lab.shape)
+            raw = np.asarray(st.array(lab.path)[z, ys, xs])
+            f = max(1, -(-max(raw.shape) // MAX_SIDE))
+            labels = raw[: raw.shape[0] // f * f: f, : raw.shape[1] // f * f: f]
+            figs_panels.append(Panel("em-semantic.png", "semantic labels",
+                                     "overlay in the label colours", overlay(em, labels, colors),
+                                     f"{lab.path}[{z}]"))
+            counts = {int(v): int(n) for v, n in zip(*np.unique(labels, return_counts=True),
+                                                      strict=True)}
+            legend = [{"value": v, "name": names.get(v, str(v)), "rgba": list(colors[v]),
+                       "fraction": _num(counts.get(v, 0) / labels.size, 3)}
+                      for v in sorted(colors)]
+    zstep = st.step(lvl_group, "z")
+    ystep = st.step(lvl_group, image.dims[-1])
+    where = f"z = {_num(float(st.array(f'{lvl_group}/z')[z]), 5):g} {zstep[1]}" if (
+        zstep and st.has(f"{lvl_group}/z")) else f"z index {z}"
+    return [Figure(
+        "EM slice with semantic labels",
+        f"volume {vol}, slice {z} of {image.shape[0]} ({where}) at pyramid level {level} "
+        f"({_dims(image)} px" + (f", {_fmt_step(ystep)} pixels" if ystep else "") + "); "
+        "labels blended in the colours of ome.image-label.colors.",
+        figs_panels, {"legend": legend} if legend else {})]
+
+
+def _deepcad(st: _Store) -> list[Figure]:
+    recs = sorted({g.split("/", 1)[0] for g in st.groups()
+                   if "multiscales" in _ome(st, g.rsplit("/", 1)[0])
+                   and g.split("/")[1:2] == ["low"]})
+    if not recs:
+        return []
+    rec = recs[0]
+    paths = [p for p in ("low", "high") if "multiscales" in _ome(st, f"{rec}/{p}")]
+    series: dict[str, list[float]] = {}
+    t_values: np.ndarray | None = None
+    n = 0
+    for p in paths:
+        datasets = _ome(st, f"{rec}/{p}")["multiscales"][0]["datasets"]
+        coarse = st.arrays[f"{rec}/{p}/{datasets[-1]['path']}"]
+        arr = st.array(coarse.path)
+        n = min(coarse.shape[0], TRACE_FRAMES)
+        block = (arr.shards or arr.chunks)[0]
+        means = []
+        for start in range(0, n, block):  # a shard at a time: memory stays at one shard
+            chunk = np.asarray(arr[start:min(start + block, n)])
+            means.extend(chunk.mean(axis=(1, 2), dtype=np.float64).tolist())
+        series[p] = [_num(v) for v in means]
+        tpath = f"{coarse.path.rpartition('/')[0]}/t"
+        if t_values is None and st.has(tpath):
+            t_values = np.asarray(st.array(tpath)[:n], dtype=np.float64)
+    if t_values is None:
+        t_values = np.arange(n, dtype=np.float64)
+        t_units = "frame"
+    else:
+        t_units = str(st.arrays[f"{rec}/{paths[0]}/0/t"].attrs.get("units", "s")) if st.has(
+            f"{rec}/{paths[0]}/0/t") else "s"
+    ref = series.get("high") or series[paths[0]]
+    frame = int(np.argmax(ref))  # an active moment: the brightest frame of the window
+    panels = []
+    for p in paths:
+        level0 = _ome(st, f"{rec}/{p}")["multiscales"][0]["datasets"][0]["path"]
+        meta = st.arrays[f"{rec}/{p}/{level0}"]
+        panels.append(Panel(f"{p}-frame.png", f"{p} SNR, frame {frame}",
+                            f"{meta.path}[{frame}]", to_uint8(read_plane(st.array(meta.path),
+                                                                         (frame,))),
+                            f"{meta.path}[{frame}]"))
+    units = str(st.arrays[f"{rec}/{paths[0]}/0/{paths[0]}"].attrs.get("units", "")) if st.has(
+        f"{rec}/{paths[0]}/0/{paths[0]}") else ""
+    ystep = _fmt_step(st.step(f"{rec}/{paths[0]}/0", "x"))
+    trace = {"t": [_num(v) for v in t_values], "t_units": t_units, "series": series,
+             "value_units": units, "frame": frame,
+             "note": f"mean over each frame of the coarsest pyramid level, first {n} frames"}
+    return [Figure(
+        "Low / high SNR frames and intensity over time",
+        f"recording {rec}: frame {frame} (t = {_num(t_values[frame], 4):g} {t_units}) of both "
+        "detection paths, each scaled to its own percentiles" + (f" ({ystep} pixels)" if ystep
+                                                                 else "")
+        + f"; below, the mean intensity of every frame over the first {n} frames.",
+        panels, {"trace": trace})]
+
+
+def _generic(st: _Store) -> list[Figure]:
+    for group in st.groups():
+        for name, meta in sorted(st.data_vars(group).items()):
+            if len(meta.shape) >= 2 and np.dtype(meta.dtype).kind in "uif" and min(
+                    meta.shape[-2:]) > 1:
+                lead = tuple(n // 2 for n in meta.shape[:-2])
+                img = to_uint8(read_plane(st.array(meta.path), lead))
+                return [Figure(f"{group}/{name}" if group else name,
+                               f"{meta.path}{list(lead) if lead else ''}: a middle plane "
+                               f"({_dims(meta)} px), scaled to its percentiles.",
+                               [Panel(f"{name}.png", name, meta.path, img,
+                                      f"{meta.path}{list(lead)}")])]
+    return []
+
+
+RECIPES: dict[str, Callable[[_Store], list[Figure]]] = {
+    "biosr": _biosr,
+    "dl-smlm": _dl_smlm,
+    "sted-fm": _sted_fm,
+    "platelet-em": _platelet_em,
+    "deepcad": _deepcad,
+}
+
+
+def make_previews(zarr_loc: Location, dataset: str) -> dict[str, bytes]:
+    """PNG previews of the store at ``zarr_loc`` plus ``previews.json`` (file name -> bytes).
+
+    ``dataset`` is the manifest name; it picks the recipe (others get a generic plane).
+    """
+    st = _Store(zarr_loc)
+    figures = RECIPES.get(dataset, _generic)(st) or _generic(st)
+    files: dict[str, bytes] = {}
+    listing = []
+    for fig in figures:
+        panels = []
+        for p in fig.panels:
+            if not FILE_NAME.fullmatch(p.file) or p.file in files or p.file == PREVIEWS_JSON:
+                raise ValueError(f"preview file name {p.file!r} is not a unique plain name")
+            files[p.file] = png(p.image)
+            panels.append({"file": p.file, "title": p.title, "caption": p.caption,
+                           "source": p.source, "shape": list(p.image.shape)})
+        listing.append({"title": fig.title, "caption": fig.caption, "panels": panels,
+                        **fig.extra})
+    doc = {"format": FORMAT, "dataset": dataset, "figures": listing,
+           "scaling": f"{PERCENTILES[0]}-{PERCENTILES[1]} percentiles to 8 bits per panel"}
+    files[PREVIEWS_JSON] = json.dumps(doc, indent=1, sort_keys=True).encode()
+    return files
+
+
+def write_previews(zarr_loc: Location, dest: Location, dataset: str) -> bool:
+    """Compute previews and write them under ``dest``; False (and a warning) on any failure,
+    so that a preview problem never stops a dataset from being published."""
+    try:
+        files = make_previews(zarr_loc, dataset)
+        for name, data in sorted(files.items(), key=lambda kv: kv[0] == PREVIEWS_JSON):
+            dest.child(name).write_bytes(data)  # previews.json last
+        return True
+    except Exception as exc:
+        log.warning("%s: previews failed, publishing without them (%s: %s)", dataset,
+                    type(exc).__name__, exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        try:
+            if dest.exists():
+                dest.fs.rm(dest.path, recursive=True)
+        except Exception:
+            log.warning("could not remove partial previews %s", dest.url)
+        return False
