@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -116,14 +117,22 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from cloudmic.ingest import ingest
 
     bar = tqdm(unit="unit", desc=f"ingest {args.dataset}", disable=args.quiet)
+    written = [0]
 
     def progress(units: int, nbytes: int) -> None:
+        written[0] += nbytes
         bar.update(units)
-        bar.set_postfix_str(f"{_human(nbytes)} last unit")
+        bar.set_postfix_str(f"{_human(written[0])} written")
+
+    def on_cluster(address: str, dashboard: str | None) -> None:
+        if not args.quiet:
+            bar.write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}")
 
     try:
         report = ingest(args.dataset, args.source, args.dest, workers=args.workers,
-                        progress=progress, on_plan=lambda n: setattr(bar, "total", n))
+                        threads=args.threads, cluster=not args.in_process,
+                        scheduler=args.scheduler, progress=progress, on_cluster=on_cluster,
+                        on_plan=lambda n: setattr(bar, "total", n))
     finally:
         bar.close()
     if args.json:
@@ -307,7 +316,18 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--source", required=True, help="the published layout: a local folder "
                    "(sted-fm: also a .tar or an s3:// prefix of archives)")
     i.add_argument("--dest", required=True, help="root URL: s3://bucket[/prefix] or a folder")
-    i.add_argument("--workers", type=int, default=2, help="parallel units (default: 2)")
+    i.add_argument("--workers", type=int, default=2,
+                   help="dask worker processes of the local cluster (default: 2)")
+    i.add_argument("--threads", type=int, default=1,
+                   help="threads per worker process (default: 1)")
+    i.add_argument("--scheduler", metavar="ADDRESS", default=os.environ.get("CLOUDMIC_SCHEDULER"),
+                   help="run on an existing dask cluster, e.g. tcp://10.0.0.5:8786 (default: "
+                   "$CLOUDMIC_SCHEDULER, else a local cluster)")
+    i.add_argument("--in-process", action="store_true",
+                   help="run units on --workers threads in this process, without dask")
+    i.epilog = ("A stopped or killed ingest resumes: run the same command again and only "
+                "the units not yet finished are redone (the ledger is in ROOT/.cloudmic/"
+                "staging/). Nothing is published before the whole dataset verified.")
 
     ls = add("ls", cmd_ls, "list the datasets published under a root URL")
     ls.add_argument("root", help="s3://bucket[/prefix] or a local folder")

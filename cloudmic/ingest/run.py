@@ -5,11 +5,11 @@ Each step is a function of its own module; this one only wires them together.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +21,12 @@ from cloudmic import __version__
 from cloudmic.catalog.previews import write_previews
 from cloudmic.datasets import Adapter, Inventory, Unit, get_adapter
 from cloudmic.errors import CloudmicError
+from cloudmic.ingest import execute
+from cloudmic.ingest.ledger import Ledger, remove_partials
+from cloudmic.ingest.ledger import run_id as fingerprint_run_id
 from cloudmic.ingest.plan import plan_units
 from cloudmic.ingest.publish import (
     check_writable,
-    new_run_id,
     publish,
     staging_location,
     update_catalog,
@@ -76,8 +78,7 @@ def _provenance(manifest: Manifest, inv: Inventory, run_id: str) -> dict[str, An
         "homepage": manifest.source.homepage,
         "cloudmic_version": __version__,
         "manifest_digest": manifest.digest(),
-        "run_id": run_id,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "run_id": run_id,  # a fingerprint of manifest + sources: re-runs write the same bytes
         "source": {"files": inv.file_count, "bytes": inv.source_bytes},
         "groups": {g.name: {"dim": g.unit_dim, "length": g.length} for g in inv.groups},
         "storage": manifest.storage.model_dump(),
@@ -86,35 +87,39 @@ def _provenance(manifest: Manifest, inv: Inventory, run_id: str) -> dict[str, An
 
 
 def run_unit(adapter: Adapter, inv: Inventory, unit: Unit, zarr_loc: Location,
-             wds_loc: Location) -> dict[str, Any]:
-    """Read one unit's sources once; write its Zarr region and its WebDataset shard."""
+             wds_loc: Location, ledger: Ledger | None = None) -> dict[str, Any]:
+    """Read one unit's sources once; write its Zarr region and its WebDataset shard; then,
+    and only then, record it in the ledger."""
     data = adapter.read_unit(inv, unit)
     # zarr's default codec pipeline, not zarrs: zarrs encodes ~3x faster but lays out the
     # inner chunks of a shard in a varying order, and re-runs must rewrite the same bytes
     group = zarr.open_group(zarr_loc.zarr_store(), mode="r+", path=unit.group, zarr_format=3)
     nbytes = write_unit(group, inv.group(unit.group), unit, data)
     shard = write_shard(adapter.records(inv, unit, data), wds_loc.child(unit.shard_url))
-    return {"unit": unit.key, "split": inv.group(unit.group).split, "array_bytes": nbytes,
-            "shard": {"url": unit.shard_url, **shard}}
+    result = {"unit": unit.key, "split": inv.group(unit.group).split, "array_bytes": nbytes,
+              "shard": {"url": unit.shard_url, **shard}}
+    if ledger is not None:
+        ledger.record(result)
+    return result
 
 
 def _run_units(adapter: Adapter, inv: Inventory, units: list[Unit], zarr_loc: Location,
-               wds_loc: Location, workers: int, progress: Progress | None) -> list[dict]:
-    """Run units in a thread pool (they never share a shard); the first error cancels
-    the units not yet started."""
-    results = []
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = [pool.submit(run_unit, adapter, inv, u, zarr_loc, wds_loc) for u in units]
-        try:
-            for fut in futures:
-                results.append(fut.result())
-                if progress:
-                    progress(1, results[-1]["array_bytes"])
-        except BaseException:
-            for fut in futures:
-                fut.cancel()
-            raise
-    return results
+               wds_loc: Location, ledger: Ledger, client: Any, workers: int,
+               progress: Progress | None) -> list[dict]:
+    """Run units on the dask client, or on threads here; results in plan order."""
+    per_task = [(u, zarr_loc, wds_loc, ledger) for u in units]
+    if client is not None:
+        results = execute.run_dask(client, run_unit, (adapter, inv), per_task,
+                                   [f"unit-{u.key}" for u in units])
+    else:
+        results = execute.run_threads(run_unit, [(adapter, inv, *a) for a in per_task], workers)
+    done = []
+    for r in results:
+        done.append(r)
+        if progress:
+            progress(1, r["array_bytes"])
+    order = {u.key: k for k, u in enumerate(units)}
+    return sorted(done, key=lambda r: order[r["unit"]])
 
 
 def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -134,8 +139,10 @@ def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) ->
 
 
 def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
+           threads: int = 1, cluster: bool = False, scheduler: str | None = None,
            storage_options: dict[str, Any] | None = None,
            progress: Progress | None = None, on_plan: Callable[[int], None] | None = None,
+           on_cluster: Callable[[str, str | None], None] | None = None,
            ) -> IngestReport:
     """Repack a published dataset into ``dest/<name>.zarr`` + ``dest/<name>.wds``.
 
@@ -143,6 +150,12 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
     published layout (a local folder; archives may also be ``s3://`` URLs); ``dest`` an
     ``s3://`` URL or a local folder. Every source file is checked before anything is
     written, and what was published before stays readable until the new version verified.
+
+    Units run on ``workers`` threads here, or with ``cluster=True`` on a dask LocalCluster
+    of ``workers`` processes x ``threads``, or on an existing ``scheduler``
+    (``tcp://host:8786``). The staging folder is named by a fingerprint of manifest and
+    sources and keeps a ledger of finished units: after a crash (even ``kill -9``) the same
+    call resumes, redoing only unfinished units, and publishes the same bytes.
     """
     t0 = time.perf_counter()
     manifest = load_manifest(str(dataset))
@@ -151,22 +164,43 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
     root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)
     units = plan_units(inv, manifest)
-    if on_plan:
-        on_plan(len(units))
-    run_id = new_run_id()
+    run_id = fingerprint_run_id(manifest, inv, __version__)
     staging = staging_location(root, manifest.name, run_id)
     zarr_loc = staging.child(f"{manifest.name}.zarr")
     wds_loc = staging.child(f"{manifest.name}.wds")
-    log.info("ingest %s: %d units into %s", manifest.name, len(units), staging.url)
+    ledger = Ledger(staging.child("ledger"))
     try:
-        zroot = zarr.open_group(zarr_loc.zarr_store(), mode="w", zarr_format=3,
-                                attributes={"cloudmic": _provenance(manifest, inv, run_id)})
-        for g in inv.groups:
-            create_group(zroot, g, manifest.storage)
-        results = _run_units(adapter, inv, units, zarr_loc, wds_loc, workers, progress)
+        if ledger.created() and not zarr_loc.child("zarr.json").exists():
+            _discard(staging)  # stopped while publishing: what was staged is gone, start over
+        if ledger.created():  # a previous run of the same job: keep what it finished
+            done = {k: e for k, e in ledger.finished().items() if ledger.usable(e, wds_loc)}
+            zroot = zarr.open_group(zarr_loc.zarr_store(), mode="r+", zarr_format=3)
+            log.info("resuming %s: %d of %d units already done", staging.url, len(done),
+                     len(units))
+        else:
+            done = {}
+            zroot = zarr.open_group(zarr_loc.zarr_store(), mode="w", zarr_format=3,
+                                    attributes={"cloudmic": _provenance(manifest, inv, run_id)})
+            for g in inv.groups:
+                create_group(zroot, g, manifest.storage)
+            ledger.mark_created()
+        todo = [u for u in units if u.key not in done]
+        if on_plan:
+            on_plan(len(units))
+        if progress and done:
+            progress(len(done), sum(done[k]["array_bytes"] for k in done))
+        log.info("ingest %s: %d units into %s", manifest.name, len(todo), staging.url)
+        with (execute.dask_client(scheduler, workers, threads, on_cluster)
+              if (cluster or scheduler) and todo else _no_client()) as client:
+            fresh = _run_units(adapter, inv, todo, zarr_loc, wds_loc, ledger, client, workers,
+                               progress)
+        by_key = {**done, **{r["unit"]: r for r in fresh}}
+        results = [by_key[u.key] for u in units]
+        remove_partials(wds_loc)
         adapter.finalize(inv, zroot)
         index = _index(manifest, inv, results)
-        wds_loc.child("index.json").write_bytes(json.dumps(index, indent=1).encode())
+        blob = json.dumps(index, indent=1, sort_keys=True).encode()
+        wds_loc.child("index.json").write_bytes(blob)
         sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
                  "zarr_bytes": int(zarr_loc.fs.du(zarr_loc.path)),
                  "wds_bytes": sum(r["shard"]["bytes"] for r in results)}
@@ -183,9 +217,14 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
         previews = write_previews(zarr_loc, staging.child(f"{manifest.name}.previews"),
                                   manifest.name)
         publish(staging, root, names + ([f"{manifest.name}.previews"] if previews else []))
-    except BaseException:
-        _discard(staging)
+    except VerifyFailed:
+        _discard(staging)  # what was written is wrong: a re-run starts afresh
         raise
+    except BaseException:
+        log.warning("ingest of %s stopped; %s keeps the finished units: run the same command "
+                    "again to resume", manifest.name, staging.url)
+        raise
+    _discard(staging)
     entry = {"title": manifest.title, "zarr": f"{manifest.name}.zarr",
              "webdataset": f"{manifest.name}.wds/index.json", "license": manifest.license,
              "published": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
@@ -198,6 +237,11 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
                         sizes["wds_bytes"], time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _no_client() -> Iterator[None]:
+    yield None
 
 
 def _split_sizes(inv: Inventory) -> dict[str, int]:

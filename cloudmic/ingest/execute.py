@@ -1,0 +1,71 @@
+"""Run work units: on a thread pool in this process, or on dask.distributed (a LocalCluster
+of worker processes, or an existing scheduler). Units never share a shard, so any order
+and any placement is safe; each reports to the ledger itself when it is done."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Task = Callable[..., dict[str, Any]]
+
+
+def run_threads(fn: Task, args: list[tuple], workers: int) -> Iterator[dict[str, Any]]:
+    """Results in submission order; the first error cancels what has not started."""
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = [pool.submit(fn, *a) for a in args]
+        try:
+            for fut in futures:
+                yield fut.result()
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
+
+
+@contextmanager
+def dask_client(scheduler: str | None, workers: int, threads: int,
+                on_cluster: Callable[[str, str | None], None] | None = None) -> Iterator[Any]:
+    """A client of ``scheduler``, or of a LocalCluster of ``workers`` processes with
+    ``threads`` threads each (spawned: no fork after threads). ``on_cluster`` gets the
+    scheduler address and the dashboard link."""
+    from distributed import Client, LocalCluster
+
+    # distributed logs every connection at INFO; keep the terminal for the progress bar
+    logging.getLogger("distributed").setLevel(max(logging.WARNING, logging.getLogger().level))
+    if scheduler:
+        with Client(scheduler, set_as_default=False) as client:
+            if on_cluster:
+                on_cluster(scheduler, client.dashboard_link)
+            yield client
+        return
+    with LocalCluster(n_workers=max(1, workers), threads_per_worker=max(1, threads),
+                      processes=True, dashboard_address="127.0.0.1:0", host="127.0.0.1",
+                      silence_logs=logging.ERROR) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        if on_cluster:
+            on_cluster(cluster.scheduler_address, client.dashboard_link)
+        yield client
+
+
+def run_dask(client: Any, fn: Task, shared: tuple, per_task: list[tuple],
+             keys: list[str]) -> Iterator[dict[str, Any]]:
+    """Results as they finish. ``shared`` arguments (adapter, inventory) go to the workers
+    once; a worker that dies has its units rerun elsewhere by the scheduler (retries=2); the
+    first unit that fails for a reason of its own stops the run."""
+    from distributed import as_completed
+
+    remote = client.scatter(list(shared), broadcast=True, hash=False)
+    futures = [client.submit(fn, *remote, *a, pure=False, retries=2, key=k)
+               for a, k in zip(per_task, keys, strict=True)]
+    try:
+        for fut in as_completed(futures, loop=client.loop):
+            yield fut.result()
+    except BaseException:
+        client.cancel(futures)
+        raise

@@ -1,0 +1,117 @@
+"""Resumable, idempotent ingest: a stopped or killed run resumes from its ledger, redoes only
+unfinished units, and publishes exactly the bytes of an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import cloudmic.ingest.run as run
+from cloudmic.ingest import ingest
+from fixtures_biosr import snapshot
+
+
+def _published(root: Path) -> dict[str, str]:
+    """Every published object's sha256, without catalog.json (it carries the publish time)."""
+    return {k: v for k, v in snapshot(str(root)).items() if not k.endswith("catalog.json")}
+
+
+def _ledger(root: Path) -> list[Path]:
+    return sorted((root / ".cloudmic" / "staging").glob("biosr-*/ledger/*__*.json"))
+
+
+@pytest.fixture(scope="module")
+def clean(biosr_sources, small_manifest, tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("clean")
+    ingest(str(small_manifest), biosr_sources["uint16"], str(root))
+    return _published(root)
+
+
+def test_a_stopped_ingest_resumes_and_redoes_only_unfinished_units(
+        biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
+    real, calls = run.run_unit, []
+
+    def power_cut(*args, **kwargs):
+        calls.append(args[2].key)
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_unit", power_cut)
+    dest = tmp_path / "root"
+    with pytest.raises(RuntimeError, match="power cut"):
+        ingest(str(small_manifest), biosr_sources["uint16"], str(dest), workers=1)
+    assert not (dest / "biosr.zarr").exists() and not (dest / "catalog.json").exists()
+    finished = {p.stem.replace("__", "/") for p in _ledger(dest)}
+    assert len(finished) >= 2 and calls[2] not in finished  # the failed unit is not recorded
+
+    redone = []
+    monkeypatch.setattr(run, "run_unit",
+                        lambda *a, **k: redone.append(a[2].key) or real(*a, **k))
+    report = ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
+    assert not finished & set(redone)  # finished units are not redone
+    assert len(redone) == report.units - len(finished)
+    assert _published(dest) == clean
+    assert not list((dest / ".cloudmic" / "staging").iterdir())  # ledger gone once published
+
+
+def test_changed_sources_start_a_fresh_staging(biosr_sources, small_manifest, tmp_path):
+    from cloudmic.datasets import get_adapter
+    from cloudmic.ingest.ledger import run_id
+    from cloudmic.manifest import load_manifest
+
+    manifest = load_manifest(str(small_manifest))
+    src = tmp_path / "src"
+    shutil.copytree(biosr_sources["uint16"], src)
+    before = run_id(manifest, get_adapter(manifest).scan(src), "x")
+    tif = next(src.rglob("*.tif"))
+    os.utime(tif, ns=(tif.stat().st_atime_ns, tif.stat().st_mtime_ns + 10**9))
+    assert run_id(manifest, get_adapter(manifest).scan(src), "x") != before
+
+
+KILLER = """
+import sys
+from cloudmic.ingest import ingest
+ingest(sys.argv[1], sys.argv[2], sys.argv[3], workers=2)
+"""
+
+
+@pytest.mark.e2e
+def test_kill_9_at_random_moments_then_rerun_gives_the_clean_bytes(
+        biosr_sources, small_manifest, clean, tmp_path):
+    """The issue's test: SIGKILL the ingest process at random points, several times in a
+    row; a final run completes and the published store is byte-identical to a clean run."""
+    dest = tmp_path / "root"
+    cmd = [sys.executable, "-c", KILLER, str(small_manifest), str(biosr_sources["uint16"]),
+           str(dest)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    t0 = time.monotonic()  # how long an uninterrupted run takes here, to spread the kills
+    probe = subprocess.run(cmd[:3] + [str(small_manifest), str(biosr_sources["uint16"]),
+                                      str(tmp_path / "probe")], env=env, capture_output=True)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    duration = time.monotonic() - t0
+    rng = random.Random(1234)
+    killed = 0
+    for _ in range(4):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        time.sleep(rng.uniform(0.3, 0.95) * duration)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed += 1
+        proc.wait()
+    assert killed >= 2  # most attempts were really cut off
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _published(dest) == clean
+    catalog = json.loads((dest / "catalog.json").read_text())
+    assert "biosr" in catalog["datasets"]
