@@ -31,7 +31,7 @@ from cloudmic.ingest.publish import (
     staging_location,
     update_catalog,
 )
-from cloudmic.ingest.verify import verify_dataset
+from cloudmic.ingest.verify import verify_against_source, verify_dataset
 from cloudmic.ingest.wds_writer import write_shard
 from cloudmic.layout.zarr_layout import create_group, write_unit
 from cloudmic.manifest import Manifest, load_manifest
@@ -209,6 +209,7 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
         zroot.update_attributes({"cloudmic": prov})
         zarr.consolidate_metadata(zarr_loc.zarr_store())
         report = verify_dataset(staging, manifest.name)
+        report.problems += verify_against_source(adapter, inv, units, zroot)
         if not report.ok:
             raise VerifyFailed(f"{staging.url}: verification failed, nothing published:\n  "
                                + "\n  ".join(report.problems))

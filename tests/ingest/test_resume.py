@@ -115,3 +115,21 @@ def test_kill_9_at_random_moments_then_rerun_gives_the_clean_bytes(
     assert _published(dest) == clean
     catalog = json.loads((dest / "catalog.json").read_text())
     assert "biosr" in catalog["datasets"]
+
+
+def test_data_that_differs_from_its_source_never_reaches_the_catalog(
+        biosr_sources, small_manifest, tmp_path, monkeypatch):
+    """Zarr and WebDataset agree (both written from the same wrong data); only the read-back
+    of the source catches it, and nothing is published."""
+    real = run.write_unit
+
+    def off_by_one(g, group, unit, data):
+        data["wf"] += 1  # in place: the tar gets the same wrong pixels
+        return real(g, group, unit, data)
+
+    monkeypatch.setattr(run, "write_unit", off_by_one)
+    dest = tmp_path / "root"
+    with pytest.raises(run.VerifyFailed, match="differs from a fresh read of its source"):
+        ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
+    assert not (dest / "biosr.zarr").exists() and not (dest / "catalog.json").exists()
+    assert not list((dest / ".cloudmic" / "staging").iterdir())  # a bad staging is dropped
