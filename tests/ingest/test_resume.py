@@ -3,6 +3,7 @@ unfinished units, and publishes exactly the bytes of an uninterrupted run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -133,3 +134,48 @@ def test_data_that_differs_from_its_source_never_reaches_the_catalog(
         ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
     assert not (dest / "biosr.zarr").exists() and not (dest / "catalog.json").exists()
     assert not list((dest / ".cloudmic" / "staging").iterdir())  # a bad staging is dropped
+
+
+@pytest.mark.e2e
+def test_s3_server_restarted_during_an_ingest_then_a_rerun_finishes(
+        biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
+    import threading
+
+    from cloudmic.ingest.verify import verify_dataset
+    from cloudmic.storage import seaweed
+    from cloudmic.storage.location import Location
+
+    data = tmp_path / "store"
+    info = seaweed.up(data)
+    try:
+        for k, v in info.env().items():
+            monkeypatch.setenv(k, v)
+        real, started = run.run_unit, threading.Event()
+
+        def slow(*a, **k):  # a unit takes a while, so the restart lands mid-ingest
+            started.set()
+            time.sleep(0.5)
+            return real(*a, **k)
+
+        monkeypatch.setattr(run, "run_unit", slow)
+
+        def restart() -> None:
+            started.wait(30)
+            seaweed.down(data)
+            time.sleep(2)
+            seaweed.up(data, port=info.s3_port)
+
+        worker = threading.Thread(target=restart)
+        worker.start()
+        # the outage may outlast the client's retries: then the re-run below finishes
+        with contextlib.suppress(Exception):
+            ingest(str(small_manifest), biosr_sources["uint16"], "s3://restart", workers=1)
+        worker.join(60)
+        monkeypatch.setattr(run, "run_unit", real)
+        ingest(str(small_manifest), biosr_sources["uint16"], "s3://restart")
+        assert verify_dataset(Location.parse("s3://restart"), "biosr").ok
+        published = {k: v for k, v in snapshot("s3://restart").items()
+                     if not k.endswith("catalog.json")}
+        assert published == clean
+    finally:
+        seaweed.down(data)
