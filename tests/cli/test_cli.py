@@ -84,6 +84,7 @@ def test_demo_runs_twice(tmp_path, s3_server):
         assert set(out["datasets"]) == set(DEMO_DATASETS)
         assert out["datasets"]["dl-smlm"]["stream"]["patch_shapes"]["sr"] == [256, 256]
         assert out["datasets"]["platelet-em"]["stream"]["patch_shapes"]["image"] == [4, 64, 64]
+        assert out["datasets"]["deepcad"]["stream"]["patch_shapes"]["high"] == [16, 64, 64]
     listing = cli("ls", "s3://cloudmic-demo", env=env).stdout
     assert all(name in listing for name in DEMO_DATASETS)
 
