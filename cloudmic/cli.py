@@ -115,7 +115,19 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cloudmic.ingest import ingest
+    from cloudmic.manifest import load_manifest
+    from cloudmic.sources import resolve_source
 
+    with tqdm(unit="B", unit_scale=True, desc=f"fetch {args.dataset}",
+              disable=args.quiet or not (args.fetch or "://" in str(args.source))) as fb:
+        def fetched(done: int, total: int | None) -> None:
+            if total != fb.total:
+                fb.reset(total)
+            fb.n = done
+            fb.refresh()
+
+        source = resolve_source(load_manifest(args.dataset), None if args.fetch else args.source,
+                                cache_dir=args.cache, progress=fetched)
     bar = tqdm(unit="unit", desc=f"ingest {args.dataset}", disable=args.quiet)
     written = [0]
 
@@ -129,7 +141,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             bar.write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}")
 
     try:
-        report = ingest(args.dataset, args.source, args.dest, workers=args.workers,
+        report = ingest(args.dataset, source, args.dest, workers=args.workers,
                         threads=args.threads, cluster=not args.in_process,
                         scheduler=args.scheduler, progress=progress, on_cluster=on_cluster,
                         on_plan=lambda n: setattr(bar, "total", n))
@@ -313,8 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
     i = add("ingest", cmd_ingest, "repack a published dataset into ROOT/<name>.zarr and "
             "ROOT/<name>.wds, verify, publish, then update ROOT/catalog.json")
     i.add_argument("dataset", help="manifest name (biosr) or path to a manifest YAML")
-    i.add_argument("--source", required=True, help="the published layout: a local folder "
-                   "(sted-fm: also a .tar or an s3:// prefix of archives)")
+    src = i.add_mutually_exclusive_group(required=True)
+    src.add_argument("--source", help="the published layout: a local folder, or a zip (local, "
+                     "http(s):// or s3://, fetched resumably and unpacked under --cache); "
+                     "sted-fm: also a .tar or an s3:// prefix of archives")
+    src.add_argument("--fetch", action="store_true", help="download the manifest's "
+                     "source.downloads (resumable, checksum-verified) and unpack them")
+    i.add_argument("--cache", metavar="DIR", help="where downloaded sources go (default: "
+                   "$CLOUDMIC_CACHE or ~/.cache/cloudmic, then sources/<dataset>)")
     i.add_argument("--dest", required=True, help="root URL: s3://bucket[/prefix] or a folder")
     i.add_argument("--workers", type=int, default=2,
                    help="dask worker processes of the local cluster (default: 2)")

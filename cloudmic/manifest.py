@@ -32,8 +32,14 @@ class Citation(_Strict):
 
 class Download(_Strict):
     url: str
-    sha256: str | None = None
-    bytes: int | None = None
+    name: str | None = Field(None, description="local file name, when the URL does not end "
+                             "with it (figshare: .../ndownloader/files/<id>)")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    md5: str | None = Field(None, pattern=r"^[0-9a-f]{32}$",
+                            description="when only an md5 is published (platelet-em)")
+    bytes: int | None = Field(None, ge=0, description="exact size in bytes")
+    into: str | None = Field(None, description="folder under the source root to unpack the "
+                             "archive into; {stem} is the file name without its extension")
 
 
 class Source(_Strict):

@@ -35,6 +35,7 @@ from cloudmic.ingest.verify import verify_against_source, verify_dataset
 from cloudmic.ingest.wds_writer import write_shard
 from cloudmic.layout.zarr_layout import create_group, write_unit
 from cloudmic.manifest import Manifest, load_manifest
+from cloudmic.sources import resolve_source
 from cloudmic.storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
     t0 = time.perf_counter()
     manifest = load_manifest(str(dataset))
     adapter = get_adapter(manifest)
+    source = resolve_source(manifest, source)  # URLs and zips -> a cached, verified local tree
     inv = adapter.scan(source)
     root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)

@@ -110,6 +110,7 @@ def test_kinds_and_api_versions(resources: list[dict[str, Any]]) -> None:
     assert kinds == sorted([
         ("v1", "Namespace"),
         ("v1", "PersistentVolumeClaim"),
+        ("v1", "PersistentVolumeClaim"),
         ("apps/v1", "Deployment"),
         ("v1", "Service"),
         (DASK_API, "DaskCluster"),
@@ -128,9 +129,19 @@ def test_daskjob_runs_cloudmic_ingest_against_its_scheduler(
     args = runner.get("command", []) + runner["args"]
     assert args[:2] == ["cloudmic", "ingest"]
     assert args[2] in ("dl-smlm", "sted-fm", "biosr", "deepcad", "platelet-em")
-    opts = dict(zip(args[3::2], args[4::2], strict=True))
-    assert set(opts) == {"--source", "--dest", "--scheduler"}
-    assert opts["--source"].startswith(("s3://", "https://", "http://"))  # workers read it
+    flags = [a for a in args[3:] if a == "--fetch"]
+    rest = [a for a in args[3:] if a != "--fetch"]
+    opts = dict(zip(rest[0::2], rest[1::2], strict=True))
+    assert set(opts) == {"--cache", "--dest", "--scheduler"} and flags == ["--fetch"]
+    # the official downloads go to the shared volume that every worker mounts (read-only)
+    mounts = {m["name"]: m["mountPath"] for m in runner["volumeMounts"]}
+    assert opts["--cache"].startswith(mounts["sources"] + "/")
+    (w,) = spec["cluster"]["spec"]["worker"]["spec"]["containers"]
+    assert {m["name"]: m["mountPath"] for m in w["volumeMounts"]}["sources"] == mounts["sources"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in spec["job"]["spec"]["volumes"] if "persistentVolumeClaim" in v}
+    pvc = _one(resources, "PersistentVolumeClaim", claims["sources"])
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     assert opts["--dest"].startswith("s3://")
     # the operator sets DASK_SCHEDULER_ADDRESS=tcp://<name>-scheduler.<ns>.svc...:8786
     assert opts["--scheduler"] in ("$(DASK_SCHEDULER_ADDRESS)",) or \
