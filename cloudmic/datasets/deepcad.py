@@ -27,7 +27,6 @@ only its own frames, a block at a time, so memory stays at about one unit.
 from __future__ import annotations
 
 import difflib
-import hashlib
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ import numpy as np
 
 from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit, VarSpec
 from cloudmic.errors import ManifestError, SourceError
+from cloudmic.formats.checksum import sha256_file
 from cloudmic.formats.tiff import is_tiff_name
 from cloudmic.formats.tiff_pages import MovieInfo, iter_frame_blocks, movie_info
 from cloudmic.layout import ngff
@@ -55,13 +55,6 @@ SKIP_DIRS = {"__MACOSX"}  # macOS zip resource forks: never data
 def _hidden(p: Path) -> bool:
     return p.name.startswith(".") or p.name in SKIP_DIRS
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb", buffering=0) as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)  # releases the GIL: files hash in parallel threads
-    return h.hexdigest()
 
 
 class DeepCAD(Adapter):
@@ -201,7 +194,7 @@ class DeepCAD(Adapter):
         # hash only once every header passed: a bad file fails fast, before GBs are read
         paths = [info.path for _, _, infos in checked for info in infos.values()]
         with ThreadPoolExecutor(4) as pool:
-            digests = dict(zip(paths, pool.map(_sha256, paths), strict=True))
+            digests = dict(zip(paths, pool.map(sha256_file, paths), strict=True))
         groups, inv_files = [], {}
         for row, folder, infos in checked:
             groups.append(self._group(row, folder, infos, digests, steps))

@@ -15,7 +15,6 @@ warning: the RGBA release colours instance ids through a 256-entry LUT, so ids c
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +25,7 @@ import tifffile
 
 from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit
 from cloudmic.errors import ManifestError, SourceError
+from cloudmic.formats.checksum import sha256_file
 from cloudmic.formats.label_palette import (
     JET_RGBA_SEMANTIC,
     OLD_RGB_SEMANTIC,
@@ -47,13 +47,6 @@ LABEL_FILES = {"semantic": ("labels-semantic", "{vol}-semantic"),
 STORE_DTYPES = {"semantic": "uint8", "cell": "uint32", "organelle": "uint32"}
 IMAGE_DTYPES = ("uint16", "float32", "float64")
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class PlateletEM(Adapter):
@@ -93,7 +86,7 @@ class PlateletEM(Adapter):
                                   "pass the platelet-em image TIFF (uint16, or float 0..65535)")
             shape = (info.frames, *info.shape)
             labels = {name: self._check_label(root, vol, name, shape) for name in LABELS}
-            image = {"path": str(img), "bytes": img.stat().st_size, "sha256": _sha256(img)}
+            image = {"path": str(img), "bytes": img.stat().st_size, "sha256": sha256_file(img)}
             files[vol] = {"image": image, **labels}
             total += image["bytes"] + sum(lab["bytes"] for lab in labels.values())
             groups.append(self._group(vol, shape, info.dtype.name, files[vol]))
@@ -128,7 +121,7 @@ class PlateletEM(Adapter):
         arr = self.load_label(path, name, shape, max_id=None, cast=False)
         top = int(arr.max()) if arr.size else 0
         return {"path": str(path), "format": path.suffix[1:], "bytes": path.stat().st_size,
-                "sha256": _sha256(path), "max_id": top, "source_dtype": str(arr.dtype)}
+                "sha256": sha256_file(path), "max_id": top, "source_dtype": str(arr.dtype)}
 
     def load_label(self, path: Path, name: str, shape: tuple[int, ...],
                    max_id: int | None, cast: bool = True) -> np.ndarray:

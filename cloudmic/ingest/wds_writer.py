@@ -6,7 +6,6 @@ collector (STACK-NOTES "WebDataset"); a fixed mtime makes re-runs byte-identical
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -15,15 +14,8 @@ from typing import Any
 
 import webdataset as wds
 
+from cloudmic.formats.checksum import sha256_file
 from cloudmic.storage.location import Location
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_shard(records: Iterable[dict[str, Any]], dest: Location) -> dict[str, Any]:
@@ -40,7 +32,7 @@ def write_shard(records: Iterable[dict[str, Any]], dest: Location) -> dict[str, 
                 writer.write(rec)
                 count += 1
             writer.close()
-        size, digest = os.path.getsize(tmp), _sha256(Path(tmp))
+        size, digest = os.path.getsize(tmp), sha256_file(Path(tmp))
         if dest.is_s3:
             dest.fs.put_file(tmp, dest.path)
         else:
