@@ -463,34 +463,39 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
                 items.append(item)
         return items
 
-    def _iter_on_cluster(self, epoch: int, mine: list[int], me: int,
-                         consumers: int) -> Iterator[dict[str, Any]]:
-        """Blocks read and cut by dask workers (``scheduler=``), a few ahead; the order and
-        the shuffle are the same as when reading here."""
+    def _iter_on_cluster(self, epoch: int, mine: list[int],
+                         rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        """Blocks read and cut by dask workers (``scheduler=``); same order, same shuffle."""
         from distributed import Client
 
         local = copy.copy(self)
         local.scheduler = None  # what the cluster runs: read and cut one block
-        rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
-        in_main = get_worker_info() is None
-        ahead = self.buffer_blocks + self.prefetch
         with Client(self.scheduler, set_as_default=False) as client:
             remote = client.scatter(local, broadcast=True)
-            pending = [client.submit(_cluster_block, remote, b, epoch, pure=False)
-                       for b in mine[:ahead]]
-            nxt = len(pending)
-            while pending:
-                take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
-                buffer = [it for f in take for it in f.result()
-                          if not self._consumed[it["position"]]]
-                while nxt < len(mine) and len(pending) < ahead:
-                    pending.append(client.submit(_cluster_block, remote, mine[nxt], epoch,
-                                                 pure=False))
-                    nxt += 1
-                for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
-                    if in_main:
-                        self._consumed[buffer[k]["position"]] = True
-                    yield buffer[k]
+            yield from self._buffered(
+                lambda b: client.submit(_cluster_block, remote, b, epoch, pure=False),
+                mine, rng)
+
+    def _buffered(self, submit: Any, mine: list[int],
+                  rng: np.random.Generator) -> Iterator[dict[str, Any]]:
+        """Read blocks a few ahead (``submit(block)`` returns a future of its items) and
+        shuffle over ``buffer_blocks`` of them. Memory stays bounded: at most ``prefetch``
+        blocks of cut patches wait beside the buffer in use."""
+        in_main = get_worker_info() is None
+        ahead = self.buffer_blocks + self.prefetch
+        pending = [submit(b) for b in mine[:ahead]]
+        nxt = len(pending)
+        while pending:
+            take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
+            buffer = [it for f in take for it in f.result()
+                      if not self._consumed[it["position"]]]
+            while nxt < len(mine) and len(pending) < ahead:
+                pending.append(submit(mine[nxt]))
+                nxt += 1
+            for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
+                if in_main:  # without loader workers, what is yielded is consumed
+                    self._consumed[buffer[k]["position"]] = True
+                yield buffer[k]
         self._finished = in_main
 
     # ---- faults: retry what is transient, apply on_error to bad data ----
@@ -578,29 +583,14 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
         self._begin_epoch(epoch)
         me, consumers = self.consumer()
         mine = self.assignment(epoch, me, consumers)
+        rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
         if self.scheduler:
-            yield from self._iter_on_cluster(epoch, mine, me, consumers)
+            yield from self._iter_on_cluster(epoch, mine, rng)
             return
         opened = self._retrying(self._open, "open the store")
-        rng = np.random.default_rng([self.seed, epoch, 2, me, consumers])
-        in_main = get_worker_info() is None
-        # bounded memory: at most `ahead` blocks of cut patches wait beside the buffer in use
-        ahead = self.buffer_blocks + self.prefetch
         with ThreadPoolExecutor(self.prefetch) as pool:
-            pending = [pool.submit(self._read_checked, opened, b, epoch) for b in mine[:ahead]]
-            nxt = len(pending)
-            while pending:
-                take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
-                buffer = [it for f in take for it in f.result()
-                          if not self._consumed[it["position"]]]
-                while nxt < len(mine) and len(pending) < ahead:
-                    pending.append(pool.submit(self._read_checked, opened, mine[nxt], epoch))
-                    nxt += 1
-                for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
-                    if in_main:  # without loader workers, what is yielded is consumed
-                        self._consumed[buffer[k]["position"]] = True
-                    yield buffer[k]
-        self._finished = in_main
+            yield from self._buffered(
+                lambda b: pool.submit(self._read_checked, opened, b, epoch), mine, rng)
 
     # ---- resume: which positions of the epoch were consumed ----
     def mark_consumed(self, positions: Any) -> None:
