@@ -343,3 +343,27 @@ def test_folder_without_tiffs_is_skipped(small, tmp_path, caplog):
     (small / "DeepCAD" / "notes" / "readme.txt").write_text("hello")
     ingest("deepcad", small, str(tmp_path / "root"))
     assert "skipping" in caplog.text and "notes" in caplog.text
+
+
+def test_foreign_pair_written_with_tifffile_is_lossless(tmp_path):
+    """Someone else's writer, from datasets.md only: a zlib-compressed plain multipage TIFF
+    for the low path and an ImageJ TZCYX hyperstack with singleton Z and C for the high one,
+    named like the DeepCAD-RT example; every frame equals the source, the 10x high path too."""
+    rec = RECORDINGS[6]  # row 4 at 66 mW
+    stem = rec["zip"].removesuffix(".zip")
+    folder = tmp_path / "DeepCAD" / stem
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    signal = rng.gamma(2.0, 30.0, (20, 1, 40, 48))
+    low = rng.poisson(signal).astype(np.uint16)[:, 0]
+    high = rng.poisson(10 * signal).astype(np.uint16)  # (T, 1, Y, X)
+    tifffile.imwrite(folder / f"1_GCaMP6f_{stem}_48x40x20_lowSNR.tif", low, compression="zlib")
+    tifffile.imwrite(folder / f"1_GCaMP6f_{stem}_48x40x20_highSNR.tif",
+                     high[:, :, None], imagej=True, metadata={"axes": "TZCYX"})
+    root = tmp_path / "root"
+    ingest("deepcad", tmp_path, str(root))
+    g = zarr.open_group(root / "deepcad.zarr", path="n04_p66", mode="r")
+    assert np.array_equal(g["low/0/low"][...], low)
+    assert np.array_equal(g["high/0/high"][...], high[:, 0])
+    assert g["high/0/high"].dtype == np.uint16
+    assert 8 < g["high/0/high"][...].mean() / g["low/0/low"][...].mean() < 12
