@@ -30,6 +30,7 @@ import re
 import time
 import warnings
 import zlib
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -478,24 +479,41 @@ class PatchStream(_Base):  # type: ignore[misc,valid-type]
 
     def _buffered(self, submit: Any, mine: list[int],
                   rng: np.random.Generator) -> Iterator[dict[str, Any]]:
-        """Read blocks a few ahead (``submit(block)`` returns a future of its items) and
-        shuffle over ``buffer_blocks`` of them. Memory stays bounded: at most ``prefetch``
-        blocks of cut patches wait beside the buffer in use."""
+        """Read blocks ahead (``submit(block)`` returns a future of its items) into a rolling
+        shuffle pool of about ``buffer_blocks`` blocks: each item drawn is replaced by the
+        next block's items as soon as the pool runs one block short, so neighbours in the
+        output rarely share a block. Memory stays bounded: the pool plus ``prefetch``
+        blocks in flight."""
         in_main = get_worker_info() is None
-        ahead = self.buffer_blocks + self.prefetch
-        pending = [submit(b) for b in mine[:ahead]]
+        pending = deque(submit(b) for b in mine[:self.buffer_blocks + self.prefetch])
         nxt = len(pending)
-        while pending:
-            take, pending = pending[:self.buffer_blocks], pending[self.buffer_blocks:]
-            buffer = [it for f in take for it in f.result()
-                      if not self._consumed[it["position"]]]
-            while nxt < len(mine) and len(pending) < ahead:
+        sizes = [(self._blocks[b].stop - self._blocks[b].start) * self._pps[self._blocks[b].group]
+                 for b in mine]
+        low = (self.buffer_blocks - 1) * (max(sizes) if sizes else 0)
+        pool: list[dict[str, Any]] = []
+
+        def refill() -> None:
+            nonlocal nxt
+            pool.extend(it for it in pending.popleft().result()
+                        if not self._consumed[it["position"]])
+            if nxt < len(mine):
                 pending.append(submit(mine[nxt]))
                 nxt += 1
-            for k in (rng.permutation(len(buffer)) if self.shuffle else range(len(buffer))):
-                if in_main:  # without loader workers, what is yielded is consumed
-                    self._consumed[buffer[k]["position"]] = True
-                yield buffer[k]
+
+        for _ in range(min(self.buffer_blocks, len(pending))):
+            refill()
+        while pool or pending:
+            while pending and (len(pool) <= low or not pool):
+                refill()
+            if not pool:
+                continue
+            if self.shuffle:  # draw one at random; the last item takes its place
+                k = int(rng.integers(len(pool)))
+                pool[k], pool[-1] = pool[-1], pool[k]
+            item = pool.pop() if self.shuffle else pool.pop(0)
+            if in_main:  # without loader workers, what is yielded is consumed
+                self._consumed[item["position"]] = True
+            yield item
         self._finished = in_main
 
     # ---- faults: retry what is transient, apply on_error to bad data ----
