@@ -204,7 +204,7 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
         blob = json.dumps(index, indent=1, sort_keys=True).encode()
         wds_loc.child("index.json").write_bytes(blob)
         sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
-                 "zarr_bytes": int(zarr_loc.fs.du(zarr_loc.path)),
+                 "zarr_bytes": _stored_bytes(zarr_loc),
                  "wds_bytes": sum(r["shard"]["bytes"] for r in results)}
         prov = {**zroot.attrs["cloudmic"], "sizes": sizes,
                 "records": {k: v["records"] for k, v in index["splits"].items()}}
@@ -240,6 +240,14 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
                         sizes["wds_bytes"], time.perf_counter() - t0)
+
+
+def _stored_bytes(zarr_loc: Location) -> int:
+    """Bytes of the store without its root zarr.json, which a resumed run may find already
+    consolidated by the run it resumes (so the figure, and the bytes, stay the same)."""
+    sizes = zarr_loc.fs.du(zarr_loc.path, total=False)
+    root = zarr_loc.child("zarr.json").path
+    return int(sum(v for k, v in sizes.items() if k.rstrip("/") != root))
 
 
 @contextlib.contextmanager

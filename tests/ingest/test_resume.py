@@ -179,3 +179,21 @@ def test_s3_server_restarted_during_an_ingest_then_a_rerun_finishes(
         assert published == clean
     finally:
         seaweed.down(data)
+
+
+def test_stopped_after_consolidation_then_resumed_gives_the_clean_bytes(
+        biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
+    """The staged store was already consolidated (and its sizes recorded) when the run
+    stopped: the resumed run must still write the same root metadata."""
+    real = run.verify_against_source
+
+    def stop(*a, **k):
+        raise RuntimeError("stopped after consolidation")
+
+    monkeypatch.setattr(run, "verify_against_source", stop)
+    dest = tmp_path / "root"
+    with pytest.raises(RuntimeError, match="after consolidation"):
+        ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
+    monkeypatch.setattr(run, "verify_against_source", real)
+    ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
+    assert _published(dest) == clean
