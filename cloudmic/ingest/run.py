@@ -172,20 +172,7 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
     wds_loc = staging.child(f"{manifest.name}.wds")
     ledger = Ledger(staging.child("ledger"))
     try:
-        if ledger.created() and not zarr_loc.child("zarr.json").exists():
-            _discard(staging)  # stopped while publishing: what was staged is gone, start over
-        if ledger.created():  # a previous run of the same job: keep what it finished
-            done = {k: e for k, e in ledger.finished().items() if ledger.usable(e, wds_loc)}
-            zroot = zarr.open_group(zarr_loc.zarr_store(), mode="r+", zarr_format=3)
-            log.info("resuming %s: %d of %d units already done", staging.url, len(done),
-                     len(units))
-        else:
-            done = {}
-            zroot = zarr.open_group(zarr_loc.zarr_store(), mode="w", zarr_format=3,
-                                    attributes={"cloudmic": _provenance(manifest, inv, run_id)})
-            for g in inv.groups:
-                create_group(zroot, g, manifest.storage)
-            ledger.mark_created()
+        zroot, done = _open_staging(manifest, inv, run_id, staging, ledger, len(units))
         todo = [u for u in units if u.key not in done]
         if on_plan:
             on_plan(len(units))
@@ -197,19 +184,8 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
             fresh = _run_units(adapter, inv, todo, zarr_loc, wds_loc, ledger, client, workers,
                                progress)
         by_key = {**done, **{r["unit"]: r for r in fresh}}
-        results = [by_key[u.key] for u in units]
-        remove_partials(wds_loc)
-        adapter.finalize(inv, zroot)
-        index = _index(manifest, inv, results)
-        blob = json.dumps(index, indent=1, sort_keys=True).encode()
-        wds_loc.child("index.json").write_bytes(blob)
-        sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
-                 "zarr_bytes": _stored_bytes(zarr_loc),
-                 "wds_bytes": sum(r["shard"]["bytes"] for r in results)}
-        prov = {**zroot.attrs["cloudmic"], "sizes": sizes,
-                "records": {k: v["records"] for k, v in index["splits"].items()}}
-        zroot.update_attributes({"cloudmic": prov})
-        zarr.consolidate_metadata(zarr_loc.zarr_store())
+        sizes, prov = _seal(adapter, manifest, inv, [by_key[u.key] for u in units], zroot,
+                            zarr_loc, wds_loc)
         report = verify_dataset(staging, manifest.name)
         report.problems += verify_against_source(adapter, inv, units, zroot)
         if not report.ok:
@@ -240,6 +216,44 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
                         sizes["wds_bytes"], time.perf_counter() - t0)
+
+
+def _open_staging(manifest: Manifest, inv: Inventory, run_id: str, staging: Location,
+                  ledger: Ledger, n_units: int) -> tuple[zarr.Group, dict[str, dict]]:
+    """The staged store and the units a previous run of the same job finished (none for a
+    fresh staging, whose groups are created here)."""
+    zarr_loc = staging.child(f"{manifest.name}.zarr")
+    wds_loc = staging.child(f"{manifest.name}.wds")
+    if ledger.created() and not zarr_loc.child("zarr.json").exists():
+        _discard(staging)  # stopped while publishing: what was staged is gone, start over
+    if ledger.created():
+        done = {k: e for k, e in ledger.finished().items() if ledger.usable(e, wds_loc)}
+        log.info("resuming %s: %d of %d units already done", staging.url, len(done), n_units)
+        return zarr.open_group(zarr_loc.zarr_store(), mode="r+", zarr_format=3), done
+    zroot = zarr.open_group(zarr_loc.zarr_store(), mode="w", zarr_format=3,
+                            attributes={"cloudmic": _provenance(manifest, inv, run_id)})
+    for g in inv.groups:
+        create_group(zroot, g, manifest.storage)
+    ledger.mark_created()
+    return zroot, {}
+
+
+def _seal(adapter: Adapter, manifest: Manifest, inv: Inventory, results: list[dict],
+          zroot: zarr.Group, zarr_loc: Location, wds_loc: Location,
+          ) -> tuple[dict[str, int], dict[str, Any]]:
+    """After the units: dataset-level attributes, index.json, sizes, consolidated metadata."""
+    remove_partials(wds_loc)
+    adapter.finalize(inv, zroot)
+    index = _index(manifest, inv, results)
+    wds_loc.child("index.json").write_bytes(json.dumps(index, indent=1, sort_keys=True).encode())
+    sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
+             "zarr_bytes": _stored_bytes(zarr_loc),
+             "wds_bytes": sum(r["shard"]["bytes"] for r in results)}
+    prov = {**zroot.attrs["cloudmic"], "sizes": sizes,
+            "records": {k: v["records"] for k, v in index["splits"].items()}}
+    zroot.update_attributes({"cloudmic": prov})
+    zarr.consolidate_metadata(zarr_loc.zarr_store())
+    return sizes, prov
 
 
 def _stored_bytes(zarr_loc: Location) -> int:
