@@ -204,6 +204,8 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
                     "again to resume", manifest.name, staging.url)
         raise
     _discard(staging)
+    if not previews:  # the previous version's pictures would show data that is gone
+        _discard(root.child(f"{manifest.name}.previews"))
     entry = {"title": manifest.title, "zarr": f"{manifest.name}.zarr",
              "webdataset": f"{manifest.name}.wds/index.json", "license": manifest.license,
              "published": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,

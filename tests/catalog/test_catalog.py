@@ -207,8 +207,10 @@ def test_preview_failure_publishes_without_previews(tmp_path, sources, monkeypat
     def broken(*_a, **_k):
         raise RuntimeError("simulated preview failure")
 
-    monkeypatch.setattr(previews, "make_previews", broken)
     root = tmp_path / "root"
+    _publish(["biosr"], sources, str(root))  # a version with previews, then one without
+    assert (root / "biosr.previews").exists()
+    monkeypatch.setattr(previews, "make_previews", broken)
     with caplog.at_level(logging.WARNING):
         _publish(["biosr"], sources, str(root))
     assert "previews failed" in caplog.text and "simulated preview failure" in caplog.text
