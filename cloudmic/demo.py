@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-# dataset -> (synth sizes, PatchStream arguments); later datasets add their rows here
+# dataset -> (synth sizes, PatchStream arguments): what the demo writes and streams
 DEMO_DATASETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "biosr": ({"train": 512, "validate": 32, "test": 4, "variant": "uint16"},
               {"group": "train", "variables": ["wf", "gt"], "patch": {"y": 64, "x": 64}}),

@@ -1,6 +1,6 @@
 """Small, pure numpy building blocks for synthetic fluorescence images.
 
-Shared by the dataset generators (BioSR now; DL-SMLM widefield/SR and DeepCAD movies later):
+Shared by the dataset generators (BioSR, DL-SMLM widefield/SR, DeepCAD movies):
 smooth curved filaments, their anti-aliased rasterisation, Gaussian PSF blurs, shot noise,
 BioSR-style percentile normalisation and block-mean binning. Nothing here knows about files.
 
