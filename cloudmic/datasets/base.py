@@ -115,6 +115,11 @@ class Adapter(ABC):
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
 
+    @property
+    def opts(self) -> dict[str, Any]:
+        """The manifest's adapter-specific ``options``."""
+        return self.manifest.options
+
     @abstractmethod
     def scan(self, source: str | Path) -> Inventory:
         """Check the whole source (layout, pairing, every header) or raise SourceError."""

@@ -59,10 +59,6 @@ def _hidden(p: Path) -> bool:
 
 class DeepCAD(Adapter):
     @property
-    def opts(self) -> dict[str, Any]:
-        return self.manifest.options
-
-    @property
     def steps(self) -> list[list[int]]:
         steps = [list(s) for s in self.opts.get("pyramid", [])]
         if any(len(s) != 3 or s[0] != 1 for s in steps):

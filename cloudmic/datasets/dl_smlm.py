@@ -37,10 +37,6 @@ def centres(n: int, pixel_nm: float) -> np.ndarray:
 
 
 class DLSMLM(Adapter):
-    @property
-    def opts(self) -> dict[str, Any]:
-        return self.manifest.options
-
     def structure_name(self, folder: str) -> str | None:
         """Canonical (ASCII) structure name of a folder; the Greek β is accepted too."""
         name = unicodedata.normalize("NFC", folder)

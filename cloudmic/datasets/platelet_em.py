@@ -51,10 +51,6 @@ IMAGE_DTYPES = ("uint16", "float32", "float64")
 
 class PlateletEM(Adapter):
     @property
-    def opts(self) -> dict[str, Any]:
-        return self.manifest.options
-
-    @property
     def steps(self) -> list[list[int]]:
         return self.opts["pyramid"]
 

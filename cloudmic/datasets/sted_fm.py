@@ -48,10 +48,6 @@ def record_key(member: str) -> str:
 
 
 class STEDFM(Adapter):
-    @property
-    def opts(self) -> dict[str, Any]:
-        return self.manifest.options
-
     def archives(self, source: str | Path) -> tuple[Location, list[str]]:
         loc = Location.parse(str(source))
         if loc.path.endswith(".tar"):

@@ -6,6 +6,7 @@ Each step is a function of its own module; this one only wires them together.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -110,8 +111,11 @@ def _run_units(adapter: Adapter, inv: Inventory, units: list[Unit], zarr_loc: Lo
     """Run units on the dask client, or on threads here; results in plan order."""
     per_task = [(u, zarr_loc, wds_loc, ledger) for u in units]
     if client is not None:
+        # task keys are cluster-wide: name the staging too, so two ingests of the same
+        # units (same sources, other destinations) sharing a scheduler never share a result
+        token = hashlib.sha256(zarr_loc.url.encode()).hexdigest()[:12]
         results = execute.run_dask(client, run_unit, (adapter, inv), per_task,
-                                   [f"unit-{u.key}" for u in units])
+                                   [f"unit-{token}-{u.key}" for u in units])
     else:
         results = execute.run_threads(run_unit, [(adapter, inv, *a) for a in per_task], workers)
     done = []

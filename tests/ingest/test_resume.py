@@ -197,3 +197,33 @@ def test_stopped_after_consolidation_then_resumed_gives_the_clean_bytes(
     monkeypatch.setattr(run, "verify_against_source", real)
     ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
     assert _published(dest) == clean
+
+
+@pytest.mark.e2e
+def test_two_ingests_of_the_same_sources_share_a_dask_cluster(
+        biosr_sources, small_manifest, clean, tmp_path):
+    """Task keys are cluster-wide: the same units bound for two destinations at once must
+    not share results (each destination gets its own writes)."""
+    import threading
+
+    from distributed import LocalCluster
+
+    dests = [tmp_path / "a", tmp_path / "b"]
+    errors: list[BaseException] = []
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        def one(dest: Path) -> None:
+            try:
+                ingest(str(small_manifest), biosr_sources["uint16"], str(dest),
+                       scheduler=cluster.scheduler_address)
+            except BaseException as exc:  # reported below, with the other thread's
+                errors.append(exc)
+
+        threads = [threading.Thread(target=one, args=(d,)) for d in dests]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+    assert not errors, errors
+    for dest in dests:
+        assert _published(dest) == clean
