@@ -115,38 +115,43 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from cloudmic.ingest import ingest
-    from cloudmic.manifest import load_manifest
-    from cloudmic.sources import resolve_source
 
-    with tqdm(unit="B", unit_scale=True, desc=f"fetch {args.dataset}",
-              disable=args.quiet or not (args.fetch or "://" in str(args.source))) as fb:
-        def fetched(done: int, total: int | None) -> None:
-            if total != fb.total:
-                fb.reset(total)
-            fb.n = done
-            fb.refresh()
+    fetch_bar = tqdm(unit="B", unit_scale=True, desc=f"fetch {args.dataset}",
+                     disable=args.quiet or not (args.fetch or "://" in str(args.source)))
 
-        source = resolve_source(load_manifest(args.dataset), None if args.fetch else args.source,
-                                cache_dir=args.cache, progress=fetched)
-    bar = tqdm(unit="unit", desc=f"ingest {args.dataset}", disable=args.quiet)
+    def fetched(done: int, total: int | None) -> None:
+        if total != fetch_bar.total:
+            fetch_bar.reset(total)
+        fetch_bar.n = done
+        fetch_bar.refresh()
+
+    bars: list[Any] = []  # the unit bar starts once the sources are in place
     written = [0]
+
+    def on_plan(n: int) -> None:
+        fetch_bar.close()
+        bars.append(tqdm(total=n, unit="unit", desc=f"ingest {args.dataset}",
+                         disable=args.quiet))
 
     def progress(units: int, nbytes: int) -> None:
         written[0] += nbytes
-        bar.update(units)
-        bar.set_postfix_str(f"{_human(written[0])} written")
+        bars[0].update(units)
+        bars[0].set_postfix_str(f"{_human(written[0])} written")
 
     def on_cluster(address: str, dashboard: str | None) -> None:
         if not args.quiet:
-            bar.write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}")
+            bars[0].write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}")
 
     try:
-        report = ingest(args.dataset, source, args.dest, workers=args.workers,
-                        threads=args.threads, cluster=not args.in_process,
-                        scheduler=args.scheduler, progress=progress, on_cluster=on_cluster,
-                        on_plan=lambda n: setattr(bar, "total", n))
+        report = ingest(args.dataset, None if args.fetch else args.source, args.dest,
+                        workers=args.workers, threads=args.threads,
+                        cluster=not args.in_process, scheduler=args.scheduler,
+                        progress=progress, on_cluster=on_cluster, on_plan=on_plan,
+                        cache_dir=args.cache, on_fetch=fetched)
     finally:
-        bar.close()
+        fetch_bar.close()
+        for b in bars:
+            b.close()
     if args.json:
         _print_json(report.as_dict())
         return 0

@@ -143,11 +143,13 @@ def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) ->
             "splits": splits}
 
 
-def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
+def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int = 2,
            threads: int = 1, cluster: bool = False, scheduler: str | None = None,
            storage_options: dict[str, Any] | None = None,
            progress: Progress | None = None, on_plan: Callable[[int], None] | None = None,
            on_cluster: Callable[[str, str | None], None] | None = None,
+           cache_dir: str | Path | None = None,
+           on_fetch: Callable[[int, int | None], None] | None = None,
            ) -> IngestReport:
     """Repack a published dataset into ``dest/<name>.zarr`` + ``dest/<name>.wds``.
 
@@ -165,7 +167,8 @@ def ingest(dataset: str, source: str | Path, dest: str, *, workers: int = 2,
     t0 = time.perf_counter()
     manifest = load_manifest(str(dataset))
     adapter = get_adapter(manifest)
-    source = resolve_source(manifest, source)  # URLs and zips -> a cached, verified local tree
+    # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
+    source = resolve_source(manifest, source, cache_dir=cache_dir, progress=on_fetch)
     inv = adapter.scan(source)
     root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)
