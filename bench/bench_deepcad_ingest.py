@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
 import shutil
@@ -35,15 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import isolated
 import numpy as np
-
-
-def _vm_hwm_mb() -> float:
-    """Peak RSS of this process's own address space (not inherited across exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _evict(paths: list[str]) -> None:
@@ -97,28 +89,12 @@ def _ingest(src: str, dest: str, storage_options: dict, workers: int) -> dict[st
             "array_bytes": r.array_bytes}
 
 
-def _child(fn_name: str, args: tuple, queue: mp.Queue) -> None:
-    try:
-        out = globals()[fn_name](*args)
-    except BaseException as exc:  # report, do not hang the parent on q.get()
-        out = {"error": f"{type(exc).__name__}: {exc}"}
-    out["peak_rss_mb"] = _vm_hwm_mb()
-    queue.put(out)
-
-
-def run_isolated(fn_name: str, *args: Any, evict: list[str] | None = None) -> dict[str, Any]:
-    """One measurement in a fresh spawned process; its figures and its peak RSS."""
+def run_isolated(fn: Any, *args: Any, evict: list[str] | None = None) -> dict[str, Any]:
+    """One measurement in a fresh process (bench/isolated.py), after evicting ``evict``
+    from the page cache so it starts cold."""
     if evict:
         _evict(evict)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(fn_name, args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    if "error" in out:
-        raise RuntimeError(f"{fn_name} failed: {out['error']}")
-    return out
+    return isolated.run_isolated(fn, *args)
 
 
 def _frames_twice(path: Path) -> Iterator[np.ndarray]:
@@ -207,18 +183,18 @@ def main() -> None:
             return f"s3://bench-{tag}" if server else str(work / f"root-{tag}")
 
         one, two = srcs["1x"], srcs["2x"]
-        rows["limit: sequential read"] = run_isolated("_raw_read", one, evict=one)
-        rows["peer: tifffile.imread (DeepCAD's loader)"] = run_isolated("_imread", one,
+        rows["limit: sequential read"] = run_isolated(_raw_read, one, evict=one)
+        rows["peer: tifffile.imread (DeepCAD's loader)"] = run_isolated(_imread, one,
                                                                          evict=one)
         rows["cloudmic scan (headers + sha256)"] = run_isolated(
-            "_scan", str(work / "src-1x"), evict=one)
+            _scan, str(work / "src-1x"), evict=one)
         rows["cloudmic ingest 1x"] = run_isolated(
-            "_ingest", str(work / "src-1x"), dest("1x"), opts, args.workers, evict=one)
+            _ingest, str(work / "src-1x"), dest("1x"), opts, args.workers, evict=one)
         if not server:
             shutil.rmtree(work / "root-1x")  # keep the disk footprint to one copy
-        rows["limit: sequential read 2x"] = run_isolated("_raw_read", two, evict=two)
+        rows["limit: sequential read 2x"] = run_isolated(_raw_read, two, evict=two)
         rows["cloudmic ingest 2x"] = run_isolated(
-            "_ingest", str(work / "src-2x"), dest("2x"), opts, args.workers, evict=two)
+            _ingest, str(work / "src-2x"), dest("2x"), opts, args.workers, evict=two)
     finally:
         if server:
             seaweed.down(server.data_dir)

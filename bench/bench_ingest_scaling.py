@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from isolated import run_isolated
 
 
 class TreeRSS:
@@ -95,23 +96,6 @@ def run_ingest(src: Path, dest: str, opts: dict, workers: int, cluster: bool) ->
             "bytes": report.source_bytes, "units": report.units, "peak_rss_mb": rss.peak / 1e6}
 
 
-def _child(fn_name: str, args: tuple, queue: Any) -> None:
-    queue.put(globals()[fn_name](*args))
-
-
-def isolated(fn_name: str, *args: Any) -> dict[str, Any]:
-    """One measurement in a fresh spawned process: its memory is its own."""
-    import multiprocessing as mp
-
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(fn_name, args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=1024)
@@ -132,12 +116,12 @@ def main() -> None:
         synth_biosr(work / "src", train=args.pairs, validate=0, test=0, variant=args.variant)
         rows["setup: synth"] = {"seconds": time.perf_counter() - t0}
         src = work / "src"
-        rows["limit: raw copy (2 threads)"] = isolated("raw_copy", src, "s3://bench-raw", opts)
+        rows["limit: raw copy (2 threads)"] = run_isolated(raw_copy, src, "s3://bench-raw", opts)
         for name, w, clu in (("threads in process, 1", 1, False),
                              ("threads in process, 2", 2, False),
                              ("dask LocalCluster, 1 worker", 1, True),
                              ("dask LocalCluster, 2 workers", 2, True)):
-            rows[name] = isolated("run_ingest", src, f"s3://bench-{w}-{int(clu)}", opts, w, clu)
+            rows[name] = run_isolated(run_ingest, src, f"s3://bench-{w}-{int(clu)}", opts, w, clu)
     finally:
         seaweed.down(server.data_dir)
         shutil.rmtree(work, ignore_errors=True)

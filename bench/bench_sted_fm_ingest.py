@@ -17,19 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import platform
-import resource
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from isolated import run_isolated
 
 
 def _raw_copy(archive: str, dest: str, storage_options: dict) -> dict[str, Any]:
@@ -67,23 +63,6 @@ def _ingest(src: str, dest: str, storage_options: dict, workers: int) -> dict[st
             "bytes": report.source_bytes, "zarr_bytes": report.zarr_bytes}
 
 
-def _child(fn_name: str, args: tuple, queue: mp.Queue) -> None:
-    out = globals()[fn_name](*args)
-    out["peak_rss_mb"] = _rss_mb()
-    queue.put(out)
-
-
-def run_isolated(fn_name: str, *args: Any) -> dict[str, Any]:
-    """Run one measurement in a fresh spawned process; return its figures and peak RSS."""
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_child, args=(fn_name, args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--crops", type=int, default=8192)
@@ -114,13 +93,13 @@ def main() -> None:
         def dest(tag: str) -> str:
             return f"s3://bench-{tag}" if server else str(work / f"root-{tag}")
 
-        rows["limit: raw read + write"] = run_isolated("_raw_copy", archive, dest("raw"), opts)
-        rows["peer: authors' reader (decode only)"] = run_isolated("_authors_reader", archive)
+        rows["limit: raw read + write"] = run_isolated(_raw_copy, archive, dest("raw"), opts)
+        rows["peer: authors' reader (decode only)"] = run_isolated(_authors_reader, archive)
         for workers in (1, 2):
             rows[f"cloudmic ingest, {workers} worker(s)"] = run_isolated(
-                "_ingest", str(srcs["1x"]), dest(f"w{workers}"), opts, workers)
+                _ingest, str(srcs["1x"]), dest(f"w{workers}"), opts, workers)
         rows["cloudmic ingest, 2 workers, 2x crops"] = run_isolated(
-            "_ingest", str(srcs["2x"]), dest("2x"), opts, 2)
+            _ingest, str(srcs["2x"]), dest("2x"), opts, 2)
     finally:
         if server:
             seaweed.down(server.data_dir)
