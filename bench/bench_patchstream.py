@@ -332,7 +332,7 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     import torch  # noqa: F401
     import zarr  # noqa: F401
 
-    import cloudmic.client.patches  # noqa: F401
+    import cloudmic.client.stream  # noqa: F401
 
     result: dict[str, Any] = {"spec": {k: v for k, v in spec.items() if k != "urls"},
                               "import_s": time.perf_counter() - t_import,

@@ -12,18 +12,17 @@ __version__ = "0.1.0"
 warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
 
 if TYPE_CHECKING:
-    from cloudmic.client.mix import Mix
     from cloudmic.client.open import open
-    from cloudmic.client.patches import PatchStream
     from cloudmic.client.render import render
     from cloudmic.client.shards import shards
+    from cloudmic.client.stream import Mix, PatchStream
     from cloudmic.ingest.run import ingest
 
 # Imported lazily: `import cloudmic` stays fast and never pulls torch or dask by itself.
 _LAZY = {
     "open": "cloudmic.client.open",
-    "PatchStream": "cloudmic.client.patches",
-    "Mix": "cloudmic.client.mix",
+    "PatchStream": "cloudmic.client.stream",
+    "Mix": "cloudmic.client.stream",
     "shards": "cloudmic.client.shards",
     "ingest": "cloudmic.ingest.run",
     "render": "cloudmic.client.render",

@@ -105,7 +105,7 @@ def stream_args(dataset: str, kinds: list[dict[str, Any]],
     """PatchStream arguments that work for this store, and the epoch length they give: the
     demo's, else cloudmic's table, else the first image-like variable with a 64-pixel
     window. Each candidate is checked by constructing the stream (metadata only)."""
-    from cloudmic.client.patches import PatchStream
+    from cloudmic.client.stream import PatchStream
 
     candidates = []
     try:

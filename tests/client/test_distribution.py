@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cloudmic
-from cloudmic.client.patches import merge_states
+from cloudmic.client.stream import merge_states
 from cloudmic.ingest import ingest
 
 PATCH = {"y": 16, "x": 16}
@@ -39,15 +39,26 @@ def _all_keys(url: str, epoch: int = 0) -> list[str]:
     return sorted(it["__key__"] for it in s)
 
 
-def test_ranks_cover_the_epoch_exactly_once_without_talking(url):
+def test_ranks_cover_the_epoch_exactly_once_in_equal_shares_without_talking(url):
     everything = _all_keys(url)
     assert len(everything) == len(set(everything)) == 120
-    for world in (2, 3, 7):  # 7 consumers for 5 blocks: some get none
-        keys = Counter()
+    for world in (2, 3, 7, 200):  # 7 does not divide 120; 200 ranks for 120 items
+        keys, counts, pads = Counter(), set(), 0
         for rank in range(world):
-            s = _stream(url, rank=rank, world_size=world)
-            keys.update(it["__key__"] for it in s)
+            items = list(_stream(url, rank=rank, world_size=world))
+            counts.add(len(items))
+            pads += sum(it["pad"] for it in items)
+            keys.update(it["__key__"] for it in items if not it["pad"])
         assert sorted(keys.elements()) == everything, world
+        assert counts == {-(-120 // world)}, world  # every rank the same, like DistributedSampler
+        assert pads == world * -(-120 // world) - 120
+        dropped = Counter()
+        for rank in range(world):  # drop_last: the same count, the remainder left out
+            items = list(_stream(url, rank=rank, world_size=world, drop_last=True))
+            assert len(items) == 120 // world and not any(it["pad"] for it in items)
+            dropped.update(it["__key__"] for it in items)
+        assert max(dropped.values(), default=1) == 1 and sum(dropped.values()) == (
+            120 // world * world)
 
 
 def test_resume_on_another_world_size_skips_and_repeats_nothing(url):

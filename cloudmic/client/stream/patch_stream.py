@@ -1,0 +1,329 @@
+"""``cloudmic.PatchStream``: aligned random patches, read block by block.
+
+Reading one patch at a time from a sharded store costs several GETs per patch (~60
+samples/s, STACK-NOTES "Reading patterns"). So the stream reads whole shard-aligned blocks
+(a few ahead, concurrently), cuts every patch it needs from the decoded block at once, and
+shuffles over a pool of blocks. The class only wires the parts together:
+
+- ``plan``: groups, variables and blocks (from the consolidated metadata);
+- ``sampling``: where patches are cut and the block order, pure functions of (seed, epoch);
+- ``distribute``: equal shares for every rank and worker, and the consumed bitmap;
+- ``reader``: block reads with cache, retries and error policy, cut into arrays;
+- ``pool``: the rolling shuffle pool and batch assembly;
+- ``torch_adapter``: the DataLoader that keeps the bookkeeping in step;
+- ``cluster``: the same reads run on a dask cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from cloudmic.client.metadata import read_store_metadata
+from cloudmic.client.stream import distribute, plan, pool
+from cloudmic.client.stream.reader import BlockReader, Cut, ReadSpec
+from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rng, tiles
+from cloudmic.client.stream.torch_adapter import (
+    StreamBase,
+    TrackingLoader,
+    get_worker_info,
+    worker,
+)
+from cloudmic.storage.location import Location
+
+
+class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
+    """Aligned patches of several variables, ``patches_per_sample`` per sample per epoch.
+
+    ``group`` is a group path (``"train"``), a glob (``"CCPs/*"``) or a list of them.
+    ``patch`` gives the window in pixels (or physical units, ``"2.5um"``) of the first
+    (reference) variable, e.g. ``{"y": 64, "x": 64}``; the other variables get the window
+    covering the same field of view on their own grid (a 2x GT gets 128x128, an 8x SR
+    image 512x512).
+
+    Iterating yields items, ``{variable: ndarray, "__key__", "group", "index", "origin",
+    "position", "pad"}``; with ``batch_size`` (or through :meth:`loader`) it yields batches
+    of the same keys, one contiguous array per variable, which is much cheaper to move
+    between processes.
+
+    Distribution: under ``torchrun`` the rank and world size come from
+    ``torch.distributed`` (or ``RANK``/``WORLD_SIZE``; ``rank=``/``world_size=``
+    override) and DataLoader workers are detected. Every rank and worker gets the same
+    number of items, so DDP never waits at the end of an epoch: the shares are padded by
+    repeating items (``pad`` is True; never counted as consumed), or with
+    ``drop_last=True`` the remainder (fewer items than consumers) is left out. Iterate
+    :meth:`loader` (or call :meth:`mark_consumed` with each batch) and :meth:`state_dict`
+    says exactly what was consumed; :meth:`load_state_dict` resumes, on any number of
+    ranks and workers.
+
+    Faults: reads failing because the store is unreachable are retried for
+    ``retry_seconds``; damaged data raises, or with ``on_error="skip"`` its block is
+    skipped with a warning. ``cache_dir`` keeps decoded blocks on local disk for later
+    epochs; ``scheduler`` (a dask scheduler address) reads and cuts blocks on a cluster.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        group: str | Sequence[str],
+        variables: Sequence[str] | Mapping[str, str],
+        patch: Mapping[str, int | str],
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        patches_per_sample: int = 1,
+        batch_size: int | None = None,
+        drop_last: bool = False,
+        buffer_blocks: int = 4,
+        prefetch: int = 2,
+        codec_pipeline: str = "zarrs",
+        storage_options: dict[str, Any] | None = None,
+        rank: int | None = None,
+        world_size: int | None = None,
+        on_error: str = "raise",
+        retry_seconds: float = 60.0,
+        coords: Sequence[str] = (),
+        labels: str | None = None,
+        min_foreground: float = 0.0,
+        class_weights: Mapping[Any, float] | str | None = None,
+        sampling: str = "random",
+        cache_dir: str | None = None,
+        cache_bytes: int = 4 << 30,
+        scheduler: str | None = None,
+    ) -> None:
+        super().__init__()
+        _check_choice("sampling", sampling, ("random", "grid"))
+        _check_choice("on_error", on_error, ("raise", "skip"))
+        if not variables:
+            raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
+        if patches_per_sample < 1:
+            raise ValueError("patches_per_sample must be at least 1")
+        self.url, self.variables = url, list(variables)
+        self.seed, self.shuffle, self.patches_per_sample = seed, shuffle, patches_per_sample
+        self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
+        self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
+        self.rank, self.world_size, self.scheduler = rank, world_size, scheduler
+        loc = Location.parse(url, **dict(storage_options or {}))
+        attrs, arrays = read_store_metadata(loc)
+        paths = dict(variables) if isinstance(variables, Mapping) else {v: v for v in variables}
+        patterns = [group] if isinstance(group, str) else list(group)
+        matched = plan.match_groups(url, arrays, patterns)
+        if any(isinstance(v, str) for v in patch.values()):
+            patch = plan.physical_patch(url, arrays, f"{matched[0]}/{paths[self.variables[0]]}",
+                                        patch, _coord_reader(loc))
+        planner = plan.Planner(url, paths, patch)
+        dims = {g: d.get("dim") for g, d in attrs.get("cloudmic", {}).get("groups", {}).items()}
+        groups = [planner.group(p, arrays, dims.get(p)) for p in matched]
+        self.patch = planner.patch
+        plan.check_coords(url, groups, arrays, coords)
+        grid = [tiles(g, self.patch) if sampling == "grid" else None for g in groups]
+        per_sample = [len(t) if t is not None else patches_per_sample for t in grid]
+        picks = [label_pick(url, g, labels, self.variables, min_foreground, class_weights)
+                 if labels else None for g in groups]
+        blocks = plan.blocks_of(groups)
+        self.offsets = plan.offsets_of(blocks, per_sample)
+        self.length = int(self.offsets[-1])
+        self.sampler = Sampler(seed, self.patch, groups, per_sample, grid, picks)
+        self.spec = ReadSpec(loc.url, loc.storage_options, tuple(groups), tuple(blocks),
+                             self.offsets, tuple(per_sample), tuple(self.patch.values()),
+                             tuple(self.patch), tuple(coords), codec_pipeline, cache_dir,
+                             cache_bytes, on_error, float(retry_seconds))
+        self.reader = BlockReader(self.spec, self.sampler)
+        # epoch bookkeeping: which positions of _consumed_epoch were seen by this process
+        self.epoch, self._passes = 0, 0
+        self._consumed = np.zeros(self.length, dtype=bool)
+        self._consumed_epoch: int | None = None
+        self._finished = False  # a pass over _consumed_epoch ran to its end here
+
+    def __len__(self) -> int:
+        return self.length
+
+    def set_epoch(self, epoch: int) -> None:
+        """Start epoch ``epoch`` on the next pass. Each further pass without a call counts
+        as the next epoch: persistent DataLoader workers hold their own copy of the
+        stream, which ``set_epoch`` in the parent never reaches, and still move on."""
+        self.epoch, self._passes = int(epoch), 0
+
+    # ---- who reads what ----
+    def _world(self) -> tuple[int, int]:
+        """(rank, world size): explicit, else torch.distributed, else RANK/WORLD_SIZE."""
+        if self.rank is not None or self.world_size is not None:
+            return int(self.rank or 0), int(self.world_size or 1)
+        return distribute.world()
+
+    def consumer(self) -> tuple[int, int]:
+        """(this consumer's index, consumers in total): ranks x DataLoader workers."""
+        return distribute.consumer_index(*self._world(), *worker())
+
+    def block_order(self, epoch: int) -> np.ndarray:
+        return block_order(self.seed, epoch, len(self.spec.blocks), self.shuffle)
+
+    def assignment(self, epoch: int, consumer: int, consumers: int) -> list[distribute.Take]:
+        """What one consumer reads in ``epoch``: a pure function of (seed, epoch, what was
+        consumed, consumer, consumers), the same number of items for every consumer."""
+        return distribute.share(self.block_order(epoch), self.offsets, self._consumed,
+                                consumer, consumers, drop_last=self.drop_last)
+
+    def quota(self, workers: int | None = None) -> int:
+        """Items every consumer yields in the coming pass (``workers``: loader workers per
+        rank, by default as detected here)."""
+        consumers = self._world()[1] * (workers or worker()[1])
+        epoch = self.epoch + self._passes
+        resumed = self._consumed_epoch == epoch and not self._finished
+        open_items = self.length - (int(self._consumed.sum()) if resumed else 0)
+        return distribute.quota(open_items, consumers, self.drop_last)
+
+    def batches(self, workers: int = 1) -> int:
+        """Batches one rank yields in the coming pass with ``workers`` loader workers."""
+        q, size = self.quota(max(1, workers)), self.batch_size or 1
+        return max(1, workers) * (q // size if self.drop_partial else -(-q // size))
+
+    # ---- iteration ----
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rows = self.pass_rows()
+        in_main = get_worker_info() is None  # without loader workers, yielded = consumed
+        if self.batch_size:
+            for batch in pool.batched(rows, self.batch_size, self.drop_partial):
+                if in_main:
+                    self.mark_consumed(batch["position"], batch["pad"])
+                yield batch
+        else:
+            for d in rows:
+                it = pool.item(d)
+                if in_main:
+                    self.mark_consumed(it["position"], it["pad"])
+                yield it
+        self._finished = in_main
+
+    def pass_rows(self) -> Iterator[pool.Draw]:
+        """Start the next pass (the next epoch, or the resumed one) and return this
+        consumer's rows of it, in order; ``Mix`` draws from these."""
+        epoch = self.epoch + self._passes
+        self._passes += 1
+        self._begin_epoch(epoch)
+        me, consumers = self.consumer()
+        takes = self.assignment(epoch, me, consumers)
+        shuffle = rng(self.seed, epoch, "shuffle", me, consumers) if self.shuffle else None
+        return self._rows(takes, epoch, shuffle)
+
+    def _rows(self, takes: list[distribute.Take], epoch: int,
+              shuffle: np.random.Generator | None) -> Iterator[pool.Draw]:
+        """This consumer's rows, read ahead (threads here, or a dask cluster) and shuffled;
+        a block skipped as damaged is made up for with padding, so the count holds."""
+        sizes = [len(t.rows) for t in takes]
+        want, got, last = sum(sizes), 0, None
+        if self.scheduler:
+            from cloudmic.client.stream.cluster import cluster_reads
+
+            source = cluster_reads(self.scheduler, self.reader, takes, epoch)
+        else:
+            source = thread_reads(self.reader, takes, epoch, self.prefetch)
+        with source as submit:
+            for d in pool.draws(submit, len(takes), sizes, self.buffer_blocks, self.prefetch,
+                                shuffle):
+                got, last = got + 1, d
+                yield d
+        if last is not None:
+            cut = last[0]
+            for k in range(want - got):
+                yield _as_pad(cut), k % len(cut)
+
+    # ---- resume: which positions of the epoch were consumed ----
+    def _begin_epoch(self, epoch: int) -> None:
+        """Consumption is tracked per epoch: a new epoch, or a finished one run again, starts
+        with nothing consumed; a resumed one keeps what ``load_state_dict`` gave it."""
+        if self._consumed_epoch != epoch or self._finished:
+            self._consumed[:] = False
+            self._consumed_epoch, self._finished = epoch, False
+
+    def mark_consumed(self, positions: Any, pad: Any = None) -> None:
+        """Record items the training loop received (``batch["position"]``, and
+        ``batch["pad"]`` to leave out the padding repeats); :meth:`loader` does it for you."""
+        pos = np.asarray(positions, dtype=np.int64).ravel()
+        if pad is not None:
+            pos = pos[~np.asarray(pad, dtype=bool).ravel()]
+        self._consumed[pos] = True
+
+    def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
+        """Where this epoch stands: the consumed positions of every rank (gathered with
+        ``torch.distributed`` when it is initialized and ``gather``) plus what the positions
+        mean (seed, epoch, length). Save it from any rank; all ranks return the same."""
+        consumed = distribute.gather_or(self._consumed) if gather else self._consumed
+        epoch = self._consumed_epoch if self._consumed_epoch is not None else (
+            self.epoch + self._passes)
+        return {"version": 1, "seed": self.seed, "epoch": epoch, "length": self.length,
+                "patches_per_sample": self.patches_per_sample,
+                "consumed": distribute.encode_bitmap(consumed), "count": int(consumed.sum())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the epoch of ``state``: the next pass yields only what was not consumed,
+        split over however many ranks and workers run now."""
+        for key in ("seed", "length", "patches_per_sample"):
+            if state[key] != getattr(self, key):
+                raise ValueError(f"state_dict is for {key}={state[key]!r}, this stream has "
+                                 f"{getattr(self, key)!r}: build the stream as it was built")
+        self._consumed = distribute.decode_bitmap(state["consumed"], self.length)
+        self.epoch, self._passes = int(state["epoch"]), 0
+        self._consumed_epoch, self._finished = self.epoch, False
+
+    def loader(self, batch_size: int, num_workers: int = 0, **kwargs: Any) -> TrackingLoader:
+        """A ``torch.utils.data.DataLoader`` over this stream: batches assembled in the
+        stream (or its workers), every batch marked consumed as the loop receives it, so
+        :meth:`state_dict` is exact. ``kwargs`` go to the DataLoader (``pin_memory``,
+        ``persistent_workers``, ``prefetch_factor``); ``drop_last`` drops partial batches."""
+        return TrackingLoader(self, batch_size, num_workers, **kwargs)
+
+    # ---- hooks of the tracking loader (torch_adapter.Consumable) ----
+    def start_pass(self) -> None:
+        self._begin_epoch(self.epoch + self._passes)
+
+    def advance_pass(self) -> None:
+        self._passes += 1
+
+    def mark_batch(self, batch: Mapping[str, Any]) -> None:
+        self.mark_consumed(batch["position"], batch["pad"])
+
+    def end_pass(self) -> None:
+        self._finished = True
+
+
+def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One state from the ``state_dict(gather=False)`` of every rank (for runs that do not
+    use ``torch.distributed``): the union of what each consumed."""
+    return distribute.merge_states(states, ("seed", "epoch", "length", "patches_per_sample"))
+
+
+@contextmanager
+def thread_reads(reader: BlockReader, takes: list[distribute.Take], epoch: int,
+                 prefetch: int) -> Iterator[Any]:
+    """``submit(k)`` -> a future of ``takes[k]``'s cut block, read on ``prefetch`` threads
+    (zarrs decodes off the GIL, so reads overlap the training loop)."""
+    with ThreadPoolExecutor(prefetch, thread_name_prefix="cloudmic-read") as ex:
+        try:
+            yield lambda k: ex.submit(reader.read, takes[k], epoch)
+        finally:
+            ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _as_pad(cut: Cut) -> Cut:
+    return dataclasses.replace(cut, pad=np.ones(len(cut), bool))
+
+
+def _coord_reader(loc: Location) -> Any:
+    def read(path: str) -> np.ndarray:
+        import zarr
+
+        root = zarr.open_group(loc.zarr_store(read_only=True), mode="r", zarr_format=3)
+        return root[path][:2]
+
+    return read
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")

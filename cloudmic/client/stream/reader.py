@@ -1,0 +1,222 @@
+"""Block reading: the only part of the stream that touches the store.
+
+A block is read whole (one shard per variable: one GET each, decoded by ``zarrs`` off the
+GIL), optionally through the node-local cache of decoded blocks, with transient store
+errors retried and damaged data either raised or skipped. The items a consumer takes from
+the block are then cut out at once into one contiguous array per variable (``Cut``), so
+what travels on to the shuffle pool, and between processes, is a few arrays per block,
+never a dict per patch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cloudmic.client.stream.distribute import Take
+from cloudmic.client.stream.plan import Block, GroupPlan
+from cloudmic.client.stream.sampling import Sampler
+from cloudmic.errors import StoreError
+from cloudmic.storage.location import Location
+
+log = logging.getLogger(__name__)
+
+# What a store that is briefly down or overloaded says, through obstore, zarrs or s3fs
+_TRANSIENT = re.compile(r"error sending request|connection|timed? ?out|service unavailable|"
+                        r"slow ?down|broken pipe|reset by peer|status(?: code)?:? 5\d\d", re.I)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A read error worth retrying (the store is unreachable or overloaded), as opposed to
+    bad data (a checksum or decode error), which fails the same way every time."""
+    return isinstance(exc, ConnectionError | TimeoutError) or bool(_TRANSIENT.search(str(exc)))
+
+
+@dataclass(slots=True)
+class Cut:
+    """The items one consumer takes from one block, one row each."""
+
+    group: str
+    arrays: dict[str, np.ndarray]  # variable -> (rows, *patch shape)
+    position: np.ndarray  # int64: the item's fixed place in the epoch
+    pad: np.ndarray  # bool: a repeat that evens out the shares (never marked consumed)
+    index: np.ndarray  # int64: the sample's index in its group
+    origin: np.ndarray  # int64 (rows, patch dims): the window's corner, reference pixels
+    dims: tuple[str, ...]  # the patch dims, in origin's order
+    keys: list[str]
+    coords: dict[str, np.ndarray]  # per-sample coordinates asked for
+
+    def __len__(self) -> int:
+        return len(self.position)
+
+
+@dataclass(frozen=True)
+class ReadSpec:
+    """Everything a reader needs; small and picklable (goes to workers and dask)."""
+
+    url: str
+    storage_options: dict[str, Any]
+    groups: tuple[GroupPlan, ...]
+    blocks: tuple[Block, ...]
+    offsets: np.ndarray
+    per_sample: tuple[int, ...]
+    patch: tuple[int, ...]
+    dims: tuple[str, ...]
+    coords: tuple[str, ...]
+    codec_pipeline: str
+    cache_dir: str | None
+    cache_bytes: int
+    on_error: str
+    retry_seconds: float
+
+
+class BlockReader:
+    """Reads and cuts blocks for one process; opens the store lazily, on first use, in the
+    process (and thread pool) that reads: nothing opened is ever inherited by a fork."""
+
+    def __init__(self, spec: ReadSpec, sampler: Sampler) -> None:
+        self.spec, self.sampler = spec, sampler
+        self._groups: dict[int, Any] = {}
+        self._lock = threading.Lock()
+        self._store: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:  # opened handles stay in their process
+        return {"spec": self.spec, "sampler": self.sampler}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["spec"], state["sampler"])  # type: ignore[misc]
+
+    # ---- opening ----
+    def _group(self, gi: int) -> Any:
+        with self._lock:
+            if gi not in self._groups:
+                self._groups[gi] = self._retrying(self._open_group, "open the store", gi)
+            return self._groups[gi]
+
+    def _open_group(self, gi: int) -> Any:
+        import zarr
+
+        if self._store is None:
+            self._store = Location(self.spec.url, self.spec.storage_options).zarr_store(
+                read_only=True)
+        cfg = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if (
+            self.spec.codec_pipeline == "zarrs") else {}
+        g = self.spec.groups[gi]
+        with zarr.config.set(cfg), warnings.catch_warnings():  # the pipeline binds at open
+            # zarrs rebuilds the obstore store on its side; it says so once per array
+            warnings.filterwarnings("ignore", message="Successfully reconstructed a store")
+            zg = zarr.open_group(self._store, mode="r", path=g.path, zarr_format=3)
+            arrays = [zg[p.path] for p in g.plans]
+            stems = zg["sample"] if g.has_stems else None
+            coords = {c: zg[c] for c in self.spec.coords}
+        return arrays, stems, coords
+
+    # ---- reading ----
+    def fetch(self, bi: int) -> list[np.ndarray]:
+        """The block's decoded arrays, each with a leading sample axis."""
+        block = self.spec.blocks[bi]
+        g = self.spec.groups[block.group]
+        arrays = self._group(block.group)[0]
+        cache = self._cache()
+        out = []
+        for plan, a in zip(g.plans, arrays, strict=True):
+            key = f"{self.spec.url}|{g.path}/{plan.path}|{block.start}:{block.stop}"
+            hit = cache.get(key) if cache else None
+            if hit is None:
+                hit = a[block.start:block.stop] if g.stacked else a[...][None]
+                if cache:
+                    cache.put(key, hit)
+            out.append(hit)
+        return out
+
+    def _cache(self) -> Any:
+        if self.spec.cache_dir is None:
+            return None
+        from cloudmic.client.cache import BlockCache
+
+        return BlockCache(self.spec.cache_dir, self.spec.cache_bytes)
+
+    def read(self, take: Take, epoch: int) -> Cut | None:
+        """Read ``take``'s block and cut its rows; None when a damaged block is skipped."""
+        block = self.spec.blocks[take.block]
+        g = self.spec.groups[block.group]
+        where = (f"{self.spec.url}: group {g.path!r}, samples {block.start}..{block.stop - 1} "
+                 f"({', '.join(p.name for p in g.plans)})")
+        try:
+            data = self._retrying(self.fetch, f"read {where}", take.block)
+            labels = self._retrying(self._labels, f"read {where}", block)
+        except Exception as exc:
+            if is_transient(exc):
+                raise StoreError(f"{where}: the store did not answer for "
+                                 f"{self.spec.retry_seconds:.0f} s "
+                                 f"({str(exc).splitlines()[0][:200]}); check that it runs, "
+                                 "or raise retry_seconds") from exc
+            if self.spec.on_error == "skip":
+                warnings.warn(f"{where}: skipped, unreadable ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); run cloudmic verify on the dataset",
+                              RuntimeWarning, stacklevel=2)
+                return None
+            raise StoreError(f"{where}: unreadable ({type(exc).__name__}: {str(exc)[:200]}). "
+                             "The stored bytes are damaged: run cloudmic verify on the dataset "
+                             "and ingest it again, or pass on_error='skip' to skip such blocks "
+                             "with a warning") from exc
+        return self.cut(take, epoch, data, *labels)
+
+    def _labels(self, block: Block) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        """The block's sample names and per-sample coordinates (1-D, one chunk per block)."""
+        _, stems, coords = self._group(block.group)
+        sl = slice(block.start, block.stop)
+        return (stems[sl] if stems is not None else None,
+                {c: a[sl] for c, a in coords.items()})
+
+    def cut(self, take: Take, epoch: int, data: list[np.ndarray], stems: np.ndarray | None,
+            coords: dict[str, np.ndarray]) -> Cut:
+        """Every row of ``take``, cut from the block's decoded arrays."""
+        block = self.spec.blocks[take.block]
+        g = self.spec.groups[block.group]
+        pps = self.spec.per_sample[block.group]
+        j, p = take.rows // pps, take.rows % pps
+        origin = self.sampler.origins(epoch, block)[j, p]
+        arrays = {}
+        for plan, arr in zip(g.plans, data, strict=True):
+            out = np.empty((len(j), *plan.patch_shape(self.spec.patch, g.stacked)), arr.dtype)
+            for k in range(len(j)):
+                out[k] = arr[j[k]][plan.window(origin[k], self.spec.patch, g.stacked)]
+            arrays[plan.name] = out
+        index = block.start + j
+        keys = [_key(g, stems, block.start, int(jk), int(pk), pps)
+                for jk, pk in zip(j, p, strict=True)]
+        return Cut(g.path, arrays, self.spec.offsets[take.block] + take.rows, take.pad.copy(),
+                   index.astype(np.int64), origin, self.spec.dims, keys,
+                   {c: v[j] for c, v in coords.items()})
+
+    # ---- faults ----
+    def _retrying(self, fn: Any, what: str, *args: Any) -> Any:
+        """``fn(*args)``, retried with backoff while the store is unreachable, for at most
+        ``retry_seconds`` (an S3 server restart mid-epoch costs time, never samples)."""
+        deadline, delay = time.monotonic() + self.spec.retry_seconds, 0.25
+        while True:
+            try:
+                return fn(*args)
+            except Exception as exc:
+                if not is_transient(exc) or time.monotonic() + delay > deadline:
+                    raise
+                log.warning("%s: cannot %s (%s); retrying in %.1f s", self.spec.url, what,
+                            str(exc).splitlines()[0][:200], delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 4.0)
+
+
+def _key(g: GroupPlan, stems: np.ndarray | None, start: int, j: int, p: int, pps: int) -> str:
+    """``group/stem`` (or ``group/index``, or the group of a one-sample group), with
+    ``#patch`` when a sample gives several items."""
+    base = f"{g.path}/{stems[j]}" if stems is not None else (
+        f"{g.path}/{start + j}" if g.stacked else g.path)
+    return base if pps == 1 else f"{base}#{p}"

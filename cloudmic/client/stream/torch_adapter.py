@@ -1,0 +1,113 @@
+"""The torch side of a stream: its base class, worker detection and the loader that keeps
+the stream's bookkeeping in step with what the training loop received.
+
+torch is optional: without it a stream is a plain iterable. Anything that implements
+:class:`Consumable` (``PatchStream``, ``Mix``, ``shards``) gets a :class:`TrackingLoader`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any, Protocol
+
+try:  # a torch IterableDataset when torch is installed, a plain iterable otherwise
+    from torch.utils.data import IterableDataset as StreamBase
+    from torch.utils.data import get_worker_info
+except ImportError:  # pragma: no cover - exercised in environments without torch
+    StreamBase = object  # type: ignore[assignment,misc]
+
+    def get_worker_info() -> None:  # type: ignore[misc]
+        return None
+
+
+def worker() -> tuple[int, int]:
+    """(this DataLoader worker's id, workers), (0, 1) outside a worker."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+class Consumable(Protocol):
+    """What a :class:`TrackingLoader` needs from a stream.
+
+    ``batch_size``/``drop_partial`` make the stream yield whole batches (one array per
+    variable) instead of items; the four hooks keep the parent's copy of the stream, whose
+    iteration runs in the workers, in step with the epochs and batches the loop received.
+    """
+
+    batch_size: int | None
+    drop_partial: bool
+
+    def start_pass(self) -> None:
+        """A pass is about to start in the workers (reset consumption if a new epoch)."""
+
+    def advance_pass(self) -> None:
+        """The workers took their copies: the next pass is the next epoch."""
+
+    def mark_batch(self, batch: Mapping[str, Any]) -> None:
+        """The loop received ``batch``: mark its items consumed (padding excluded)."""
+
+    def end_pass(self) -> None:
+        """The pass ran to its end."""
+
+    def batches(self, workers: int) -> int:
+        """Batches one rank yields in the coming pass with ``workers`` loader workers."""
+
+
+class TrackingLoader:
+    """A ``torch.utils.data.DataLoader`` over a stream that assembles its own batches
+    (``batch_size=None`` for the DataLoader: one contiguous array per variable crosses the
+    process boundary, through shared memory, instead of a dict per item) and tells the
+    stream which items the training loop received, so ``state_dict()`` is exact.
+
+    Workers start with ``forkserver``: forked from a clean server process, never from the
+    training process (whose store clients and threads a fork would copy, STACK-NOTES).
+    ``drop_last=True`` drops each worker's last, partial batch.
+    """
+
+    def __init__(self, stream: Consumable, batch_size: int, num_workers: int = 0,
+                 **kwargs: Any) -> None:
+        from torch.utils.data import DataLoader
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
+        if num_workers:
+            kwargs.setdefault("multiprocessing_context", forkserver())
+        stream.batch_size, stream.drop_partial = int(batch_size), bool(
+            kwargs.pop("drop_last", False))
+        self.stream, self.workers = stream, num_workers
+        self.loader = DataLoader(stream, batch_size=None, num_workers=num_workers, **kwargs)
+
+    def __len__(self) -> int:
+        """Batches this rank receives in the epoch (the same on every rank)."""
+        return self.stream.batches(max(1, self.workers))
+
+    def __iter__(self) -> Iterator[Any]:
+        s = self.stream
+        if self.workers:  # the workers' copies run this epoch; keep the main copy in step
+            s.start_pass()
+            it = iter(self.loader)  # workers take their copy of the stream here
+            s.advance_pass()
+        else:  # the stream iterates in this process and counts its own passes
+            it = iter(self.loader)
+        for batch in it:
+            s.mark_batch(batch)
+            yield batch
+        s.end_pass()
+
+
+PRELOAD = ["torch", "numpy", "zarr", "zarrs", "obstore", "cloudmic.client.stream"]
+
+
+def forkserver() -> Any:
+    """forkserver with the stream's heavy modules preloaded: a worker starts in
+    milliseconds instead of importing torch and zarr afresh (spawn); and, unlike a plain
+    fork of the training process, it inherits no running store client or thread. The
+    server itself starts now, in the background, while the caller builds its model."""
+    import multiprocessing as mp
+    import multiprocessing.forkserver as fs
+
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD)
+    threading.Thread(target=fs.ensure_running, daemon=True, name="forkserver-start").start()
+    return ctx
