@@ -1,28 +1,43 @@
-"""``cloudmic.shards``: the published WebDataset shards of a split, decoded to numpy.
+"""``cloudmic.shards``: the published WebDataset shards of a split, decoded to numpy, with
+the distribution guarantees of ``PatchStream`` (DESIGN "Guarantees > Client").
 
-Shards open through fsspec with the credentials resolved when the pipeline was made
-(never in the URL or a ``pipe:`` command line, where they would leak to the process
-list). The pipeline pickles, so it goes to spawn/forkserver DataLoader workers.
+A *block* here is one tar shard, its items are its records (counted in index.json). Each
+pass cuts the records not yet consumed, in the epoch's shard order, into equal contiguous
+runs, one per rank x DataLoader worker (``distribute.share``): every rank yields the same
+number of batches, with flagged padding repeats or, with ``drop_last``, without the
+remainder. A consumer reads each of its shards once, the next one fetched while this one is
+decoded, and keeps only its own records.
+
+Shards open through fsspec with the credentials resolved when the stream was made (never
+in a URL or a ``pipe:`` command line, where they would leak to the process list). Only
+index.json is read up front, so the stream pickles to spawn/forkserver DataLoader workers.
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Iterator
-from typing import Any
+import posixpath
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import IO, Any
 
 import numpy as np
-import webdataset as wds
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from cloudmic.errors import StoreNotFoundError
+from cloudmic.client.stream import distribute
+from cloudmic.client.stream.patch_stream import PatchStream
+from cloudmic.client.stream.sampling import rng
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
+from cloudmic.errors import StoreError, StoreNotFoundError
 from cloudmic.storage.location import Location
 
+Record = dict[str, Any]
 
-def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
+
+def decode_record(sample: Record) -> Record:
     """Decode ``*.npy`` (never with pickles), ``json`` and ``cls``; keep the rest as is."""
-    out: dict[str, Any] = {}
+    out: Record = {}
     for key, value in sample.items():
         if key.endswith("npy") and isinstance(value, bytes):
             out[key.removesuffix(".npy")] = np.load(io.BytesIO(value), allow_pickle=False)
@@ -35,23 +50,6 @@ def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-class OpenShards:
-    """Pipeline stage: shard URLs -> open streams, with the store's own credentials."""
-
-    def __init__(self, storage_options: dict[str, Any]) -> None:
-        self.storage_options = storage_options
-
-    def __call__(self, sources: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        for src in sources:
-            loc = Location(src["url"], self.storage_options)
-            try:
-                stream = loc.fs.open(loc.path, "rb", block_size=8 << 20)
-            except FileNotFoundError as exc:
-                raise StoreNotFoundError(f"{loc.url}: shard listed in index.json is missing; "
-                                         "run cloudmic verify on the dataset") from exc
-            yield {**src, "stream": stream}
-
-
 def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, Any]]:
     """(the ``<dataset>.wds`` location, its index.json). ``url`` may name the ``.zarr`` too."""
     loc = Location.parse(url, **storage_options)
@@ -60,45 +58,265 @@ def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, A
     if loc.url.endswith("index.json"):
         loc = Location(loc.url.rsplit("/", 1)[0], loc.storage_options)
     try:
-        return loc, json.loads(loc.child("index.json").read_bytes())
+        return loc, json.loads(get(loc.child("index.json")))
     except FileNotFoundError:
         raise StoreNotFoundError(f"{loc.url}: no index.json; pass ROOT/<dataset>.wds "
                                  "(`cloudmic ls ROOT` lists what is published)") from None
 
 
-class ShardPipeline(wds.DataPipeline):
-    """A DataPipeline whose ``len()`` is the split's record count (and that pickles to
-    spawned workers, which ``DataPipeline.with_length`` does not)."""
+def get(loc: Location) -> bytes:
+    """The object's bytes in one request (s3fs would send a HEAD first, and ranged GETs in
+    parallel above 50 MB: the request budget is one GET per object)."""
+    return loc.fs.cat_file(loc.path, **({"max_concurrency": 1} if loc.is_s3 else {}))
 
-    def __init__(self, records: int, *stages: Any) -> None:
-        super().__init__(*stages)
-        self.records = records
+
+def split_shards(loc: Location, index: Mapping[str, Any], split: str,
+                 ) -> tuple[list[str], np.ndarray]:
+    """(shard paths inside the ``.wds`` folder, record offsets: shard starts plus the total)."""
+    splits = index.get("splits", {})
+    if split not in splits:
+        raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(splits)}")
+    entries = splits[split]["shards"]
+    paths = [inside(loc, str(s["url"])) for s in entries]
+    offsets = np.concatenate(([0], np.cumsum([int(s["samples"]) for s in entries])))
+    if int(offsets[-1]) != int(splits[split]["records"]):
+        raise StoreError(f"{loc.child('index.json').url}: split {split!r} lists "
+                         f"{splits[split]['records']} records but its shards hold "
+                         f"{int(offsets[-1])}; run cloudmic verify on the dataset")
+    return paths, offsets.astype(np.int64)
+
+
+def inside(loc: Location, rel: str) -> str:
+    """``rel`` normalized, if it names a file inside the ``.wds`` folder: a crafted
+    index.json must not send readers to the local disk or to another bucket."""
+    norm = posixpath.normpath(rel)
+    if (not rel or "://" in rel or "\\" in rel or rel.startswith(("/", "~"))
+            or norm in (".", "..") or norm.startswith("../")):
+        raise StoreError(f"{loc.child('index.json').url}: refusing shard URL {rel!r}: shard "
+                         f"URLs must be relative paths inside {loc.url}. This index.json was "
+                         "not written by cloudmic or was altered; re-publish the dataset")
+    return norm
+
+
+class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
+    """The records of one split; see :func:`shards`."""
+
+    def __init__(self, url: str, split: str, *, shuffle: bool = False, seed: int = 0,
+                 epoch: int = 0, buffer: int = 0, batch_size: int | None = None,
+                 drop_last: bool = False, rank: int | None = None,
+                 world_size: int | None = None,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        loc, index = shard_index(url, **(storage_options or {}))
+        self.root, self.storage_options, self.split = loc.url, loc.storage_options, split
+        self.paths, self.offsets = split_shards(loc, index, split)
+        self.length = int(self.offsets[-1])
+        self.shuffle, self.seed, self.buffer = bool(shuffle), int(seed), max(0, int(buffer))
+        self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
+        self.rank, self.world_size = rank, world_size
+        # epoch bookkeeping, as in PatchStream: which positions of _consumed_epoch were seen
+        self.epoch, self._passes = int(epoch), 0
+        self._consumed = np.zeros(self.length, dtype=bool)
+        self._consumed_epoch: int | None = None
+        self._finished = False
 
     def __len__(self) -> int:
-        return self.records
+        return self.length
+
+    # Epochs, shares, consumption and the tracking-loader hooks are PatchStream's own
+    # methods: they only use the attributes set above, so both keep one set of rules.
+    set_epoch = PatchStream.set_epoch
+    _world = PatchStream._world
+    consumer = PatchStream.consumer
+    quota = PatchStream.quota
+    batches = PatchStream.batches
+    _begin_epoch = PatchStream._begin_epoch
+    mark_consumed = PatchStream.mark_consumed
+    loader = PatchStream.loader
+    start_pass = PatchStream.start_pass
+    advance_pass = PatchStream.advance_pass
+    mark_batch = PatchStream.mark_batch
+    end_pass = PatchStream.end_pass
+
+    def block_order(self, epoch: int) -> np.ndarray:
+        n = len(self.paths)
+        return rng(self.seed, epoch, "shard-order").permutation(n) if self.shuffle else (
+            np.arange(n))
+
+    def assignment(self, epoch: int, consumer: int, consumers: int) -> list[distribute.Take]:
+        """The shards and records one consumer reads in ``epoch``."""
+        return distribute.share(self.block_order(epoch), self.offsets, self._consumed,
+                                consumer, consumers, drop_last=self.drop_last)
+
+    def __iter__(self) -> Iterator[Record]:
+        epoch = self.epoch + self._passes
+        self._passes += 1
+        self._begin_epoch(epoch)
+        me, consumers = self.consumer()
+        records = self._read(self.assignment(epoch, me, consumers))
+        if self.shuffle and self.buffer > 0:
+            records = shuffled(records, self.buffer,
+                               rng(self.seed, epoch, "record-shuffle", me, consumers))
+        out = batched(records, self.batch_size, self.drop_partial) if self.batch_size else (
+            records)
+        in_main = get_worker_info() is None  # without loader workers, yielded = consumed
+        for x in out:
+            if in_main:
+                self.mark_consumed(x["position"], x["pad"])
+            yield x
+        self._finished = in_main
+
+    def _read(self, takes: Sequence[distribute.Take]) -> Iterator[Record]:
+        """The records of ``takes`` in order, each shard read once; the next shard is
+        fetched on a thread while this one is decoded."""
+        with ThreadPoolExecutor(1, thread_name_prefix="cloudmic-shard") as ex:
+            ahead: Future[IO[bytes]] | None = None
+            try:
+                for k, take in enumerate(takes):
+                    stream = (ahead or ex.submit(self._open, take.block)).result()
+                    nxt = takes[k + 1].block if k + 1 < len(takes) else None
+                    ahead = None if nxt is None else ex.submit(self._open, nxt)
+                    with stream:
+                        yield from self._take(take, stream)
+            finally:  # stopped early: close the shard fetched ahead
+                if ahead is not None:
+                    ahead.add_done_callback(lambda f: f.exception() or f.result().close())
+
+    def _open(self, block: int) -> IO[bytes]:
+        """Shard ``block``, readable. On S3 its whole body comes in one GET (no HEAD, no
+        ranged parts): a streamed body would sit idle behind a slow training loop until a
+        timeout cut it, and s3fs's file costs a GET per block; a local file streams as is."""
+        loc = Location(posixpath.join(self.root, self.paths[block]), self.storage_options)
+        try:
+            if loc.is_s3:
+                return io.BytesIO(get(loc))
+            return loc.fs.open(loc.path, "rb")
+        except FileNotFoundError as exc:
+            raise StoreNotFoundError(f"{loc.url}: shard listed in index.json is missing; "
+                                     "run cloudmic verify on the dataset") from exc
+
+    def _take(self, take: distribute.Take, stream: IO[bytes]) -> Iterator[Record]:
+        """``take``'s records from its shard: each kept row decoded once, its padding
+        repeats (flagged ``pad``) right after it; stops after the last row needed."""
+        start, n = int(self.offsets[take.block]), int(np.diff(self.offsets)[take.block])
+        keep = np.bincount(take.rows[~take.pad], minlength=n)
+        pads = np.bincount(take.rows[take.pad], minlength=n)
+        last, seen = int(take.rows.max(initial=-1)), 0
+        url = posixpath.join(self.root, self.paths[take.block])
+        for i, sample in enumerate(group_by_keys(tar_file_expander([{"url": url,
+                                                                       "stream": stream}]))):
+            if i > last:
+                break
+            seen = i + 1
+            if keep[i] or pads[i]:
+                rec = decode_record(sample)
+                rec["position"] = start + i
+                yield from _copies(rec, int(keep[i]), int(pads[i]))
+        if seen <= last:
+            raise StoreError(f"{url}: holds {seen} records, index.json lists {n}; "
+                             "run cloudmic verify on the dataset")
+
+    # ---- resume ----
+    def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
+        """Where this epoch stands (JSON-safe): the consumed positions of every rank,
+        gathered with ``torch.distributed`` when it is initialized and ``gather``."""
+        consumed = distribute.gather_or(self._consumed) if gather else self._consumed
+        epoch = self._consumed_epoch if self._consumed_epoch is not None else (
+            self.epoch + self._passes)
+        return {"version": 1, "split": self.split, "seed": self.seed, "epoch": epoch,
+                "length": self.length, "consumed": distribute.encode_bitmap(consumed),
+                "count": int(consumed.sum())}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue the epoch of ``state``: the next pass yields only what was not consumed,
+        split over however many ranks and workers run now."""
+        for key in ("split", "seed", "length"):
+            if state.get(key) != getattr(self, key):
+                raise ValueError(f"state_dict is for {key}={state.get(key)!r}, this stream has "
+                                 f"{getattr(self, key)!r}: build the stream as it was built")
+        self._consumed = distribute.decode_bitmap(state["consumed"], self.length)
+        self.epoch, self._passes = int(state["epoch"]), 0
+        self._consumed_epoch, self._finished = self.epoch, False
+
+
+def _copies(rec: Record, kept: int, pads: int) -> Iterator[Record]:
+    """The record ``kept`` times, then ``pads`` flagged repeats with arrays of their own
+    (a loop that edits a batch in place must not change another item)."""
+    for k in range(kept + pads):
+        if k == 0:
+            yield {**rec, "pad": kept == 0}
+        else:
+            yield {**{f: v.copy() if isinstance(v, np.ndarray) else v
+                      for f, v in rec.items()}, "pad": k >= kept}
+
+
+def shuffled(items: Iterator[Record], size: int, r: np.random.Generator) -> Iterator[Record]:
+    """Items drawn at random from a buffer of ``size``, filled first (webdataset's
+    ``shuffle(size, initial=size)``); the order is a pure function of ``r``."""
+    buf: list[Record] = []
+    for x in items:
+        buf.append(x)
+        if len(buf) >= size:
+            k = int(r.integers(len(buf)))
+            buf[k], buf[-1] = buf[-1], buf[k]
+            yield buf.pop()
+    r.shuffle(buf)
+    yield from buf
+
+
+def batched(items: Iterator[Record], size: int, drop_partial: bool) -> Iterator[Record]:
+    buf: list[Record] = []
+    for x in items:
+        buf.append(x)
+        if len(buf) == size:
+            yield collate(buf)
+            buf = []
+    if buf and not drop_partial:
+        yield collate(buf)
+
+
+def collate(items: Sequence[Record]) -> Record:
+    """One batch, as ``pool.collate`` makes them: a stacked array per ``*.npy`` field,
+    arrays of the per-record numbers (``position``, ``pad``, ``cls``), lists of the rest
+    (``__key__``, ``json``)."""
+    out: Record = {}
+    for name, first in items[0].items():
+        values = [x[name] for x in items]
+        if isinstance(first, np.ndarray):
+            if len({v.shape for v in values}) > 1:
+                raise ValueError(f"field {name!r} has records of different shapes "
+                                 f"{sorted({v.shape for v in values})}: they cannot be "
+                                 "stacked into a batch; iterate records (batch_size=None)")
+            out[name] = np.stack(values)
+        elif isinstance(first, bool | int | float | np.number | np.bool_):
+            out[name] = np.array(values)
+        else:
+            out[name] = values
+    return out
 
 
 def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-           buffer: int = 0, storage_options: dict[str, Any] | None = None) -> wds.DataPipeline:
-    """A WebDataset pipeline over ``split``'s shards, records decoded to numpy.
+           buffer: int = 0, batch_size: int | None = None, drop_last: bool = False,
+           rank: int | None = None, world_size: int | None = None,
+           storage_options: dict[str, Any] | None = None) -> ShardStream:
+    """The records of ``split``'s WebDataset shards, ``*.npy`` decoded to numpy (never
+    unpickled), ``json`` parsed; every record also has ``position`` (its place in the
+    split) and ``pad``. ``len()`` is the split's exact record count. A ``torch``
+    ``IterableDataset`` when torch is installed; it pickles to DataLoader workers.
 
-    Shards are split over nodes (``split_by_node``: ranks from ``torch.distributed`` or
-    ``RANK``/``WORLD_SIZE``) and DataLoader workers (``split_by_worker``), so every record of
-    the epoch is read exactly once across them. With ``shuffle`` the shard order is a
-    permutation of ``(seed, epoch)`` and, with ``buffer`` > 0, records are also shuffled in
-    a buffer of that many. ``len()`` is the split's exact record count from ``index.json``.
+    Distribution as in :class:`cloudmic.PatchStream`: ranks (``torch.distributed``, else
+    ``RANK``/``WORLD_SIZE``; ``rank=``/``world_size=`` override) and DataLoader workers take
+    disjoint contiguous runs of the epoch that cover it exactly once, and every one gets the
+    same number of records: short runs are padded by repeating records (``pad`` True, never
+    counted as consumed) or, with ``drop_last``, the remainder is left out. Use
+    :meth:`ShardStream.loader` (or call ``mark_consumed``) so that ``state_dict()`` is exact;
+    ``load_state_dict()`` resumes on any number of ranks and workers.
+
+    ``epoch`` is the first epoch; each further pass is the next one, or call ``set_epoch``.
+    With ``shuffle`` the shard order is a permutation of ``(seed, epoch)`` and, with
+    ``buffer`` > 0, records are shuffled in a buffer of that many. ``batch_size`` makes the
+    stream yield batches: one stacked array per ``*.npy`` field, lists of keys and json.
     """
-    import random
-
-    loc, index = shard_index(url, **(storage_options or {}))
-    if split not in index["splits"]:
-        raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(index['splits'])}")
-    urls = [loc.child(s["url"]).url for s in index["splits"][split]["shards"]]
-    if shuffle:
-        urls = [urls[k] for k in np.random.default_rng([seed, epoch]).permutation(len(urls))]
-    stages: list[Any] = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker,
-                         OpenShards(loc.storage_options), tar_file_expander, group_by_keys]
-    if shuffle and buffer > 0:
-        stages.append(wds.shuffle(buffer, initial=buffer, rng=random.Random(f"{seed}-{epoch}")))
-    stages.append(wds.map(decode_record))
-    return ShardPipeline(int(index["splits"][split]["records"]), *stages)
+    return ShardStream(url, split, shuffle=shuffle, seed=seed, epoch=epoch, buffer=buffer,
+                       batch_size=batch_size, drop_last=drop_last, rank=rank,
+                       world_size=world_size, storage_options=storage_options)

@@ -60,8 +60,11 @@ def consumer_index(rank: int, world_size: int, worker: int, workers: int) -> tup
     return worker * world_size + rank, world_size * workers
 
 
-def open_counts(consumed: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Unconsumed items per block (``offsets``: block starts plus the total at the end)."""
+def open_counts(consumed: np.ndarray | None, offsets: np.ndarray) -> np.ndarray:
+    """Unconsumed items per block (``offsets``: block starts plus the total at the end;
+    ``consumed`` None: nothing consumed yet)."""
+    if consumed is None:
+        return np.diff(offsets)
     done = np.concatenate(([0], np.cumsum(consumed, dtype=np.int64)))
     return np.diff(offsets) - (done[offsets[1:]] - done[offsets[:-1]])
 
@@ -71,7 +74,7 @@ def quota(open_items: int, consumers: int, drop_last: bool) -> int:
     return open_items // consumers if drop_last else -(-open_items // consumers)
 
 
-def share(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray, consumer: int,
+def share(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray | None, consumer: int,
           consumers: int, *, drop_last: bool = False) -> list[Take]:
     """The blocks one consumer reads in this epoch, in order, with the rows it yields.
 
@@ -95,7 +98,7 @@ def share(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray, consumer
     return takes
 
 
-def _run(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray, ends: np.ndarray,
+def _run(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray | None, ends: np.ndarray,
          lo: int, hi: int) -> list[Take]:
     """The open items with ranks [lo, hi) in the epoch's sequence, grouped by block."""
     out = []
@@ -103,7 +106,8 @@ def _run(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray, ends: np.
     while k < len(order) and lo < hi:
         b = int(order[k])
         first = int(ends[k - 1]) if k else 0
-        rows = np.flatnonzero(~consumed[offsets[b]:offsets[b + 1]])
+        rows = (np.arange(offsets[b + 1] - offsets[b]) if consumed is None
+                else np.flatnonzero(~consumed[offsets[b]:offsets[b + 1]]))
         part = rows[lo - first:min(hi, int(ends[k])) - first]
         if len(part):
             out.append(Take(b, part.astype(np.int64), np.zeros(len(part), bool)))

@@ -125,18 +125,17 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
         per_sample = [len(t) if t is not None else patches_per_sample for t in grid]
         picks = [label_pick(url, g, labels, self.variables, min_foreground, class_weights)
                  if labels else None for g in groups]
-        blocks = plan.blocks_of(groups)
-        self.offsets = plan.offsets_of(blocks, per_sample)
-        self.length = int(self.offsets[-1])
         self.sampler = Sampler(seed, self.patch, groups, per_sample, grid, picks)
-        self.spec = ReadSpec(loc.url, loc.storage_options, tuple(groups), tuple(blocks),
-                             self.offsets, tuple(per_sample), tuple(self.patch.values()),
+        self.spec = ReadSpec(loc.url, loc.storage_options, tuple(groups),
+                             tuple(per_sample), tuple(self.patch.values()),
                              tuple(self.patch), tuple(coords), codec_pipeline, cache_dir,
                              cache_bytes, on_error, float(retry_seconds))
+        self.length = int(self.spec.offsets[-1])
         self.reader = BlockReader(self.spec, self.sampler)
         # epoch bookkeeping: which positions of _consumed_epoch were seen by this process
+        # (None: none yet; a million-item stream then pickles as small as a tiny one)
         self.epoch, self._passes = 0, 0
-        self._consumed = np.zeros(self.length, dtype=bool)
+        self._consumed: np.ndarray | None = None
         self._consumed_epoch: int | None = None
         self._finished = False  # a pass over _consumed_epoch ran to its end here
 
@@ -166,7 +165,7 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
     def assignment(self, epoch: int, consumer: int, consumers: int) -> list[distribute.Take]:
         """What one consumer reads in ``epoch``: a pure function of (seed, epoch, what was
         consumed, consumer, consumers), the same number of items for every consumer."""
-        return distribute.share(self.block_order(epoch), self.offsets, self._consumed,
+        return distribute.share(self.block_order(epoch), self.spec.offsets, self._consumed,
                                 consumer, consumers, drop_last=self.drop_last)
 
     def quota(self, workers: int | None = None) -> int:
@@ -175,7 +174,8 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
         consumers = self._world()[1] * (workers or worker()[1])
         epoch = self.epoch + self._passes
         resumed = self._consumed_epoch == epoch and not self._finished
-        open_items = self.length - (int(self._consumed.sum()) if resumed else 0)
+        done = int(self._consumed.sum()) if resumed and self._consumed is not None else 0
+        open_items = self.length - done
         return distribute.quota(open_items, consumers, self.drop_last)
 
     def batches(self, workers: int = 1) -> int:
@@ -238,7 +238,7 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
         """Consumption is tracked per epoch: a new epoch, or a finished one run again, starts
         with nothing consumed; a resumed one keeps what ``load_state_dict`` gave it."""
         if self._consumed_epoch != epoch or self._finished:
-            self._consumed[:] = False
+            self._consumed = None
             self._consumed_epoch, self._finished = epoch, False
 
     def mark_consumed(self, positions: Any, pad: Any = None) -> None:
@@ -247,13 +247,16 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
         pos = np.asarray(positions, dtype=np.int64).ravel()
         if pad is not None:
             pos = pos[~np.asarray(pad, dtype=bool).ravel()]
+        if self._consumed is None:
+            self._consumed = np.zeros(self.length, dtype=bool)
         self._consumed[pos] = True
 
     def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
         """Where this epoch stands: the consumed positions of every rank (gathered with
         ``torch.distributed`` when it is initialized and ``gather``) plus what the positions
         mean (seed, epoch, length). Save it from any rank; all ranks return the same."""
-        consumed = distribute.gather_or(self._consumed) if gather else self._consumed
+        consumed = self._consumed if self._consumed is not None else np.zeros(self.length, bool)
+        consumed = distribute.gather_or(consumed) if gather else consumed
         epoch = self._consumed_epoch if self._consumed_epoch is not None else (
             self.epoch + self._passes)
         return {"version": 1, "seed": self.seed, "epoch": epoch, "length": self.length,

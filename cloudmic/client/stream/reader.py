@@ -15,13 +15,13 @@ import re
 import threading
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from cloudmic.client.stream.distribute import Take
-from cloudmic.client.stream.plan import Block, GroupPlan
+from cloudmic.client.stream.plan import Block, GroupPlan, blocks_of, offsets_of
 from cloudmic.client.stream.sampling import Sampler
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
@@ -59,13 +59,13 @@ class Cut:
 
 @dataclass(frozen=True)
 class ReadSpec:
-    """Everything a reader needs; small and picklable (goes to workers and dask)."""
+    """Everything a reader needs; picklable (goes to workers and dask) and as small for a
+    million samples as for a thousand: the blocks and their item offsets are derived from
+    the groups, never pickled."""
 
     url: str
     storage_options: dict[str, Any]
     groups: tuple[GroupPlan, ...]
-    blocks: tuple[Block, ...]
-    offsets: np.ndarray
     per_sample: tuple[int, ...]
     patch: tuple[int, ...]
     dims: tuple[str, ...]
@@ -75,6 +75,21 @@ class ReadSpec:
     cache_bytes: int
     on_error: str
     retry_seconds: float
+    blocks: tuple[Block, ...] = field(init=False, repr=False, compare=False)
+    offsets: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        blocks = tuple(blocks_of(self.groups))
+        object.__setattr__(self, "blocks", blocks)
+        object.__setattr__(self, "offsets", offsets_of(blocks, self.per_sample))
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            object.__setattr__(self, k, v)
+        self.__post_init__()
 
 
 class BlockReader:
