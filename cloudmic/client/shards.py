@@ -1,15 +1,10 @@
-"""``cloudmic.shards``: the published WebDataset shards of a split, decoded to numpy, with
-the distribution guarantees of ``PatchStream`` (DESIGN "Guarantees > Client").
+"""``cloudmic.shards``: a split's WebDataset records, decoded to numpy, with the
+distribution guarantees of ``PatchStream`` (DESIGN "Guarantees > Client").
 
-A *block* here is one tar shard, its items are its records (counted in index.json). Each
-pass cuts the records not yet consumed, in the epoch's shard order, into equal contiguous
-runs, one per rank x DataLoader worker (``distribute.share``): every rank yields the same
-number of batches, with flagged padding repeats or, with ``drop_last``, without the
-remainder. A consumer reads each of its shards once, the next one fetched while this one is
-decoded, and keeps only its own records.
-
-Shards open through fsspec with the credentials resolved when the stream was made (never
-in a URL or a ``pipe:`` command line, where they would leak to the process list). Only
+A *block* of ``distribute.share`` is here one tar shard, its items are its records (counted
+in index.json). A consumer reads each of its shards with one GET, the next one fetched while
+this one is decoded, and keeps only its own records. Credentials stay in the storage options
+(never in a URL or a ``pipe:`` command line, where the process list would show them); only
 index.json is read up front, so the stream pickles to spawn/forkserver DataLoader workers.
 """
 
@@ -140,8 +135,7 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
 
     def block_order(self, epoch: int) -> np.ndarray:
         n = len(self.paths)
-        return rng(self.seed, epoch, "shard-order").permutation(n) if self.shuffle else (
-            np.arange(n))
+        return rng(self.seed, epoch, "shard-order").permutation(n) if self.shuffle else np.arange(n)
 
     def assignment(self, epoch: int, consumer: int, consumers: int) -> list[distribute.Take]:
         """The shards and records one consumer reads in ``epoch``."""
@@ -157,8 +151,7 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
         if self.shuffle and self.buffer > 0:
             records = shuffled(records, self.buffer,
                                rng(self.seed, epoch, "record-shuffle", me, consumers))
-        out = batched(records, self.batch_size, self.drop_partial) if self.batch_size else (
-            records)
+        out = batched(records, self.batch_size, self.drop_partial) if self.batch_size else records
         in_main = get_worker_info() is None  # without loader workers, yielded = consumed
         for x in out:
             if in_main:
@@ -203,8 +196,8 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
         pads = np.bincount(take.rows[take.pad], minlength=n)
         last, seen = int(take.rows.max(initial=-1)), 0
         url = posixpath.join(self.root, self.paths[take.block])
-        for i, sample in enumerate(group_by_keys(tar_file_expander([{"url": url,
-                                                                       "stream": stream}]))):
+        samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
+        for i, sample in enumerate(samples):
             if i > last:
                 break
             seen = i + 1
@@ -242,12 +235,10 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
 def _copies(rec: Record, kept: int, pads: int) -> Iterator[Record]:
     """The record ``kept`` times, then ``pads`` flagged repeats with arrays of their own
     (a loop that edits a batch in place must not change another item)."""
-    for k in range(kept + pads):
-        if k == 0:
-            yield {**rec, "pad": kept == 0}
-        else:
-            yield {**{f: v.copy() if isinstance(v, np.ndarray) else v
-                      for f, v in rec.items()}, "pad": k >= kept}
+    yield {**rec, "pad": kept == 0}
+    for k in range(1, kept + pads):
+        yield {**{f: v.copy() if isinstance(v, np.ndarray) else v for f, v in rec.items()},
+               "pad": k >= kept}
 
 
 def shuffled(items: Iterator[Record], size: int, r: np.random.Generator) -> Iterator[Record]:

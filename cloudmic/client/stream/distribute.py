@@ -31,12 +31,25 @@ import numpy as np
 
 @dataclass(frozen=True, slots=True)
 class Take:
-    """What one consumer reads from one block: item indices within the block, and which of
-    them are padding repeats."""
+    """What one consumer reads from one block: the indices of its items within the block,
+    the last ``npad`` of them padding repeats. ``span`` is a ``range`` when the items are
+    contiguous (the usual case: O(1) memory however big the share), else an array."""
 
     block: int
-    rows: np.ndarray  # int64, indices of items within the block
-    pad: np.ndarray  # bool, same length
+    span: range | np.ndarray
+    npad: int = 0
+
+    def __len__(self) -> int:
+        return len(self.span)
+
+    @property
+    def rows(self) -> np.ndarray:
+        s = self.span
+        return np.arange(s.start, s.stop, dtype=np.int64) if isinstance(s, range) else s
+
+    @property
+    def pad(self) -> np.ndarray:
+        return np.arange(len(self.span)) >= len(self.span) - self.npad
 
 
 def world() -> tuple[int, int]:
@@ -106,18 +119,18 @@ def _run(order: np.ndarray, offsets: np.ndarray, consumed: np.ndarray | None, en
     while k < len(order) and lo < hi:
         b = int(order[k])
         first = int(ends[k - 1]) if k else 0
-        rows = (np.arange(offsets[b + 1] - offsets[b]) if consumed is None
+        rows = (range(int(offsets[b + 1] - offsets[b])) if consumed is None
                 else np.flatnonzero(~consumed[offsets[b]:offsets[b + 1]]))
         part = rows[lo - first:min(hi, int(ends[k])) - first]
         if len(part):
-            out.append(Take(b, part.astype(np.int64), np.zeros(len(part), bool)))
+            out.append(Take(b, part))
         lo = int(ends[k])
         k += 1
     return out
 
 
 def _flag(t: Take) -> Take:
-    return Take(t.block, t.rows, np.ones(len(t.rows), bool))
+    return Take(t.block, t.span, len(t))
 
 
 def _pad(takes: list[Take], missing: int) -> list[Take]:
@@ -125,12 +138,11 @@ def _pad(takes: list[Take], missing: int) -> list[Take]:
     out = list(takes)
     while missing > 0:
         for i, t in enumerate(takes):
-            n = min(missing, len(t.rows))
+            n = min(missing, len(t))
             if n == 0:
                 break
             cur = out[i]
-            out[i] = Take(cur.block, np.concatenate((cur.rows, t.rows[:n])),
-                          np.concatenate((cur.pad, np.ones(n, bool))))
+            out[i] = Take(cur.block, np.concatenate((cur.rows, t.rows[:n])), cur.npad + n)
             missing -= n
     return out
 

@@ -215,7 +215,7 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
               shuffle: np.random.Generator | None) -> Iterator[pool.Draw]:
         """This consumer's rows, read ahead (threads here, or a dask cluster) and shuffled;
         a block skipped as damaged is made up for with padding, so the count holds."""
-        sizes = [len(t.rows) for t in takes]
+        sizes = [len(t) for t in takes]
         want, got, last = sum(sizes), 0, None
         if self.scheduler:
             from cloudmic.client.stream.cluster import cluster_reads

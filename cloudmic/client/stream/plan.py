@@ -185,12 +185,25 @@ def check_coords(url: str, groups: Sequence[GroupPlan], arrays: Mapping[str, Arr
                                f"it has: {', '.join(have) or 'none'}")
 
 
-def blocks_of(groups: Sequence[GroupPlan]) -> list[Block]:
-    return [Block(gi, s, min(s + g.block, g.length))
-            for gi, g in enumerate(groups) for s in range(0, g.length, g.block)]
+class Blocks:
+    """The blocks of a stream's groups, in group order, computed on access: memory is
+    O(groups) plus one offset per block, however many samples there are."""
 
+    def __init__(self, groups: Sequence[GroupPlan], per_sample: Sequence[int]) -> None:
+        self.groups = list(groups)
+        counts = [-(-g.length // g.block) for g in groups]
+        self.first = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+        sizes = [np.minimum(g.block, g.length - np.arange(0, g.length, g.block)) * n
+                 for g, n in zip(groups, per_sample, strict=True)]
+        #: item offset of every block, plus the total at the end
+        self.offsets = np.concatenate(([0], np.cumsum(np.concatenate(sizes or [[]]),
+                                                       dtype=np.int64))).astype(np.int64)
 
-def offsets_of(blocks: Sequence[Block], per_sample: Sequence[int]) -> np.ndarray:
-    """Item offset of every block, plus the total at the end."""
-    sizes = [(b.stop - b.start) * per_sample[b.group] for b in blocks]
-    return np.concatenate(([0], np.cumsum(sizes, dtype=np.int64))).astype(np.int64)
+    def __len__(self) -> int:
+        return int(self.first[-1])
+
+    def __getitem__(self, bi: int) -> Block:
+        gi = int(np.searchsorted(self.first, bi, side="right")) - 1
+        g = self.groups[gi]
+        start = (int(bi) - int(self.first[gi])) * g.block
+        return Block(gi, start, min(start + g.block, g.length))

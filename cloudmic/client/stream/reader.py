@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from cloudmic.client.stream.distribute import Take
-from cloudmic.client.stream.plan import Block, GroupPlan, blocks_of, offsets_of
+from cloudmic.client.stream.plan import Block, Blocks, GroupPlan
 from cloudmic.client.stream.sampling import Sampler
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
@@ -75,13 +75,13 @@ class ReadSpec:
     cache_bytes: int
     on_error: str
     retry_seconds: float
-    blocks: tuple[Block, ...] = field(init=False, repr=False, compare=False)
+    blocks: Blocks = field(init=False, repr=False, compare=False)
     offsets: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        blocks = tuple(blocks_of(self.groups))
+        blocks = Blocks(self.groups, self.per_sample)
         object.__setattr__(self, "blocks", blocks)
-        object.__setattr__(self, "offsets", offsets_of(blocks, self.per_sample))
+        object.__setattr__(self, "offsets", blocks.offsets)
 
     def __getstate__(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
@@ -145,7 +145,8 @@ class BlockReader:
             key = f"{self.spec.url}|{g.path}/{plan.path}|{block.start}:{block.stop}"
             hit = cache.get(key) if cache else None
             if hit is None:
-                hit = a[block.start:block.stop] if g.stacked else a[...][None]
+                hit = read_whole_shards(a, block.start, block.stop) if g.stacked else (
+                    read_whole_shards(a, 0, a.shape[0])[None] if a.ndim else a[...][None])
                 if cache:
                     cache.put(key, hit)
             out.append(hit)
@@ -208,7 +209,7 @@ class BlockReader:
         index = block.start + j
         keys = [_key(g, stems, block.start, int(jk), int(pk), pps)
                 for jk, pk in zip(j, p, strict=True)]
-        return Cut(g.path, arrays, self.spec.offsets[take.block] + take.rows, take.pad.copy(),
+        return Cut(g.path, arrays, self.spec.offsets[take.block] + take.rows, take.pad,
                    index.astype(np.int64), origin, self.spec.dims, keys,
                    {c: v[j] for c, v in coords.items()})
 
@@ -227,6 +228,41 @@ class BlockReader:
                             str(exc).splitlines()[0][:200], delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 4.0)
+
+
+def read_whole_shards(a: Any, start: int, stop: int) -> np.ndarray:
+    """``a[start:stop]`` with one GET per shard object.
+
+    zarrs reads a selection covering whole shards with one ranged GET per shard, but a
+    shard cut by the array's edge (the last block of a split, or a frame smaller than the
+    shard) counts as a partial read: an index GET and then one GET per inner chunk, while
+    holding the GIL (21 requests instead of 5 for a 4-sample edge block). Such shards are
+    fetched whole and decoded in memory instead.
+    """
+    shard = a.shards
+    if shard is None or (start % shard[0] == 0 and stop % shard[0] == 0 and all(
+            n % s == 0 for n, s in zip(a.shape[1:], shard[1:], strict=True))):
+        return a[start:stop]  # unsharded chunks are read whole anyway
+    import itertools
+
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+    from zarr.storage import MemoryStore
+
+    proto = default_buffer_prototype()
+    objects = dict(a.metadata.to_buffer_dict(proto))
+    sp = a.store_path
+    grid = [range(start // shard[0], -(-stop // shard[0]))] + [
+        range(-(-n // s)) for n, s in zip(a.shape[1:], shard[1:], strict=True)]
+    for coords in itertools.product(*grid):
+        key = a.metadata.encode_chunk_key(coords)
+        buf = sync(sp.store.get(f"{sp.path}/{key}" if sp.path else key, prototype=proto))
+        if buf is not None:  # a missing object holds only the fill value
+            objects[key] = buf
+    default = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
+    with zarr.config.set(default):  # in memory: zarr's own pipeline
+        return zarr.open_array(MemoryStore(objects), mode="r")[start:stop]
 
 
 def _key(g: GroupPlan, stems: np.ndarray | None, start: int, j: int, p: int, pps: int) -> str:
