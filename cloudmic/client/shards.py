@@ -21,7 +21,7 @@ import numpy as np
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from cloudmic.client.stream import distribute
-from cloudmic.client.stream.patch_stream import PatchStream
+from cloudmic.client.stream.epochs import Epochs
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.errors import StoreError, StoreNotFoundError
@@ -93,7 +93,7 @@ def inside(loc: Location, rel: str) -> str:
     return norm
 
 
-class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
+class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
     """The records of one split; see :func:`shards`."""
 
     def __init__(self, url: str, split: str, *, shuffle: bool = False, seed: int = 0,
@@ -109,29 +109,11 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
         self.shuffle, self.seed, self.buffer = bool(shuffle), int(seed), max(0, int(buffer))
         self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
         self.rank, self.world_size = rank, world_size
-        # epoch bookkeeping, as in PatchStream: which positions of _consumed_epoch were seen
-        self.epoch, self._passes = int(epoch), 0
-        self._consumed = np.zeros(self.length, dtype=bool)
-        self._consumed_epoch: int | None = None
-        self._finished = False
+        self._init_epochs(epoch)
 
-    def __len__(self) -> int:
-        return self.length
-
-    # Epochs, shares, consumption and the tracking-loader hooks are PatchStream's own
-    # methods: they only use the attributes set above, so both keep one set of rules.
-    set_epoch = PatchStream.set_epoch
-    _world = PatchStream._world
-    consumer = PatchStream.consumer
-    quota = PatchStream.quota
-    batches = PatchStream.batches
-    _begin_epoch = PatchStream._begin_epoch
-    mark_consumed = PatchStream.mark_consumed
-    loader = PatchStream.loader
-    start_pass = PatchStream.start_pass
-    advance_pass = PatchStream.advance_pass
-    mark_batch = PatchStream.mark_batch
-    end_pass = PatchStream.end_pass
+    def identity(self) -> dict[str, Any]:
+        """What a saved state must match to resume this stream."""
+        return {"split": self.split, "seed": self.seed, "length": self.length}
 
     def block_order(self, epoch: int) -> np.ndarray:
         n = len(self.paths)
@@ -143,9 +125,7 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
                                 consumer, consumers, drop_last=self.drop_last)
 
     def __iter__(self) -> Iterator[Record]:
-        epoch = self.epoch + self._passes
-        self._passes += 1
-        self._begin_epoch(epoch)
+        epoch = self._next_pass()
         me, consumers = self.consumer()
         records = self._read(self.assignment(epoch, me, consumers))
         if self.shuffle and self.buffer > 0:
@@ -208,29 +188,6 @@ class ShardStream(StreamBase):  # type: ignore[misc,valid-type]
         if seen <= last:
             raise StoreError(f"{url}: holds {seen} records, index.json lists {n}; "
                              "run cloudmic verify on the dataset")
-
-    # ---- resume ----
-    def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
-        """Where this epoch stands (JSON-safe): the consumed positions of every rank,
-        gathered with ``torch.distributed`` when it is initialized and ``gather``."""
-        consumed = distribute.gather_or(self._consumed) if gather else self._consumed
-        epoch = self._consumed_epoch if self._consumed_epoch is not None else (
-            self.epoch + self._passes)
-        return {"version": 1, "split": self.split, "seed": self.seed, "epoch": epoch,
-                "length": self.length, "consumed": distribute.encode_bitmap(consumed),
-                "count": int(consumed.sum())}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the epoch of ``state``: the next pass yields only what was not consumed,
-        split over however many ranks and workers run now."""
-        for key in ("split", "seed", "length"):
-            if state.get(key) != getattr(self, key):
-                raise ValueError(f"state_dict is for {key}={state.get(key)!r}, this stream has "
-                                 f"{getattr(self, key)!r}: build the stream as it was built")
-        self._consumed = distribute.decode_bitmap(state["consumed"], self.length)
-        self.epoch, self._passes = int(state["epoch"]), 0
-        self._consumed_epoch, self._finished = self.epoch, False
-
 
 def _copies(rec: Record, kept: int, pads: int) -> Iterator[Record]:
     """The record ``kept`` times, then ``pads`` flagged repeats with arrays of their own

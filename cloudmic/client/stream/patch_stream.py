@@ -8,6 +8,7 @@ shuffles over a pool of blocks. The class only wires the parts together:
 - ``plan``: groups, variables and blocks (from the consolidated metadata);
 - ``sampling``: where patches are cut and the block order, pure functions of (seed, epoch);
 - ``distribute``: equal shares for every rank and worker, and the consumed bitmap;
+- ``epochs``: passes, epochs, consumption and resume (shared with ``shards``);
 - ``reader``: block reads with cache, retries and error policy, cut into arrays;
 - ``pool``: the rolling shuffle pool and batch assembly;
 - ``torch_adapter``: the DataLoader that keeps the bookkeeping in step;
@@ -26,18 +27,14 @@ import numpy as np
 
 from cloudmic.client.metadata import read_store_metadata
 from cloudmic.client.stream import distribute, plan, pool
+from cloudmic.client.stream.epochs import Epochs
 from cloudmic.client.stream.reader import BlockReader, Cut, ReadSpec
 from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rng, tiles
-from cloudmic.client.stream.torch_adapter import (
-    StreamBase,
-    TrackingLoader,
-    get_worker_info,
-    worker,
-)
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.storage.location import Location
 
 
-class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
+class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
     """Aligned patches of several variables, ``patches_per_sample`` per sample per epoch.
 
     ``group`` is a group path (``"train"``), a glob (``"CCPs/*"``) or a list of them.
@@ -132,33 +129,14 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
                              cache_bytes, on_error, float(retry_seconds))
         self.length = int(self.spec.offsets[-1])
         self.reader = BlockReader(self.spec, self.sampler)
-        # epoch bookkeeping: which positions of _consumed_epoch were seen by this process
-        # (None: none yet; a million-item stream then pickles as small as a tiny one)
-        self.epoch, self._passes = 0, 0
-        self._consumed: np.ndarray | None = None
-        self._consumed_epoch: int | None = None
-        self._finished = False  # a pass over _consumed_epoch ran to its end here
+        self._init_epochs()
 
-    def __len__(self) -> int:
-        return self.length
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start epoch ``epoch`` on the next pass. Each further pass without a call counts
-        as the next epoch: persistent DataLoader workers hold their own copy of the
-        stream, which ``set_epoch`` in the parent never reaches, and still move on."""
-        self.epoch, self._passes = int(epoch), 0
+    def identity(self) -> dict[str, Any]:
+        """What a saved state must match to resume this stream."""
+        return {"seed": self.seed, "length": self.length,
+                "patches_per_sample": self.patches_per_sample}
 
     # ---- who reads what ----
-    def _world(self) -> tuple[int, int]:
-        """(rank, world size): explicit, else torch.distributed, else RANK/WORLD_SIZE."""
-        if self.rank is not None or self.world_size is not None:
-            return int(self.rank or 0), int(self.world_size or 1)
-        return distribute.world()
-
-    def consumer(self) -> tuple[int, int]:
-        """(this consumer's index, consumers in total): ranks x DataLoader workers."""
-        return distribute.consumer_index(*self._world(), *worker())
-
     def block_order(self, epoch: int) -> np.ndarray:
         return block_order(self.seed, epoch, len(self.spec.blocks), self.shuffle)
 
@@ -167,21 +145,6 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
         consumed, consumer, consumers), the same number of items for every consumer."""
         return distribute.share(self.block_order(epoch), self.spec.offsets, self._consumed,
                                 consumer, consumers, drop_last=self.drop_last)
-
-    def quota(self, workers: int | None = None) -> int:
-        """Items every consumer yields in the coming pass (``workers``: loader workers per
-        rank, by default as detected here)."""
-        consumers = self._world()[1] * (workers or worker()[1])
-        epoch = self.epoch + self._passes
-        resumed = self._consumed_epoch == epoch and not self._finished
-        done = int(self._consumed.sum()) if resumed and self._consumed is not None else 0
-        open_items = self.length - done
-        return distribute.quota(open_items, consumers, self.drop_last)
-
-    def batches(self, workers: int = 1) -> int:
-        """Batches one rank yields in the coming pass with ``workers`` loader workers."""
-        q, size = self.quota(max(1, workers)), self.batch_size or 1
-        return max(1, workers) * (q // size if self.drop_partial else -(-q // size))
 
     # ---- iteration ----
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -203,9 +166,7 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
     def pass_rows(self) -> Iterator[pool.Draw]:
         """Start the next pass (the next epoch, or the resumed one) and return this
         consumer's rows of it, in order; ``Mix`` draws from these."""
-        epoch = self.epoch + self._passes
-        self._passes += 1
-        self._begin_epoch(epoch)
+        epoch = self._next_pass()
         me, consumers = self.consumer()
         takes = self.assignment(epoch, me, consumers)
         shuffle = rng(self.seed, epoch, "shuffle", me, consumers) if self.shuffle else None
@@ -232,67 +193,6 @@ class PatchStream(StreamBase):  # type: ignore[misc,valid-type]
             cut = last[0]
             for k in range(want - got):
                 yield _as_pad(cut), k % len(cut)
-
-    # ---- resume: which positions of the epoch were consumed ----
-    def _begin_epoch(self, epoch: int) -> None:
-        """Consumption is tracked per epoch: a new epoch, or a finished one run again, starts
-        with nothing consumed; a resumed one keeps what ``load_state_dict`` gave it."""
-        if self._consumed_epoch != epoch or self._finished:
-            self._consumed = None
-            self._consumed_epoch, self._finished = epoch, False
-
-    def mark_consumed(self, positions: Any, pad: Any = None) -> None:
-        """Record items the training loop received (``batch["position"]``, and
-        ``batch["pad"]`` to leave out the padding repeats); :meth:`loader` does it for you."""
-        pos = np.asarray(positions, dtype=np.int64).ravel()
-        if pad is not None:
-            pos = pos[~np.asarray(pad, dtype=bool).ravel()]
-        if self._consumed is None:
-            self._consumed = np.zeros(self.length, dtype=bool)
-        self._consumed[pos] = True
-
-    def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
-        """Where this epoch stands: the consumed positions of every rank (gathered with
-        ``torch.distributed`` when it is initialized and ``gather``) plus what the positions
-        mean (seed, epoch, length). Save it from any rank; all ranks return the same."""
-        consumed = self._consumed if self._consumed is not None else np.zeros(self.length, bool)
-        consumed = distribute.gather_or(consumed) if gather else consumed
-        epoch = self._consumed_epoch if self._consumed_epoch is not None else (
-            self.epoch + self._passes)
-        return {"version": 1, "seed": self.seed, "epoch": epoch, "length": self.length,
-                "patches_per_sample": self.patches_per_sample,
-                "consumed": distribute.encode_bitmap(consumed), "count": int(consumed.sum())}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Continue the epoch of ``state``: the next pass yields only what was not consumed,
-        split over however many ranks and workers run now."""
-        for key in ("seed", "length", "patches_per_sample"):
-            if state[key] != getattr(self, key):
-                raise ValueError(f"state_dict is for {key}={state[key]!r}, this stream has "
-                                 f"{getattr(self, key)!r}: build the stream as it was built")
-        self._consumed = distribute.decode_bitmap(state["consumed"], self.length)
-        self.epoch, self._passes = int(state["epoch"]), 0
-        self._consumed_epoch, self._finished = self.epoch, False
-
-    def loader(self, batch_size: int, num_workers: int = 0, **kwargs: Any) -> TrackingLoader:
-        """A ``torch.utils.data.DataLoader`` over this stream: batches assembled in the
-        stream (or its workers), every batch marked consumed as the loop receives it, so
-        :meth:`state_dict` is exact. ``kwargs`` go to the DataLoader (``pin_memory``,
-        ``persistent_workers``, ``prefetch_factor``); ``drop_last`` drops partial batches."""
-        return TrackingLoader(self, batch_size, num_workers, **kwargs)
-
-    # ---- hooks of the tracking loader (torch_adapter.Consumable) ----
-    def start_pass(self) -> None:
-        self._begin_epoch(self.epoch + self._passes)
-
-    def advance_pass(self) -> None:
-        self._passes += 1
-
-    def mark_batch(self, batch: Mapping[str, Any]) -> None:
-        self.mark_consumed(batch["position"], batch["pad"])
-
-    def end_pass(self) -> None:
-        self._finished = True
 
 
 def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
