@@ -15,9 +15,14 @@ embedded store (`cloudmic store up`), as everywhere in cloudmic.
     torchrun --standalone --nproc_per_node=2 examples/train_unet.py --feed-only --epochs 1
 
 gloo on CPU, nccl (one GPU per rank) when CUDA is there. A training run ends by printing
-the samples/s it trained at and the samples/s its step would consume if data were instant;
-`--feed-only` prints the samples/s the stream delivers without the model. If the stream
-delivers more than the step consumes, the GPU never waits for data.
+the samples/s it trained at and the samples/s one rank's step would consume if data were
+instant; `--feed-only` prints the samples/s the stream delivers without the model, in all
+and per loader core (a rank's DataLoader worker, or the rank itself with `--workers 0`).
+One GPU's step is kept fed by (step alone per rank) / (per loader core) loader cores.
+
+Every rank gets the same number of batches (the stream pads short shares by repeating
+items, flagged in `batch["pad"]`), so the loop needs no end-of-epoch coordination: padding
+repeats are trained on, as with DistributedSampler, and never counted as consumed.
 """
 
 from __future__ import annotations
@@ -87,21 +92,6 @@ def store_facts(url: str) -> tuple[int, float]:
     return int(ratio), float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
 
 
-def lockstep(loader, device: torch.device):
-    """This rank's batches, then ``None`` while other ranks still have some: every rank makes
-    the same number of steps (ranks hold whole blocks, so their shares differ), and DDP's
-    gradient all-reduce and the collective ``stream.state_dict()`` of a checkpoint always
-    meet. torch's ``Join`` does the former but cannot shadow the latter."""
-    it = iter(loader)
-    while True:
-        batch = next(it, None)
-        more = torch.tensor([batch is not None], dtype=torch.int32, device=device)
-        dist.all_reduce(more, op=dist.ReduceOp.MAX)
-        if not more.item():
-            return
-        yield batch
-
-
 def save(path: Path, state: dict) -> None:
     """Write then rename: a crash mid-write leaves the previous checkpoint intact."""
     tmp = path.with_name(path.name + ".tmp")
@@ -121,10 +111,13 @@ def main(args: argparse.Namespace, device: torch.device) -> None:
     ratio, scale = store_facts(args.url)
     stream = cloudmic.PatchStream(args.url, "train", ["wf", "gt"],
                                   {"y": args.patch, "x": args.patch}, seed=args.seed)
-    # persistent workers: each epoch would otherwise spawn them again and reopen the store
-    # (seconds per epoch); their copies of the stream move on to the next epoch by themselves
+    # Batches are assembled in the stream and arrive as tensors. Persistent workers: each
+    # epoch would otherwise start them again and reopen the store (seconds per epoch); their
+    # copies of the stream move on to the next epoch by themselves. Pinned (page-locked) host
+    # memory lets .to(device, non_blocking=True) overlap the copy with compute.
+    pin = device.type == "cuda" if args.pin_memory is None else args.pin_memory
     loader = stream.loader(args.batch_size, num_workers=args.workers,
-                           persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+                           persistent_workers=args.workers > 0, pin_memory=pin)
     torch.manual_seed(args.seed)  # DDP broadcasts rank 0's weights anyway
     model = TinyUNet(args.width, ratio).to(device)
     ddp = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -158,24 +151,18 @@ def main(args: argparse.Namespace, device: torch.device) -> None:
         epoch = e
         stream.set_epoch(epoch)
         t0 = time.perf_counter()
-        for batch in lockstep(loader, device):
+        for batch in loader:  # the same number of batches on every rank: DDP never waits
             t1 = time.perf_counter()
-            if batch is None:  # no data left here: a zero-weighted step keeps DDP in step
-                wf = torch.zeros(1, 1, args.patch, args.patch, device=device)
-                gt = torch.zeros(1, 1, args.patch * ratio, args.patch * ratio, device=device)
-                weight = 0.0
-            else:
-                wf = batch["wf"].to(device, non_blocking=True).unsqueeze(1).float() / scale
-                gt = batch["gt"].to(device, non_blocking=True).unsqueeze(1).float() / scale
-                weight = 1.0
+            wf = batch["wf"].to(device, non_blocking=True).unsqueeze(1).float() / scale
+            gt = batch["gt"].to(device, non_blocking=True).unsqueeze(1).float() / scale
             if not args.feed_only:
-                loss = F.mse_loss(ddp(wf), gt) * weight
+                loss = F.mse_loss(ddp(wf), gt)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum, loss_n = loss_sum + loss.detach(), loss_n + int(weight)
+                loss_sum, loss_n = loss_sum + loss.detach(), loss_n + 1
             step += 1
-            meter.add(len(wf) * weight, t1 - t0, time.perf_counter() - t1)
+            meter.add(len(wf), int(batch["pad"].sum()), t1 - t0, time.perf_counter() - t1)
             if step % args.log_every == 0:
                 now = time.perf_counter()
                 n, lsum, ln = total(meter.seen - logged, float(loss_sum), loss_n)
@@ -194,31 +181,63 @@ def main(args: argparse.Namespace, device: torch.device) -> None:
     if not args.feed_only and last_ckpt != step:
         checkpoint(epoch)
 
-    # the slowest rank sets the pace of all (DDP waits for it at every step)
-    n, = total(meter.samples)
+    # samples the loaders delivered (padding repeats included: they were read and trained
+    # on); the slowest rank sets the pace of all (DDP waits for it at every step)
+    n, pads, cpu = total(meter.samples, meter.pads, meter.cpu())
     wall, busy = total(meter.wait + meter.busy, meter.busy, op=dist.ReduceOp.MAX)
-    if args.feed_only:
-        log.info("feed-only: the stream delivers %.1f samples/s (%d rank(s) x %d worker(s))",
-                 n / max(wall, 1e-9), dist.get_world_size(), args.workers)
+    ranks = dist.get_world_size()
+    rate = n / max(wall, 1e-9)
+    if args.feed_only:  # the ranks only load: their CPU time (with workers') is the loader's
+        log.info("feed-only: the stream delivers %.1f samples/s (%d of them padding repeats) "
+                 "with %d rank(s) x %d worker(s), busy on %.2f CPU cores: %.1f samples/s per "
+                 "loader core", rate, pads, ranks, args.workers, cpu / max(wall, 1e-9),
+                 n / max(cpu, 1e-9))
     else:
         log.info("done at epoch %d step %d: trained at %.1f samples/s; the step alone consumes "
-                 "%.1f samples/s (waited for data %.0f%% of the time)", epoch, step,
-                 n / max(wall, 1e-9), n / max(busy, 1e-9), 100 * (1 - busy / max(wall, 1e-9)))
+                 "%.1f samples/s per rank (waited for data %.0f%% of the time)", epoch, step,
+                 rate, n / ranks / max(busy, 1e-9), 100 * (1 - busy / max(wall, 1e-9)))
 
 
 class Meter:
-    """Samples, seconds waiting for data and seconds stepping, from the second step on: the
-    first pays for spawning workers, opening the store and DDP's first all-reduce."""
+    """Samples delivered (and padding repeats among them), seconds waiting for data and
+    seconds stepping, from the second step on: the first pays for starting workers, opening
+    the store and DDP's first all-reduce."""
 
     def __init__(self) -> None:
-        self.steps, self.seen = 0, 0.0  # seen: all samples, for the log lines
-        self.samples = self.wait = self.busy = 0.0
+        self.steps, self.seen = 0, 0  # seen: all samples, for the log lines
+        self.samples = self.pads = 0
+        self.wait = self.busy = self.cpu0 = 0.0
 
-    def add(self, samples: float, wait: float, busy: float) -> None:
+    def add(self, samples: int, pads: int, wait: float, busy: float) -> None:
         self.steps, self.seen = self.steps + 1, self.seen + samples
         if self.steps > 1:
-            self.samples, self.wait, self.busy = (self.samples + samples, self.wait + wait,
-                                                  self.busy + busy)
+            self.samples, self.pads = self.samples + samples, self.pads + pads
+            self.wait, self.busy = self.wait + wait, self.busy + busy
+        else:
+            self.cpu0 = tree_cpu_seconds()
+
+    def cpu(self) -> float:
+        """CPU seconds this rank and its loader workers used since the first step."""
+        return tree_cpu_seconds() - self.cpu0 if self.steps > 1 else float("nan")
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its descendants (the loader workers are
+    children of its forkserver child), from Linux ``/proc``; NaN elsewhere. Unlike a wall
+    clock rate it says what loading costs, however many other jobs share the machine."""
+    parent, ticks = {}, {}
+    if not Path("/proc/self/stat").exists():
+        return float("nan")
+    for p in Path("/proc").glob("[0-9]*"):
+        try:  # after "(comm)": state ppid ... utime (12th) stime (13th), all threads
+            f = (p / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # exited meanwhile
+            continue
+        parent[int(p.name)], ticks[int(p.name)] = int(f[1]), int(f[11]) + int(f[12])
+    mine = {os.getpid()}
+    while more := {pid for pid, pp in parent.items() if pp in mine} - mine:
+        mine |= more
+    return sum(ticks[pid] for pid in mine) / os.sysconf("SC_CLK_TCK")
 
 
 def parse_args() -> argparse.Namespace:
@@ -237,6 +256,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--ckpt-every", type=int, default=200, help="steps")
     p.add_argument("--resume", type=Path, help="a checkpoint to continue from")
     p.add_argument("--feed-only", action="store_true", help="stream and batch, no model")
+    p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction,
+                   help="DataLoader pin_memory (default: on with CUDA)")
     args = p.parse_args()
     if args.patch % 4:
         p.error(f"--patch {args.patch}: the U-Net pools twice, use a multiple of 4")

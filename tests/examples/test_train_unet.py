@@ -1,7 +1,8 @@
 """examples/train_unet.py as a user runs it: ``torchrun`` with 2 ranks on gloo trains a few
 steps and checkpoints, then 1 rank with a loader worker resumes mid-epoch from the
 checkpoint and finishes the epoch; ``--feed-only`` (as plain ``python``, without torchrun)
-reports what the stream delivers."""
+reports what the stream delivers, in all and per loader core. Batches reach the loop as
+tensors, pinned on request (on CPU torch only warns that there is nothing to pin into)."""
 
 from __future__ import annotations
 
@@ -69,11 +70,11 @@ def test_the_model_follows_the_gt_scale_of_the_store(stores):
 def test_train_on_two_ranks_then_resume_mid_epoch_on_one(stores, tmp_path):
     url, ckpt = stores["uint16"], tmp_path / "unet.pt"
     out = _torchrun(2, "--url", url, *TINY, "--workers", "0", "--steps", "3",
-                    "--ckpt-every", "2", "--ckpt", str(ckpt))
+                    "--ckpt-every", "2", "--ckpt", str(ckpt), "--pin-memory")
     losses = [float(x) for x in re.findall(r"step \d+ loss (\S+)", out)]
     assert len(losses) == 3 and all(math.isfinite(v) and v > 0 for v in losses), out
-    assert re.search(r"trained at [\d.]+ samples/s; the step alone consumes [\d.]+ samples/s",
-                     out), out
+    assert re.search(r"trained at [\d.]+ samples/s; the step alone consumes [\d.]+ samples/s "
+                     r"per rank", out), out
     assert out.count("checkpoint ") == 2  # every 2 steps and at the end
     assert ckpt.exists() and not ckpt.with_name("unet.pt.tmp").exists()
     first = torch.load(ckpt, weights_only=True)
@@ -92,5 +93,12 @@ def test_train_on_two_ranks_then_resume_mid_epoch_on_one(stores, tmp_path):
     assert last["optimizer"]["state"][0]["step"] == 7  # AdamW's own count went on too
     assert any(not torch.equal(last["model"][k], first["model"][k]) for k in first["model"])
 
-    out = _torchrun(0, "--url", url, *TINY, "--workers", "0", "--feed-only")
-    assert re.search(r"feed-only: the stream delivers [\d.]+ samples/s", out), out
+    # a persistent loader worker over two epochs, pinned batches
+    out = _torchrun(0, "--url", url, *TINY, "--workers", "1", "--feed-only", "--pin-memory",
+                    "--epochs", "2")
+    m = re.search(r"feed-only: the stream delivers ([\d.]+) samples/s \(0 of them padding "
+                  r"repeats\) with 1 rank\(s\) x 1 worker\(s\), busy on ([\d.]+) CPU cores: "
+                  r"([\d.]+) samples/s per loader core", out)
+    # per loader core: samples per CPU second of the rank and its worker (Linux /proc)
+    assert m and float(m[1]) > 0 and float(m[2]) > 0 and float(m[3]) > 0, out
+    assert "epoch 1 done at step 20" in out  # 2 epochs of 10 batches of 4
