@@ -34,15 +34,31 @@ class VarPlan:
     axes: tuple[int, ...]  # the array axes the patch dims map to
     scale: tuple[Fraction, ...]  # this grid's pixels per reference pixel, per patch dim
 
-    def window(self, origin: Sequence[int], patch: Sequence[int], stacked: bool) -> tuple:
-        """The slice of one sample's array (the sample axis removed when stacked) holding
-        the patch at ``origin`` (reference pixels)."""
-        shift = 1 if stacked else 0
-        out = [slice(None)] * (len(self.meta.shape) - shift)
-        for k, a in enumerate(self.axes):
-            lo = int(origin[k] * self.scale[k])
-            out[a - shift] = slice(lo, lo + int(patch[k] * self.scale[k]))
-        return tuple(out)
+    def starts(self, origins: np.ndarray) -> np.ndarray:
+        """Window corners on this grid, (items, patch dims), for origins in reference
+        pixels: exact integers, as origins lie on a grid every variable can be cut at."""
+        num = np.array([s.numerator for s in self.scale], dtype=np.int64)
+        den = np.array([s.denominator for s in self.scale], dtype=np.int64)
+        return origins * num // den
+
+    def cut(self, block: np.ndarray, samples: np.ndarray, origins: np.ndarray,
+            patch: Sequence[int], stacked: bool) -> np.ndarray:
+        """The windows at ``origins`` of ``block[samples]`` (``block`` has a leading sample
+        axis), as one array (items, *item shape): a single gather through a strided view
+        when the patch takes every axis but the sample one, else one slice per item."""
+        shape = self.patch_shape(patch, stacked)
+        axes = tuple(a + (0 if stacked else 1) for a in self.axes)  # axes of ``block``
+        starts = self.starts(origins)
+        if axes == tuple(range(1, block.ndim)):
+            view = np.lib.stride_tricks.sliding_window_view(block, shape, axis=axes)
+            return view[(samples, *starts.T)]
+        out = np.empty((len(samples), *shape), block.dtype)
+        for k, (j, lo) in enumerate(zip(samples, starts, strict=True)):
+            window = [slice(None)] * (block.ndim - 1)
+            for a, x in zip(axes, lo, strict=True):
+                window[a - 1] = slice(int(x), int(x) + shape[a - 1])
+            out[k] = block[j][tuple(window)]
+        return out
 
     def patch_shape(self, patch: Sequence[int], stacked: bool) -> tuple[int, ...]:
         """Shape of one item of this variable (non-patch axes kept whole)."""

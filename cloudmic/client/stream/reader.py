@@ -200,12 +200,8 @@ class BlockReader:
         pps = self.spec.per_sample[block.group]
         j, p = take.rows // pps, take.rows % pps
         origin = self.sampler.origins(epoch, block)[j, p]
-        arrays = {}
-        for plan, arr in zip(g.plans, data, strict=True):
-            out = np.empty((len(j), *plan.patch_shape(self.spec.patch, g.stacked)), arr.dtype)
-            for k in range(len(j)):
-                out[k] = arr[j[k]][plan.window(origin[k], self.spec.patch, g.stacked)]
-            arrays[plan.name] = out
+        arrays = {plan.name: plan.cut(arr, j, origin, self.spec.patch, g.stacked)
+                  for plan, arr in zip(g.plans, data, strict=True)}
         index = block.start + j
         keys = [_key(g, stems, block.start, int(jk), int(pk), pps)
                 for jk, pk in zip(j, p, strict=True)]
