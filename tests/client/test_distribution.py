@@ -189,3 +189,17 @@ def test_shards_cover_the_split_exactly_once_over_ranks(url, monkeypatch):
                                                            epoch=1, buffer=8)]
     assert order != [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True,
                                                            epoch=2, buffer=8)]
+
+
+def test_streams_reading_in_threads_leave_zarrs_config_as_it_was(url):
+    """Readers open arrays with the zarrs pipeline on several threads at once (a Mix: two
+    streams, each reading ahead); zarr's global config must come out unchanged, or a later
+    ingest in the same process writes through zarrs (not byte-reproducible)."""
+    import zarr
+
+    before = zarr.config.get("codec_pipeline.path")
+    for seed in range(4):
+        m = cloudmic.Mix([cloudmic.PatchStream(url, g, ["wf"], PATCH, seed=seed, prefetch=4)
+                          for g in ("train", "validate", "train")], seed=seed)
+        assert len(list(m)) == len(m)
+    assert zarr.config.get("codec_pipeline.path") == before

@@ -15,6 +15,8 @@ import re
 import threading
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -121,10 +123,9 @@ class BlockReader:
         if self._store is None:
             self._store = Location(self.spec.url, self.spec.storage_options).zarr_store(
                 read_only=True)
-        cfg = {"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"} if (
-            self.spec.codec_pipeline == "zarrs") else {}
         g = self.spec.groups[gi]
-        with zarr.config.set(cfg), warnings.catch_warnings():  # the pipeline binds at open
+        with codec_pipeline(ZARRS if self.spec.codec_pipeline == "zarrs" else DEFAULT), \
+                warnings.catch_warnings():  # the pipeline binds at open
             # zarrs rebuilds the obstore store on its side; it says so once per array
             warnings.filterwarnings("ignore", message="Successfully reconstructed a store")
             zg = zarr.open_group(self._store, mode="r", path=g.path, zarr_format=3)
@@ -226,6 +227,24 @@ class BlockReader:
                 delay = min(delay * 2, 4.0)
 
 
+ZARRS = "zarrs.ZarrsCodecPipeline"
+DEFAULT = "zarr.core.codec_pipeline.BatchedCodecPipeline"
+_CONFIG = threading.Lock()
+
+
+@contextmanager
+def codec_pipeline(path: str) -> Iterator[None]:
+    """Open arrays with this codec pipeline (an array binds it when opened). zarr's config
+    is process-global and its ``set`` restores what it saw on entry: two threads setting it
+    at once can leave it changed for good (and an ingest in the same process would then
+    write through zarrs, whose inner-chunk order varies run to run). So every change here
+    is serialized, and lasts only while the arrays open."""
+    import zarr
+
+    with _CONFIG, zarr.config.set({"codec_pipeline.path": path}):
+        yield
+
+
 def read_whole_shards(a: Any, start: int, stop: int) -> np.ndarray:
     """``a[start:stop]`` with one GET per shard object.
 
@@ -256,9 +275,9 @@ def read_whole_shards(a: Any, start: int, stop: int) -> np.ndarray:
         buf = sync(sp.store.get(f"{sp.path}/{key}" if sp.path else key, prototype=proto))
         if buf is not None:  # a missing object holds only the fill value
             objects[key] = buf
-    default = {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
-    with zarr.config.set(default):  # in memory: zarr's own pipeline
-        return zarr.open_array(MemoryStore(objects), mode="r")[start:stop]
+    with codec_pipeline(DEFAULT):  # in memory: zarr's own pipeline
+        arr = zarr.open_array(MemoryStore(objects), mode="r")
+    return arr[start:stop]
 
 
 def _key(g: GroupPlan, stems: np.ndarray | None, start: int, j: int, p: int, pps: int) -> str:
