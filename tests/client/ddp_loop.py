@@ -119,6 +119,9 @@ def main() -> None:
     for i, url in enumerate(args.urls):
         run(args, ddp, opt, url, args.stop_after[i] if args.stop_after else None,
             args.resume[i] if args.resume else None, args.out / str(i))
+    # every rank done before gloo is torn down: a rank leaving while another still talks
+    # to it aborted once at exit (SIGABRT, after all batches, results written)
+    dist.barrier()
     dist.destroy_process_group()
 
 
