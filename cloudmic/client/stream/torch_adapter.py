@@ -118,7 +118,8 @@ def as_tensors(obj: Any, min_bytes: int = 0) -> Any:
     return obj
 
 
-PRELOAD = ["torch", "numpy", "zarr", "zarrs", "obstore", "cloudmic.client.stream"]
+PRELOAD = ["torch", "numpy", "zarr", "zarrs", "obstore", "cloudmic.client.stream.mix",
+           "cloudmic.client.shards"]
 
 
 def forkserver() -> Any:
