@@ -21,7 +21,7 @@ import numpy as np
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from cloudmic.client.stream import distribute
-from cloudmic.client.stream.epochs import Epochs
+from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.errors import StoreError, StoreNotFoundError
@@ -113,7 +113,8 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
 
     def identity(self) -> dict[str, Any]:
         """What a saved state must match to resume this stream."""
-        return {"split": self.split, "seed": self.seed, "length": self.length}
+        return {"split": self.split, "seed": self.seed, "length": self.length,
+                "layout": layout_fingerprint(self.paths)}
 
     def block_order(self, epoch: int) -> np.ndarray:
         n = len(self.paths)

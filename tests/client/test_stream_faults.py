@@ -53,6 +53,19 @@ def test_on_error_skip_warns_and_streams_the_rest(damaged):
     assert len(items) == 40  # the skipped block is made up with flagged repeats: DDP holds
 
 
+def test_a_share_that_is_all_damaged_raises_instead_of_hanging_ddp(damaged):
+    """Rank 1 of 5 holds exactly the damaged block: it has nothing to pad with, and a rank
+    that yields fewer batches than the others would hang DDP, so it says so."""
+    stream = cloudmic.PatchStream(damaged, "train", ["wf"], PATCH, on_error="skip",
+                                  shuffle=False, rank=1, world_size=5)
+    with pytest.warns(RuntimeWarning, match="skipped"), \
+            pytest.raises(StoreError, match="every block of this consumer's share"):
+        list(stream)
+    ok = cloudmic.PatchStream(damaged, "train", ["wf"], PATCH, on_error="skip", shuffle=False,
+                              rank=0, world_size=5)
+    assert len(list(ok)) == 8
+
+
 def test_unknown_on_error_policy(local_root):
     with pytest.raises(ValueError, match="on_error"):
         cloudmic.PatchStream(str(local_root / "biosr.zarr"), "train", ["wf"], PATCH,

@@ -22,7 +22,7 @@ def cluster_reads(scheduler: str, reader: BlockReader, takes: list[Take],
     from distributed import Client
 
     with Client(scheduler, set_as_default=False) as client:
-        remote = client.scatter(reader, broadcast=True)  # opens its store once per worker
+        remote = client.scatter(reader, broadcast=True)  # opens its store once per worker, per pass
         futures = []
 
         def submit(k: int) -> Any:

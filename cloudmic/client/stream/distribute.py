@@ -69,7 +69,8 @@ def consumer_index(rank: int, world_size: int, worker: int, workers: int) -> tup
     """(this consumer's index, consumers in total), worker-major: with few items, every
     rank's first worker gets a run before any rank's second worker does."""
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside a world of {world_size}")
+        raise ValueError(f"rank {rank} is outside a world of {world_size}; pass world_size= "
+                         "with rank= (or neither, under torchrun)")
     return worker * world_size + rank, world_size * workers
 
 

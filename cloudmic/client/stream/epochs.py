@@ -10,6 +10,7 @@ workers. The shares themselves come from ``distribute.share``.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,12 @@ import numpy as np
 
 from cloudmic.client.stream import distribute
 from cloudmic.client.stream.torch_adapter import TrackingLoader, worker
+
+
+def layout_fingerprint(parts: Any) -> str:
+    """A short digest of what the positions of an epoch refer to (groups and block sizes, or
+    shard paths): a state saved for another layout of the same length is refused."""
+    return f"{zlib.crc32(chr(10).join(parts).encode()):08x}"
 
 
 class Epochs:
@@ -94,7 +101,8 @@ class Epochs:
     def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
         """Where this epoch stands (JSON-safe): the consumed positions of every rank
         (gathered with ``torch.distributed`` when it is initialized and ``gather``) and what
-        they mean. Save it from any rank; all ranks return the same."""
+        they mean. With ``gather`` it is a collective: call it on every rank (all return the
+        same), save the result from one."""
         consumed = self._consumed if self._consumed is not None else np.zeros(self.length, bool)
         consumed = distribute.gather_or(consumed) if gather else consumed
         epoch = self._consumed_epoch if self._consumed_epoch is not None else (
@@ -106,6 +114,8 @@ class Epochs:
         """Continue the epoch of ``state``: the next pass yields only what was not consumed,
         split over however many ranks and workers run now."""
         for key, value in self.identity().items():
+            if key == "layout" and key not in state:  # states saved before it was recorded
+                continue
             if state.get(key) != value:
                 raise ValueError(f"state_dict is for {key}={state.get(key)!r}, this stream has "
                                  f"{value!r}: build the stream as it was built")

@@ -101,7 +101,7 @@ class Mix(StreamBase):  # type: ignore[misc,valid-type]
                picks: Iterator[int]) -> Iterator[tuple[pool.Draw, int]]:
         for k in picks:
             d = next(rows[k], None)
-            if d is None:  # a source ran short (every block of it damaged and skipped)
+            if d is None:  # cannot happen: every source yields exactly its quota
                 return
             yield d, k
 
@@ -115,7 +115,8 @@ class Mix(StreamBase):  # type: ignore[misc,valid-type]
     def batches(self, workers: int = 1) -> int:
         """Batches one rank yields in the coming pass with ``workers`` loader workers."""
         quotas = [s.quota(workers) for s in self.streams]
-        n = sum(1 for _ in self._picks(self.epoch + self._passes, quotas))
+        n = sum(q for q, w in zip(quotas, self.weights, strict=True) if w > 0) if (
+            self.until == "all") else sum(1 for _ in self._picks(self.epoch + self._passes, quotas))
         size = self.batch_size or 1
         return max(1, workers) * (n // size if self.drop_partial else -(-n // size))
 
@@ -128,9 +129,9 @@ class Mix(StreamBase):  # type: ignore[misc,valid-type]
             s.mark_consumed(pos[src == k], pad[src == k])
 
     def state_dict(self, *, gather: bool = True) -> dict[str, Any]:
+        sources = [s.state_dict(gather=gather) for s in self.streams]
         return {"version": 1, "mix": len(self.streams), "seed": self.seed,
-                "epoch": self.epoch + max(self._passes - 1, 0),
-                "sources": [s.state_dict(gather=gather) for s in self.streams]}
+                "epoch": sources[0]["epoch"], "sources": sources}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("mix") != len(self.streams):

@@ -27,10 +27,11 @@ import numpy as np
 
 from cloudmic.client.metadata import read_store_metadata
 from cloudmic.client.stream import distribute, plan, pool
-from cloudmic.client.stream.epochs import Epochs
+from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.reader import BlockReader, Cut, ReadSpec
 from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rng, tiles
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
+from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
 
 
@@ -134,7 +135,9 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
     def identity(self) -> dict[str, Any]:
         """What a saved state must match to resume this stream."""
         return {"seed": self.seed, "length": self.length,
-                "patches_per_sample": self.patches_per_sample}
+                "patches_per_sample": self.patches_per_sample,
+                "layout": layout_fingerprint(f"{g.path}:{g.length}:{g.block}"
+                                             for g in self.spec.groups)}
 
     # ---- who reads what ----
     def block_order(self, epoch: int) -> np.ndarray:
@@ -189,6 +192,10 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
                                 shuffle):
                 got, last = got + 1, d
                 yield d
+        if want > got and last is None:  # nothing to repeat: a short rank would hang DDP
+            raise StoreError(f"{self.url}: every block of this consumer's share was skipped as "
+                             "unreadable, so its share cannot be made up with padding; run "
+                             "cloudmic verify on the dataset and ingest it again")
         if last is not None:
             cut = last[0]
             for k in range(want - got):

@@ -32,7 +32,7 @@ class Consumable(Protocol):
     """What a :class:`TrackingLoader` needs from a stream.
 
     ``batch_size``/``drop_partial`` make the stream yield whole batches (one array per
-    variable) instead of items; the four hooks keep the parent's copy of the stream, whose
+    variable) instead of items; the hooks keep the parent's copy of the stream, whose
     iteration runs in the workers, in step with the epochs and batches the loop received.
     """
 
@@ -63,7 +63,9 @@ class TrackingLoader:
 
     Workers start with ``forkserver``: forked from a clean server process, never from the
     training process (whose store clients and threads a fork would copy, STACK-NOTES).
-    ``drop_last=True`` drops each worker's last, partial batch.
+    ``drop_last=True`` drops each worker's last, partial batch. The loader sets the
+    stream's ``batch_size``: make one loader per stream (two loaders over one stream share
+    the last one's batch size).
     """
 
     def __init__(self, stream: Consumable, batch_size: int, num_workers: int = 0,
