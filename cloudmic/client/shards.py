@@ -20,7 +20,7 @@ from typing import IO, Any
 import numpy as np
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from cloudmic.client.stream import distribute
+from cloudmic.client.stream import distribute, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
@@ -132,7 +132,8 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         if self.shuffle and self.buffer > 0:
             records = shuffled(records, self.buffer,
                                rng(self.seed, epoch, "record-shuffle", me, consumers))
-        out = batched(records, self.batch_size, self.drop_partial) if self.batch_size else records
+        out = pool.batched(records, self.batch_size, self.drop_partial, collate) if (
+            self.batch_size) else records
         in_main = get_worker_info() is None  # without loader workers, yielded = consumed
         for x in out:
             if in_main:
@@ -211,17 +212,6 @@ def shuffled(items: Iterator[Record], size: int, r: np.random.Generator) -> Iter
             yield buf.pop()
     r.shuffle(buf)
     yield from buf
-
-
-def batched(items: Iterator[Record], size: int, drop_partial: bool) -> Iterator[Record]:
-    buf: list[Record] = []
-    for x in items:
-        buf.append(x)
-        if len(buf) == size:
-            yield collate(buf)
-            buf = []
-    if buf and not drop_partial:
-        yield collate(buf)
 
 
 def collate(items: Sequence[Record]) -> Record:

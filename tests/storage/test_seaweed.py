@@ -200,10 +200,16 @@ def test_stale_state_file_is_ignored_and_removed(tmp_path: Path) -> None:
     assert not (data / seaweed.STATE_FILE).exists()  # ... but the stale file is gone
 
 
-def test_timeout_error_names_the_log_and_cleans_up(tmp_path: Path) -> None:
+def test_timeout_error_names_the_log_and_cleans_up(tmp_path: Path, monkeypatch) -> None:
     data = tmp_path / "store"
+
+    def never_ready(client: object) -> None:  # a server that never accepts the probe write
+        raise ConnectionError("not ready")
+
+    # (timeout=0.0 alone raced: the first probe, retried by botocore, could already succeed)
+    monkeypatch.setattr(seaweed, "_probe_write", never_ready)
     with pytest.raises(StoreError, match="did not accept an S3 write") as err:
-        seaweed.up(data, timeout=0.0)
+        seaweed.up(data, timeout=0.5)
     assert str(data / seaweed.LOG_FILE) in str(err.value)
     assert seaweed.status(data) is None
     assert not (data / seaweed.STATE_FILE).exists()

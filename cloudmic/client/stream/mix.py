@@ -76,14 +76,8 @@ class Mix(StreamBase):  # type: ignore[misc,valid-type]
         drawn = self._drawn(rows, self._picks(epoch, quotas))
         in_main = get_worker_info() is None
         if self.batch_size:
-            buf: list[tuple[pool.Draw, int]] = []
-            for d in drawn:
-                buf.append(d)
-                if len(buf) == self.batch_size:
-                    yield self._batch(buf, in_main)
-                    buf = []
-            if buf and not self.drop_partial:
-                yield self._batch(buf, in_main)
+            yield from pool.batched(drawn, self.batch_size, self.drop_partial,
+                                    lambda buf: self._batch(buf, in_main))
         else:
             for d, k in drawn:
                 it = pool.item(d)

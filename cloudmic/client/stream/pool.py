@@ -91,16 +91,18 @@ def collate(rows: Sequence[Draw]) -> dict[str, Any]:
     return out
 
 
-def batched(rows: Iterator[Draw], size: int,
-            drop_partial: bool = False) -> Iterator[dict[str, Any]]:
-    buf: list[Draw] = []
+def batched(rows: Iterator[Any], size: int, drop_partial: bool = False,
+            make: Callable[[list[Any]], dict[str, Any]] = collate) -> Iterator[dict[str, Any]]:
+    """Batches of ``size`` (the last one shorter unless ``drop_partial``), each made by
+    ``make`` from its rows (``collate`` by default; ``shards`` and ``Mix`` bring their own)."""
+    buf: list[Any] = []
     for d in rows:
         buf.append(d)
         if len(buf) == size:
-            yield collate(buf)
+            yield make(buf)
             buf = []
     if buf and not drop_partial:
-        yield collate(buf)
+        yield make(buf)
 
 
 def _scalar(value: Any) -> Any:
