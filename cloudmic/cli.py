@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudmic import __version__
-from cloudmic.errors import CloudmicError
+from cloudmic.errors import CloudmicError, one_line
 
 log = logging.getLogger("cloudmic")
 
@@ -161,7 +161,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
           f"  source {_human(report.source_bytes)} in {report.source_files} files; "
           f"zarr {_human(report.zarr_bytes)} (compression {report.compression_ratio:.2f}x); "
           f"webdataset {_human(report.wds_bytes)}; {report.seconds:.1f} s "
-          f"({_human(report.source_bytes / report.seconds)}/s)")
+          f"({_human(report.source_bytes / report.seconds)}/s)\n"
+          f"  version {report.version}; plain xarray opens {report.url}")
     return 0
 
 
@@ -176,24 +177,29 @@ def cmd_ls(args: argparse.Namespace) -> int:
     if not listing["datasets"]:
         print(f"nothing published under {listing['root']} (see: cloudmic ingest --help)")
         return 0
-    print(f"{'dataset':<14}{'groups':<40}{'stored':>12}{'ratio':>8}  url")
+    print(f"{'dataset':<14}{'groups':<40}{'stored':>12}{'ratio':>8}  current version url")
     for name, d in listing["datasets"].items():
         groups = ", ".join(f"{g} {n}" for g, n in d["groups"].items())
         if len(groups) > 38:  # many splits (one per structure): summarise, --json has them all
             groups = f"{len(d['groups'])} splits, {sum(d['groups'].values())} samples"
         print(f"{name:<14}{groups:<40}{_human(d['stored_bytes']):>12}"
               f"{d['compression_ratio']:>7.2f}x  {d['url']}")
+        if d["versions"]:
+            older = [v for v in d["versions"] if v != d["version"]]
+            print(f"{'':<14}version {d['version']} (current)"
+                  + (f"; also kept: {', '.join(older)}" if older else ""))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     from cloudmic.client.describe import info
 
-    d = info(args.url)
+    d = info(args.url, version=args.version)
     if args.json:
         _print_json(d)
         return 0
-    print(f"{d['url']}: {d['title']}\n  license {d['license']}, created {d['created']}, "
+    print(f"{d['url']}: {d['title']}\n  version {d['version']}, published {d['published']}, "
+          f"license {d['license']}, "
           f"stored {_human(d['stored_bytes'])}, raw {_human(d['raw_bytes'])}, "
           f"compression {d['compression_ratio']}x")
     for gname, g in d["groups"].items():
@@ -215,13 +221,10 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from cloudmic.ingest.verify import verify_dataset
-    from cloudmic.storage.location import Location
+    from cloudmic.storage.versions import resolve
 
-    loc = Location.parse(args.url)
-    if not loc.url.endswith(".zarr"):
-        raise CloudmicError(f"{args.url}: pass a dataset URL, ROOT/<dataset>.zarr")
-    root = Location(loc.url.rsplit("/", 1)[0], loc.storage_options)
-    report = verify_dataset(root, loc.name.removesuffix(".zarr"), records=args.records)
+    ds = resolve(args.url, args.version)
+    report = verify_dataset(ds.base, ds.name, records=args.records)
     if args.json:
         _print_json(report.as_dict())
     else:
@@ -232,6 +235,37 @@ def cmd_verify(args: argparse.Namespace) -> int:
         for p in report.problems:
             print(f"FAIL  {p}")
     return 0 if report.ok else 1
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from cloudmic.ingest.gc import collect
+
+    report = collect(args.root, keep=args.keep, grace=_duration(args.grace),
+                     dry_run=args.dry_run)
+    if args.json:
+        _print_json(report.as_dict())
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for url in report.removed:
+        print(f"{verb} {url}")
+    for name, kept in report.kept.items():
+        print(f"{name}: keeps {len(kept)} version(s): {', '.join(kept)}")
+    if not report.removed:
+        print(f"nothing to remove under {report.root}")
+    return 0
+
+
+def _duration(text: str):
+    """``90s``, ``30m``, ``24h``, ``7d`` or plain seconds -> a timedelta."""
+    from datetime import timedelta
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if text and text[-1] in units:
+            return timedelta(seconds=float(text[:-1]) * units[text[-1]])
+        return timedelta(seconds=float(text))
+    except ValueError:
+        raise CloudmicError(f"--grace {text!r}: give a duration like 90s, 30m, 24h or 7d") from None
 
 
 def cmd_catalog(args: argparse.Namespace) -> int:
@@ -352,10 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "the units not yet finished are redone (the ledger is in ROOT/.cloudmic/"
                 "staging/). Nothing is published before the whole dataset verified.")
 
-    ls = add("ls", cmd_ls, "list the datasets published under a root URL")
+    ls = add("ls", cmd_ls, "list the datasets published under a root URL, each with its "
+             "current version, the URL plain xarray opens for it and the versions kept")
     ls.add_argument("root", help="s3://bucket[/prefix] or a local folder")
     inf = add("info", cmd_info, "groups, variables, dtypes, shapes, stored bytes, compression")
-    inf.add_argument("url", help="a dataset URL, ROOT/<name>.zarr")
+    inf.add_argument("url", help="a dataset URL, ROOT/<name>.zarr (the current version) or "
+                     "the URL of one version that `cloudmic ls` prints")
+    inf.add_argument("--version", help="a version id listed by `cloudmic ls` (default: current)")
     c = add("catalog", cmd_catalog, "a static HTML catalog of everything published under a "
             "root: titles, citations, licenses, sizes, splits, variables with pixel sizes, "
             "the previews stored at ingest and code to open each dataset")
@@ -366,9 +403,44 @@ def build_parser() -> argparse.ArgumentParser:
                 "./catalog/index.html\n  cloudmic catalog s3://cloudmic --json             "
                 "# the same facts, for scripts")
     v = add("verify", cmd_verify, "check shard checksums and that Zarr and WebDataset agree")
-    v.add_argument("url", help="a dataset URL, ROOT/<name>.zarr")
+    v.add_argument("url", help="a dataset URL, ROOT/<name>.zarr (the current version) or "
+                   "the URL of one version that `cloudmic ls` prints")
+    v.add_argument("--version", help="a version id listed by `cloudmic ls` (default: current)")
     v.add_argument("--records", type=int, default=32, help="records to compare (default: 32)")
+    g = add("gc", cmd_gc, "remove old versions, abandoned staging and leftovers under a root; "
+            "the current version and the --keep newest are never removed")
+    g.add_argument("root", help="s3://bucket[/prefix] or a local folder")
+    g.add_argument("--keep", type=int, default=3,
+                   help="complete versions to keep per dataset, the current one included "
+                   "(default: 3)")
+    g.add_argument("--grace", default="24h", help="remove a version only this long after it "
+                   "stopped being current, and staging only this long after its last write: "
+                   "runs still reading it finish first (default: 24h; e.g. 0, 30m, 7d)")
+    g.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    g.epilog = ("examples:\n  cloudmic gc s3://cloudmic --dry-run\n"
+                "  cloudmic gc ./store --keep 1 --grace 0   # only the current versions stay")
     return p
+
+
+def _error_targets(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """(read, write): what the command reads and writes, named by an error that names no
+    file itself (a full disk's write error carries no file name)."""
+    def first(*names: str) -> str | None:
+        return next((str(v) for n in names if (v := getattr(args, n, None))), None)
+
+    return first("url", "root", "source"), first("dest", "out", "html", "workdir", "data_dir")
+
+
+def _outside_error(args: argparse.Namespace, exc: Exception) -> int | None:
+    """Exit 2 with one line for an error from outside (OS, memory, object store); None for
+    anything else, which keeps its traceback: that is a bug to report."""
+    read, write = _error_targets(args)
+    line = one_line(exc, read=read, write=write)
+    if line is None:
+        return None
+    log.debug("the traceback behind this error:", exc_info=exc)  # shown with -vv
+    print(f"cloudmic {args.command}: error: {line}", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -384,6 +456,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # OSError, MemoryError, object-store errors: one line
+        code = _outside_error(args, exc)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

@@ -145,7 +145,7 @@ def _format_errors(path: Path, err: ValidationError) -> str:
 def parse_manifest(path: Path) -> Manifest:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ManifestError(f"{path}: cannot read manifest YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ManifestError(f"{path}: a manifest is a YAML mapping, got {type(raw).__name__}")

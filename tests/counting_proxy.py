@@ -10,13 +10,16 @@ receives, so signatures stay valid.
 The proxy runs in a child process: some zarrs reads (partial shards) wait for the network
 while holding the GIL, so a proxy thread in the reading process would never get to answer.
 Each request is logged (one JSON line) before its response is sent, so once a client has
-its answer, ``requests`` lists it.
+its answer, ``requests`` lists it. ``fail(method, pattern, status)`` makes the proxy answer
+``status`` itself (without forwarding) to requests whose path matches the regex: a server
+failing at a chosen moment.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -52,11 +55,14 @@ class CountingProxy:
         self._dir = tempfile.TemporaryDirectory(prefix="counting-proxy-")
         self._log = Path(self._dir.name) / "requests.jsonl"
         self._log.touch()
+        self._faults = Path(self._dir.name) / "faults.json"
+        self._faults.write_text("[]")
         self._start = 0
         self._proc: subprocess.Popen[str] | None = None
 
     def __enter__(self) -> CountingProxy:
-        self._proc = subprocess.Popen([sys.executable, __file__, self.upstream, str(self._log)],
+        self._proc = subprocess.Popen([sys.executable, __file__, self.upstream, str(self._log),
+                                       str(self._faults)],
                                       stdout=subprocess.PIPE, text=True)
         assert self._proc.stdout is not None
         port = self._proc.stdout.readline().strip()
@@ -71,6 +77,13 @@ class CountingProxy:
             self._proc.wait(10)
         self._dir.cleanup()
 
+    def fail(self, method: str, pattern: str, status: int = 500) -> None:
+        """Answer ``status`` to every ``method`` request whose path matches ``pattern``."""
+        rules = json.loads(self._faults.read_text()) + [[method, pattern, status]]
+        tmp = self._faults.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rules))
+        tmp.replace(self._faults)
+
     def reset(self) -> None:
         self._start = self._log.stat().st_size
 
@@ -84,7 +97,16 @@ class CountingProxy:
         return Counter(r.method for r in self.requests)
 
 
-def serve(upstream: str, log: IO[str]) -> ThreadingHTTPServer:
+def _fault(faults: Path | None, method: str, path: str) -> int | None:
+    if faults is None:
+        return None
+    for m, pattern, status in json.loads(faults.read_text()):
+        if m == method and re.search(pattern, path):
+            return int(status)
+    return None
+
+
+def serve(upstream: str, log: IO[str], faults: Path | None = None) -> ThreadingHTTPServer:
     """The proxy server (not started), appending one JSON line per request to ``log``."""
     up = urlsplit(upstream)
     target = (up.hostname or "127.0.0.1", up.port or 80)
@@ -112,6 +134,13 @@ def serve(upstream: str, log: IO[str]) -> ThreadingHTTPServer:
                 self.send_error(501, "chunked request bodies are not supported")
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status = _fault(faults, self.command, self.path.partition("?")[0])
+            if status is not None:
+                self._log(status, 0)
+                self.send_response_only(status, "injected by the test proxy")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             try:
                 resp = self._send_upstream(body)
             except (http.client.RemoteDisconnected, ConnectionError):
@@ -120,12 +149,7 @@ def serve(upstream: str, log: IO[str]) -> ThreadingHTTPServer:
                 self.conn = None
                 resp = self._send_upstream(body)
             data = resp.read()
-            path, _, query = self.path.partition("?")
-            with lock:
-                log.write(json.dumps({"method": self.command, "path": path, "query": query,
-                                      "range": self.headers.get("Range"), "status": resp.status,
-                                      "nbytes": len(data)}) + "\n")
-                log.flush()
+            self._log(resp.status, len(data))
             self.send_response_only(resp.status, resp.reason)
             head = self.command == "HEAD"
             for name, value in resp.getheaders():
@@ -136,6 +160,14 @@ def serve(upstream: str, log: IO[str]) -> ThreadingHTTPServer:
             self.end_headers()
             if not head:
                 self.wfile.write(data)
+
+        def _log(self, status: int, nbytes: int) -> None:
+            path, _, query = self.path.partition("?")
+            with lock:
+                log.write(json.dumps({"method": self.command, "path": path, "query": query,
+                                      "range": self.headers.get("Range"), "status": status,
+                                      "nbytes": nbytes}) + "\n")
+                log.flush()
 
         def finish(self) -> None:
             super().finish()
@@ -153,6 +185,6 @@ def serve(upstream: str, log: IO[str]) -> ThreadingHTTPServer:
 
 if __name__ == "__main__":
     with open(sys.argv[2], "a", encoding="utf-8") as out:
-        srv = serve(sys.argv[1], out)
+        srv = serve(sys.argv[1], out, Path(sys.argv[3]) if len(sys.argv) > 3 else None)
         print(srv.server_address[1], flush=True)
         srv.serve_forever()

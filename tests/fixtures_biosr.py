@@ -4,6 +4,7 @@ the local disk and on the real SeaweedFS server. Loaded by conftest.py."""
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 
 from cloudmic.manifest import manifests_dir
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import resolve
 from cloudmic.synth.biosr import synth_biosr
 
 SIZES = {"train": 40, "validate": 6, "test": 2}
@@ -62,12 +64,36 @@ def root_url(request, tmp_path) -> str:
 
 
 def snapshot(root_url: str) -> dict[str, str]:
-    """sha256 of every published object under a root (staging excluded)."""
+    """sha256 of every published object under a root (staging excluded): the objects of each
+    dataset's current version keyed as ``/<name>.zarr/...`` (as before versions existed), its
+    pointer and version facts, and the root's other objects (local symlinks skipped)."""
     loc = Location.parse(root_url)
     if not loc.exists():
         return {}
     loc.fs.invalidate_cache()
-    return {
-        p[len(loc.path):]: hashlib.sha256(loc.fs.cat_file(p)).hexdigest()
-        for p in loc.fs.find(loc.path) if "/.cloudmic/" not in p
-    }
+
+    def digest(path: str) -> str:
+        return hashlib.sha256(loc.fs.cat_file(path)).hexdigest()
+
+    out = {}
+    for p in loc.fs.find(loc.path):
+        rel = p[len(loc.path):]
+        if "/.cloudmic/" in p or ".releases/" in rel or os.path.islink(p):
+            continue
+        out[rel] = digest(p)
+    for pointer in loc.fs.glob(f"{loc.path}/*.releases/current.json"):
+        name = pointer.split("/")[-2].removesuffix(".releases")
+        base = resolve(f"{loc.url}/{name}.zarr").base
+        out[f"/{name}.releases/current.json"] = digest(pointer)
+        for p in loc.fs.find(base.path):
+            rel = p[len(base.path):]
+            out[f"/{name}.releases{rel}" if rel == "/version.json" else rel] = digest(p)
+    return out
+
+# what carries the publish time or the version id, not the data
+VOLATILE = ("catalog.json", "current.json", "/version.json")
+
+
+def published_bytes(root_url: str) -> dict[str, str]:
+    """:func:`snapshot` without what differs between two publishes of the same bytes."""
+    return {k: v for k, v in snapshot(root_url).items() if not k.endswith(VOLATILE)}

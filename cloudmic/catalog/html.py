@@ -23,6 +23,7 @@ from typing import Any
 from cloudmic.client.describe import coordinate_steps, info, list_root
 from cloudmic.client.metadata import read_store_metadata
 from cloudmic.errors import CloudmicError, StoreNotFoundError
+from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -155,8 +156,13 @@ def _storage_lines(root: Location) -> list[str]:
 def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]:
     """Copy-paste Python for one dataset: plain xarray, cloudmic.open, PatchStream,
     cloudmic.shards and plain webdataset. Each runs as it is (the tests run them)."""
-    zarr_url = root.child(f"{name}.zarr").url
-    wds_url = root.child(f"{name}.wds").url
+    # plain readers get the immutable URL of the current version; cloudmic resolves the
+    # stable name itself (ADR 0007)
+    zarr_url = facts.get("url") or root.child(rl.zarr_name(name)).url
+    version_wds = (facts.get("webdataset_url") or "").removesuffix(f"/{rl.INDEX}")
+    stable_zarr = root.child(rl.zarr_name(name)).url
+    stable_wds = root.child(rl.wds_name(name)).url
+    wds_url = version_wds or stable_wds
     opts = _storage_lines(root)
     kinds = facts.get("kinds", [])
     example = kinds[0]["example"] if kinds else ""
@@ -172,7 +178,7 @@ def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]
     ])
     out["cloudmic.open"] = "\n".join([
         "import cloudmic",
-        f"tree = cloudmic.open({json.dumps(zarr_url)})"
+        f"tree = cloudmic.open({json.dumps(stable_zarr)})"
         + ("   # S3 keys: AWS_* variables or the running embedded store" if root.is_s3 else ""),
         *([f"ds = tree[{json.dumps(example)}].ds   # dask-backed, shard-sized chunks"]
           if example else []),
@@ -184,7 +190,7 @@ def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]
         out["cloudmic.PatchStream"] = "\n".join([
             "import cloudmic",
             "stream = cloudmic.PatchStream(",
-            f"    {json.dumps(zarr_url)}, group={args['group']!r},",
+            f"    {json.dumps(stable_zarr)}, group={args['group']!r},",
             f"    variables={args['variables']!r},",
             f"    patch={args['patch']!r}, seed=0{extra})",
             "item = next(iter(stream))   # "
@@ -198,7 +204,7 @@ def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]
         first = fields[0].removesuffix(".npy") if fields else "json"
         out["cloudmic.shards"] = "\n".join([
             "import cloudmic",
-            f"for rec in cloudmic.shards({json.dumps(wds_url)}, {json.dumps(split)}):",
+            f"for rec in cloudmic.shards({json.dumps(stable_wds)}, {json.dumps(split)}):",
             f"    rec[\"__key__\"], rec[{json.dumps(first)}].shape, rec[\"json\"]"
             "   # numpy arrays, never unpickled",
             "    break",
@@ -254,7 +260,10 @@ def dataset_facts(root: Location, name: str, listed: dict[str, Any]) -> dict[str
                 "manifest_matches", "manifest_digest", "run_id", "created", "source"):
         facts[key] = d.get(key)
     facts["title"] = facts.get("title") or d.get("title")
-    facts["license"] = facts.get("license") or d.get("license")
+    lic = facts.get("license") or d.get("license")
+    # catalog.json is anyone's JSON: a license that is not a string is shown as its JSON
+    facts["license"] = lic if lic is None or isinstance(lic, str) else json.dumps(lic,
+                                                                                  default=str)
     kinds = _schema_kinds(d["groups"])
     if kinds:
         try:
@@ -262,7 +271,9 @@ def dataset_facts(root: Location, name: str, listed: dict[str, Any]) -> dict[str
         except Exception as exc:  # a missing coordinate chunk must not lose the page
             facts["problems"].append(f"pixel sizes from coordinates: {exc}")
     facts["kinds"] = kinds
-    wds_loc = root.child(f"{name}.wds")
+    wds_url = (listed.get("webdataset_url") or "").removesuffix(f"/{rl.INDEX}")
+    wds_loc = Location(wds_url, root.storage_options) if wds_url else root.child(
+        rl.wds_name(name))
     index = _read_json(wds_loc.child("index.json")) or {"splits": {}}
     if not index["splits"]:
         facts["problems"].append(f"{wds_loc.url}/index.json: missing or empty")
@@ -282,7 +293,8 @@ def dataset_facts(root: Location, name: str, listed: dict[str, Any]) -> dict[str
         if found:
             facts["stream_args"], facts["stream_length"] = found
     facts["previews"] = None
-    expected = root.child(f"{name}.previews", "previews.json").url
+    # beside the version's store: a catalog entry must not point pictures elsewhere
+    expected = zloc.parent.child(rl.previews_name(name), rl.PREVIEWS_INDEX).url
     if listed.get("previews_url") and listed["previews_url"] != expected:
         facts["problems"].append(f"previews listed at {listed['previews_url']}, not at "
                                  f"{expected}: ignored")

@@ -5,41 +5,70 @@ from __future__ import annotations
 from typing import Any
 
 from cloudmic.client.metadata import ArrayMeta, read_store_metadata
-from cloudmic.ingest.publish import read_catalog
+from cloudmic.storage import root_layout as rl
+from cloudmic.storage.catalog_json import read_catalog
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import list_versions, read_pointer, read_version_facts, resolve
+
+
+def _published_names(root: Location, catalog: dict[str, Any]) -> list[str]:
+    """Datasets in the catalog, plus any whose pointer exists but whose catalog entry a
+    publisher stopped before writing."""
+    names = set(catalog["datasets"])
+    if not root.is_http:  # stores that list
+        root.fs.invalidate_cache(root.path)
+        pattern = root.child(f"*{rl.VERSIONS_SUFFIX}", rl.POINTER).path
+        names |= {p.rstrip("/").split("/")[-2].removesuffix(rl.VERSIONS_SUFFIX)
+                  for p in root.fs.glob(pattern)}
+    return sorted(names)
+
+
+def _listing(root: Location, name: str, e: dict[str, Any], versions: list[str]) -> dict[str, Any]:
+    return {
+        "url": root.child(e["zarr"]).url,
+        "stable_url": root.child(rl.zarr_name(name)).url,
+        "version": e.get("version"),
+        "versions": versions,
+        "title": e.get("title"),
+        "groups": e.get("groups", {}),
+        "records": e.get("records", {}),
+        "stored_bytes": e.get("zarr_bytes", 0) + e.get("wds_bytes", 0),
+        "zarr_bytes": e.get("zarr_bytes"),
+        "compression_ratio": round(e.get("array_bytes", 0) / max(e.get("zarr_bytes", 1), 1), 3),
+        "published": e.get("published"),
+        "license": e.get("license"),
+        "source_bytes": e.get("source_bytes"),
+        "array_bytes": e.get("array_bytes"),
+        "wds_bytes": e.get("wds_bytes"),
+        "webdataset_url": root.child(e["webdataset"]).url if e.get("webdataset") else None,
+        "previews_url": root.child(e["previews"]).url if e.get("previews") else None,
+    }
 
 
 def list_root(root_url: str, **storage_options: Any) -> dict[str, Any]:
-    """The published datasets under a root, from its ``catalog.json``."""
+    """The published datasets under a root: each one's current version (from its pointer,
+    the truth readers resolve; the catalog entry for roots without versions), the URL plain
+    xarray opens for it, and the versions kept."""
     root = Location.parse(root_url, **storage_options)
     catalog = read_catalog(root)
     out = {}
-    for name, e in sorted(catalog["datasets"].items()):
-        out[name] = {
-            "url": root.child(e["zarr"]).url,
-            "title": e.get("title"),
-            "groups": e.get("groups", {}),
-            "records": e.get("records", {}),
-            "stored_bytes": e.get("zarr_bytes", 0) + e.get("wds_bytes", 0),
-            "zarr_bytes": e.get("zarr_bytes"),
-            "compression_ratio": round(e.get("array_bytes", 0) / max(e.get("zarr_bytes", 1), 1),
-                                       3),
-            "published": e.get("published"),
-            "license": e.get("license"),
-            "source_bytes": e.get("source_bytes"),
-            "array_bytes": e.get("array_bytes"),
-            "wds_bytes": e.get("wds_bytes"),
-            "webdataset_url": root.child(e["webdataset"]).url if e.get("webdataset") else None,
-            "previews_url": root.child(e["previews"]).url if e.get("previews") else None,
-        }
+    for name in _published_names(root, catalog):
+        entry = read_pointer(root, name) or catalog["datasets"].get(name)
+        if entry is not None:
+            versions = list_versions(root, name) if entry.get("version") else []
+            out[name] = _listing(root, name, entry, versions)
     return {"root": root.url, "datasets": out}
 
 
-def info(url: str, **storage_options: Any) -> dict[str, Any]:
+def info(url: str, version: str | None = None, **storage_options: Any) -> dict[str, Any]:
     """Groups, variables (dims, shape, dtype), stored bytes and compression of one store."""
-    loc = Location.parse(url, **storage_options)
+    ds = resolve(url, version, **storage_options)
+    loc = ds.zarr
     attrs, arrays = read_store_metadata(loc)
     prov = attrs.get("cloudmic", {})
+    published = None
+    if ds.version:
+        published = read_version_facts(ds).get("published")
     sizes = loc.fs.du(loc.path, total=False)
     coord_names = {path.rpartition("/")[0] + "/" + c for path, m in arrays.items()
                    for c in str(m.attrs.get("coordinates", "")).split()}
@@ -64,7 +93,7 @@ def info(url: str, **storage_options: Any) -> dict[str, Any]:
     raw = sum(v["raw_bytes"] for g in groups.values() for v in g["variables"].values())
     stored = sum(sizes.values())
     return {"url": loc.url, "dataset": prov.get("dataset"), "title": prov.get("title"),
-            "license": prov.get("license"), "created": prov.get("created"),
+            "version": ds.version, "license": prov.get("license"), "published": published,
             "groups": groups, "stored_bytes": stored, "raw_bytes": raw,
             "compression_ratio": round(raw / stored, 3) if stored else None,
             "source": prov.get("source"), "records": prov.get("records"),

@@ -25,7 +25,9 @@ from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.errors import StoreError, StoreNotFoundError
+from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import resolve, version_of
 
 Record = dict[str, Any]
 
@@ -45,52 +47,67 @@ def decode_record(sample: Record) -> Record:
     return out
 
 
-def shard_index(url: str, **storage_options: Any) -> tuple[Location, dict[str, Any]]:
-    """(the ``<dataset>.wds`` location, its index.json). ``url`` may name the ``.zarr`` too."""
+def shard_index(url: str, version: str | None = None, **storage_options: Any,
+                ) -> tuple[Location, dict[str, Any]]:
+    """(the ``<dataset>.wds`` location of the pinned version, its index.json). ``url`` may
+    name the ``.zarr`` or the ``index.json`` too; see :func:`cloudmic.storage.versions.resolve`."""
     loc = Location.parse(url, **storage_options)
-    if loc.url.endswith(".zarr"):
-        loc = Location(loc.url.removesuffix(".zarr") + ".wds", loc.storage_options)
-    if loc.url.endswith("index.json"):
-        loc = Location(loc.url.rsplit("/", 1)[0], loc.storage_options)
+    if loc.name == rl.INDEX:
+        loc = loc.parent
+    if rl.split_part(loc.name):  # a dataset URL: resolve its version
+        loc = resolve(loc, version).wds
     try:
-        return loc, json.loads(get(loc.child("index.json")))
+        data = get(loc.child(rl.INDEX))
     except FileNotFoundError:
         raise StoreNotFoundError(f"{loc.url}: no index.json; pass ROOT/<dataset>.wds "
                                  "(`cloudmic ls ROOT` lists what is published)") from None
+    try:
+        index = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"{loc.child(rl.INDEX).url}: not valid JSON ({exc}); re-publish the "
+                         "dataset") from None
+    if not isinstance(index, dict) or not isinstance(index.get("splits"), dict):
+        raise StoreError(f"{loc.child(rl.INDEX).url}: no 'splits' object; this index.json "
+                         "was not written by cloudmic or was altered: re-publish the dataset")
+    return loc, index
 
 
 def get(loc: Location) -> bytes:
-    """The object's bytes in one request (s3fs would send a HEAD first, and ranged GETs in
-    parallel above 50 MB: the request budget is one GET per object)."""
-    return loc.fs.cat_file(loc.path, **({"max_concurrency": 1} if loc.is_s3 else {}))
+    """The object's bytes in one request: the request budget is one GET per object."""
+    return loc.read_bytes()
 
 
 def split_shards(loc: Location, index: Mapping[str, Any], split: str,
                  ) -> tuple[list[str], np.ndarray]:
     """(shard paths inside the ``.wds`` folder, record offsets: shard starts plus the total)."""
-    splits = index.get("splits", {})
+    where = loc.child(rl.INDEX).url
+    splits = index.get("splits") if isinstance(index, Mapping) else None
+    if not isinstance(splits, Mapping):
+        raise StoreError(f"{where}: no 'splits' object; re-publish the dataset")
     if split not in splits:
-        raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(splits)}")
-    entries = splits[split]["shards"]
-    paths = [inside(loc, str(s["url"])) for s in entries]
-    offsets = np.concatenate(([0], np.cumsum([int(s["samples"]) for s in entries])))
-    if int(offsets[-1]) != int(splits[split]["records"]):
-        raise StoreError(f"{loc.child('index.json').url}: split {split!r} lists "
-                         f"{splits[split]['records']} records but its shards hold "
+        raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(map(str, splits))}")
+    try:
+        entries = splits[split]["shards"]
+        paths = [inside(loc, s["url"]) for s in entries]
+        counts = [int(s["samples"]) for s in entries]
+        records = int(splits[split]["records"])
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:  # not written by us
+        raise StoreError(f"{where}: split {split!r} is malformed ({type(exc).__name__}: "
+                         f"{exc}); re-publish the dataset") from None
+    if any(n < 0 for n in counts):
+        raise StoreError(f"{where}: split {split!r} lists a negative record count; "
+                         "re-publish the dataset")
+    offsets = np.concatenate(([0], np.cumsum(counts, dtype=np.int64)))
+    if int(offsets[-1]) != records:
+        raise StoreError(f"{where}: split {split!r} lists "
+                         f"{records} records but its shards hold "
                          f"{int(offsets[-1])}; run cloudmic verify on the dataset")
     return paths, offsets.astype(np.int64)
 
 
 def inside(loc: Location, rel: str) -> str:
-    """``rel`` normalized, if it names a file inside the ``.wds`` folder: a crafted
-    index.json must not send readers to the local disk or to another bucket."""
-    norm = posixpath.normpath(rel)
-    if (not rel or "://" in rel or "\\" in rel or rel.startswith(("/", "~"))
-            or norm in (".", "..") or norm.startswith("../")):
-        raise StoreError(f"{loc.child('index.json').url}: refusing shard URL {rel!r}: shard "
-                         f"URLs must be relative paths inside {loc.url}. This index.json was "
-                         "not written by cloudmic or was altered; re-publish the dataset")
-    return norm
+    """``rel`` normalized, if it names a file inside the ``.wds`` folder."""
+    return loc.inside(rel, loc.child("index.json").url).url[len(loc.url) + 1:]
 
 
 class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
@@ -99,10 +116,11 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
     def __init__(self, url: str, split: str, *, shuffle: bool = False, seed: int = 0,
                  epoch: int = 0, buffer: int = 0, batch_size: int | None = None,
                  drop_last: bool = False, rank: int | None = None,
-                 world_size: int | None = None,
+                 world_size: int | None = None, version: str | None = None,
                  storage_options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        loc, index = shard_index(url, **(storage_options or {}))
+        loc, index = shard_index(url, version, **(storage_options or {}))
+        self.version = version_of(loc)
         self.root, self.storage_options, self.split = loc.url, loc.storage_options, split
         self.paths, self.offsets = split_shards(loc, index, split)
         self.length = int(self.offsets[-1])
@@ -114,7 +132,7 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
     def identity(self) -> dict[str, Any]:
         """What a saved state must match to resume this stream."""
         return {"split": self.split, "seed": self.seed, "length": self.length,
-                "layout": layout_fingerprint(self.paths)}
+                "layout": layout_fingerprint(self.paths), "dataset_version": self.version}
 
     def block_order(self, epoch: int) -> np.ndarray:
         n = len(self.paths)
@@ -163,7 +181,7 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         timeout cut it, and s3fs's file costs a GET per block; a local file streams as is."""
         loc = Location(posixpath.join(self.root, self.paths[block]), self.storage_options)
         try:
-            if loc.is_s3:
+            if not loc.is_local:
                 return io.BytesIO(get(loc))
             return loc.fs.open(loc.path, "rb")
         except FileNotFoundError as exc:
@@ -237,6 +255,7 @@ def collate(items: Sequence[Record]) -> Record:
 def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
            buffer: int = 0, batch_size: int | None = None, drop_last: bool = False,
            rank: int | None = None, world_size: int | None = None,
+           version: str | None = None,
            storage_options: dict[str, Any] | None = None) -> ShardStream:
     """The records of ``split``'s WebDataset shards, ``*.npy`` decoded to numpy (never
     unpickled), ``json`` parsed; every record also has ``position`` (its place in the
@@ -255,7 +274,11 @@ def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch:
     With ``shuffle`` the shard order is a permutation of ``(seed, epoch)`` and, with
     ``buffer`` > 0, records are shuffled in a buffer of that many. ``batch_size`` makes the
     stream yield batches: one stacked array per ``*.npy`` field, lists of keys and json.
+
+    The dataset's current version is resolved once, here (``version=`` pins another): a
+    republish never changes what the stream reads, and ``state_dict()`` records the version.
     """
     return ShardStream(url, split, shuffle=shuffle, seed=seed, epoch=epoch, buffer=buffer,
                        batch_size=batch_size, drop_last=drop_last, rank=rank,
-                       world_size=world_size, storage_options=storage_options)
+                       world_size=world_size, version=version,
+                       storage_options=storage_options)

@@ -10,7 +10,6 @@ One group per archive; samples sorted by member name, as the authors' reader doe
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import posixpath
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit, VarSpec
 from cloudmic.errors import SourceError
 from cloudmic.formats.npz import read_npz_member
 from cloudmic.formats.safe_tar import scan_tar
+from cloudmic.formats.tiff import decode_tiff_bytes
 from cloudmic.storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -102,19 +102,12 @@ class STEDFM(Adapter):
     def decode(self, blob: bytes, member: str, archive: str) -> tuple[np.ndarray, dict | None]:
         """(image, metadata or None) of one member: an npz, or an ImageJ TIFF (no metadata)."""
         where = f"{archive}: member {member!r}"
-        if blob[:4] in (b"II*\x00", b"MM\x00*"):
-            import tifffile
-
-            try:
-                image = tifffile.imread(io.BytesIO(blob))
-            except Exception as exc:
-                raise SourceError(where, f"unreadable TIFF ({exc})",
-                                  "download the archive again") from exc
-            meta = None
+        size = self.opts["crop_size"]
+        if blob[:4] in (b"II*\x00", b"MM\x00*"):  # shape checked before a pixel is decoded
+            image, meta = decode_tiff_bytes(blob, where=where, expected_shape=(size, size)), None
         else:
             sample = read_npz_member(blob, member=where)
             image, meta = sample.image, sample.metadata
-        size = self.opts["crop_size"]
         if image.shape != (size, size) or image.dtype.name not in ("uint8", "uint16"):
             raise SourceError(where, f"image is {image.shape} {image.dtype}, expected "
                               f"({size}, {size}) uint8 or uint16", "download the archive again")

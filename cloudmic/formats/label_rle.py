@@ -15,6 +15,11 @@ The layout, as ``shared/datasets.md`` section 5 records it from the authors' cod
 Decoding never allocates more than the output volume: runs are checked (inside the volume,
 positive lengths, no two labels on one voxel) on the run lists, which are proportional to
 the file, before the volume is built in one ``np.repeat``.
+
+Memory bound: the volume (``expected_shape`` when the caller knows the image, else at most
+``max_voxels`` voxels, 2**28 by default; times the dtype's itemsize), plus the parsed JSON
+and the run arrays, which are proportional to the file: each start/length pair takes at
+least 4 bytes of text and costs ~100 bytes of int64 arrays, so ~25x the file size.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ _INFO = ".info"
 _KEY = re.compile(r"-?[0-9]+")
 _RUNS = re.compile(r"\s*(?:-?[0-9]+(?:\s+-?[0-9]+)*)?\s*")
 _MAX_DIGITS = 18  # any 18-digit number fits an int64; longer ones are outside every volume
+_LONG_NUMBER = re.compile(rf"[0-9]{{{_MAX_DIGITS + 1},}}")
+# str(arr.dtype) names ("uint16", "int64") or codes ("<u2"); numpy parses anything else as a
+# comma/space-separated structured spec, which fails with SyntaxError on "0 3 uint16".
+_DTYPE_NAME = re.compile(r"[<>|=]?[A-Za-z][A-Za-z0-9]{0,15}")
 
 _FIX_REEXPORT = (
     "export the labels again with bio3d_vision (convert.indexed_to_dict, then json.dump), "
@@ -241,10 +250,10 @@ def _parse_info(
         )
     name = info.get("dtype")
     try:
-        if not isinstance(name, str):
+        if not isinstance(name, str) or not _DTYPE_NAME.fullmatch(name):
             raise TypeError(name)
         dtype = np.dtype(name)
-    except (TypeError, ValueError):
+    except Exception:  # numpy raises TypeError, ValueError or SyntaxError for odd specs
         dtype = None
     if dtype is None or dtype.kind not in "iu":
         raise SourceError(
@@ -294,23 +303,24 @@ def _parse_runs(text: object, key: str, total: int, src: str) -> tuple[np.ndarra
             f"got {shown!r}",
             _FIX_REEXPORT,
         )
-    tokens = text.split()
-    if len(tokens) % 2:
-        raise SourceError(
-            src,
-            f"label {key}: {len(tokens)} numbers in its runs, not start/length pairs",
-            _FIX_REEXPORT,
-        )
-    too_long = next((t for t in tokens if len(t.lstrip("-")) > _MAX_DIGITS), None)
+    too_long = _LONG_NUMBER.search(text)
     if too_long is not None:
         raise SourceError(
             src,
-            f"label {key}: run value {too_long[:30]}... lies outside the volume of "
+            f"label {key}: run value {too_long.group()[:30]}... lies outside the volume of "
             f"{total:,} voxels",
             _FIX_REEXPORT,
         )
-    pairs = np.array(tokens, dtype=np.int64).reshape(-1, 2) if tokens else np.zeros((0, 2), int)
-    start, length = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    # The regex above admits only whitespace-separated integers of <= 18 digits, which
+    # fromstring reads exactly, 8 bytes each (a list of str tokens would cost ~60).
+    values = np.fromstring(text, dtype=np.int64, sep=" ") if text.strip() else np.zeros(0, int)
+    if len(values) % 2:
+        raise SourceError(
+            src,
+            f"label {key}: {len(values)} numbers in its runs, not start/length pairs",
+            _FIX_REEXPORT,
+        )
+    start, length = values[0::2].copy(), values[1::2].copy()
     bad = np.flatnonzero(length < 1)
     if bad.size:
         i = int(bad[0])

@@ -5,6 +5,12 @@ A member is a zip holding ``image.npy`` (uint8 or uint16, 2-D) and, for labelled
 ``metadata.npy`` (a 0-d object array whose pickle holds a plain dict). Every size is
 checked from the zip directory and the .npy header before anything is decompressed or
 allocated, and the metadata pickle goes through :mod:`cloudmic.formats.safe_pickle`.
+
+Memory bound: an image entry unpacks to at most ``max_bytes`` (32 MiB by default), and one
+above 1 MiB only if it compresses at most 200:1; the metadata entry to at most 1 MiB + 64 KiB;
+a declared compressed size must fit inside the member. The image array is built only when
+the .npy header's shape matches the entry's bytes, so peak memory is about
+``len(member) + 2 * max_bytes`` plus the pickle's bound (see safe_pickle).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import io
 import logging
 import math
 import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +55,8 @@ class NpzSample:
 def _open_zip(data: bytes, member: str) -> zipfile.ZipFile:
     try:
         return zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    # NotImplementedError: a directory entry that needs a newer zip version than Python reads
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
         raise SourceError(
             member, f"not an .npz (zip) file ({type(exc).__name__}: {exc})", _FIX_REBUILD
         ) from exc
@@ -71,9 +79,17 @@ def _entries(zf: zipfile.ZipFile, member: str) -> dict[str, zipfile.ZipInfo]:
     return found
 
 
-def _check_entry_size(info: zipfile.ZipInfo, member: str, limit: int) -> None:
+def _check_entry_size(info: zipfile.ZipInfo, member: str, limit: int, member_bytes: int) -> None:
     """Refuse from the zip directory alone, before a byte is decompressed."""
     where = f"{member} ({info.filename})"
+    if info.compress_size > member_bytes:
+        # The ratio check below trusts compress_size, so it must be backed by real bytes.
+        raise SourceError(
+            where,
+            f"the npz entry claims {info.compress_size:,} compressed bytes, but the whole "
+            f"member has {member_bytes:,}",
+            _FIX_REBUILD,
+        )
     if info.flag_bits & 0x1:
         raise SourceError(where, "the npz entry is encrypted", _FIX_REBUILD)
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
@@ -104,7 +120,10 @@ def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, member: str) -> byte
     # make it produce more than the limit checked above.
     try:
         return zf.read(info)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError) as exc:
+    except (
+        zipfile.BadZipFile, EOFError, OSError, ValueError, RuntimeError, NotImplementedError,
+        zlib.error,
+    ) as exc:
         raise SourceError(
             f"{member} ({info.filename})",
             f"the npz entry cannot be read ({type(exc).__name__}: {exc})",
@@ -130,6 +149,10 @@ def _npy_header(blob: bytes, where: str) -> tuple[tuple[int, ...], bool, np.dtyp
             raise ValueError(f".npy format version {version} is not used for crops")
     except (ValueError, TypeError, KeyError, EOFError, SyntaxError) as exc:
         raise SourceError(where, f"not a valid .npy entry ({exc})", _FIX_REBUILD) from exc
+    if any(n < 0 for n in shape):
+        # numpy would only fail later, in read_array, with a ValueError that names no file.
+        raise SourceError(where, f"the .npy header declares a negative shape {shape}",
+                          _FIX_REBUILD)
     return tuple(shape), bool(fortran), dtype, fp.tell()
 
 
@@ -189,7 +212,7 @@ def read_npz_member(data: bytes, *, member: str, max_bytes: int = DEFAULT_MAX_BY
             )
         limits = {IMAGE_ENTRY: max_bytes, METADATA_ENTRY: MAX_PICKLE_BYTES + _NPY_HEADER_MAX}
         for name, info in entries.items():
-            _check_entry_size(info, member, limits[name])
+            _check_entry_size(info, member, limits[name], len(data))
         image = _read_image(_read_entry(zf, entries[IMAGE_ENTRY], member), member)
         metadata = None
         if METADATA_ENTRY in entries:

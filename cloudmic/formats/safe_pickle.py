@@ -39,12 +39,23 @@ protocol 4 builds sets without a global anyway, and the validator refuses them).
 
 After loading, the result is validated recursively (plain types only, ``str`` keys, depth
 and item limits) and numpy scalars are turned into Python scalars.
+
+Memory bound. Before the unpickler sees a byte, the opcodes are walked with
+:func:`pickletools.genops` (which reads from the input only and allocates nothing the input
+does not hold). Two opcodes make the C unpickler allocate from a *number* rather than from
+bytes: a memo index (``PUT``/``BINPUT``/``LONG_BINPUT``: the memo grows to the index named,
+so 10 bytes asking for index 2**26 cost ~1 GB) and a ``FRAME`` length. A memo index must be
+below the number of memo stores in the stream and a frame must fit in the bytes left;
+declared string/bytes lengths beyond the end of the input fail the walk. So loading costs at
+most ~40 bytes per input byte (memo, stack and objects, all proportional to
+``len(data)``), with ``len(data)`` capped at ``max_bytes`` (1 MiB): ~40 MiB worst case.
 """
 
 from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import re
 from typing import Any
 
@@ -64,6 +75,10 @@ _SCALAR_KINDS = frozenset("biufUS")
 _FIX_UNSAFE = (
     "do not load this member: it asks to run code, which a metadata dict never needs. "
     "Take the archive from the original publisher, or report it to them"
+)
+_FIX_BOMB = (
+    "do not load this member: its sizes are forged (a memory bomb); take the archive from "
+    "the original publisher"
 )
 _FIX_SHAPE = "the member does not hold plain metadata: rebuild it or take it from the publisher"
 
@@ -212,6 +227,42 @@ class _RestrictedUnpickler(pickle.Unpickler):
         )
 
 
+class _Bomb(Exception):
+    """Internal: a declared size the input cannot back."""
+
+
+_MEMO_PUTS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"})
+
+
+def _prescan(data: bytes, what: str) -> None:
+    """Refuse numbers that would make the unpickler allocate more than the input justifies."""
+    top, memos, n = -1, 0, len(data)
+    try:
+        for op, arg, pos in pickletools.genops(data):
+            if op.name in _MEMO_PUTS:
+                top = max(top, int(arg))
+            if op.name in _MEMO_PUTS or op.name == "MEMOIZE":
+                memos += 1
+            elif op.name == "FRAME" and arg > n - pos - 9:  # 9: the opcode and its length
+                raise _Bomb(f"a frame of {arg:,} bytes, but only {n - pos - 9:,} follow")
+    except _Bomb as exc:  # also what a pickle cut short looks like
+        raise SourceError(
+            what, f"metadata pickle is damaged or forged: {exc}", "download the archive again"
+        ) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # genops: truncated or bad opcodes
+        raise SourceError(
+            what, f"metadata pickle is damaged ({exc})", "download the archive again"
+        ) from None
+    # Checked after the walk: a memo index can only name one of the stream's memo stores.
+    if top >= memos:
+        raise SourceError(
+            what,
+            f"refused to unpickle: memo index {top:,} in a pickle with {memos:,} memo "
+            "entries (the unpickler would allocate a memo that large)",
+            _FIX_BOMB,
+        )
+
+
 def _load(data: bytes, *, what: str, allowed: dict[tuple[str, str], Any], max_bytes: int) -> Any:
     if len(data) > max_bytes:
         raise SourceError(
@@ -219,6 +270,7 @@ def _load(data: bytes, *, what: str, allowed: dict[tuple[str, str], Any], max_by
             f"metadata pickle is {len(data):,} bytes, above the limit of {max_bytes:,} bytes",
             "metadata dicts are a few hundred bytes: this member is not plain metadata",
         )
+    _prescan(data, what)
     try:
         return _RestrictedUnpickler(data, what=what, allowed=allowed).load()
     except UnsafePickleError:

@@ -5,16 +5,27 @@ Members are read into memory one by one and never extracted to disk, so path tri
 name like that means the archive is not what the published layout promises, and because a
 caller might later use the name as a path. Works on any binary file object with ``read``:
 a local ``open()``, an fsspec/s3fs file, a pipe.
+
+Memory bound: one member's payload at a time (at most ``max_member_bytes``, 64 MiB by
+default), plus tarfile's metadata headers (pax extended headers, GNU long names), which
+tarfile reads whole before the member they describe: each is refused above
+``MAX_META_BYTES`` (1 MiB), since in a compressed tar a few KB can declare gigabytes. The
+codec is chosen from the magic bytes (gzip, bzip2: < 8 MiB of state; xz: its dictionary
+capped at ``MAX_XZ_MEMORY``, 256 MiB); anything else is read as an uncompressed tar.
+Headers already read are dropped, so a million members cost no more than one.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import lzma
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from cloudmic.errors import SourceError
 
@@ -22,6 +33,17 @@ log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
 DEFAULT_MAX_MEMBER_BYTES = 64 * MiB
+
+MAX_META_BYTES = 1 * MiB  # a pax header or GNU long name; real ones are < 1 KB
+_META_TYPES = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+     tarfile.SOLARIS_XHDTYPE}
+)
+
+# What tarfile lets escape from a damaged stream besides TarError (a gzip header cut short
+# gives TypeError from ord(b""), a bad deflate block zlib.error).
+_STREAM_ERRORS = (tarfile.TarError, EOFError, OSError, TypeError, zlib.error, lzma.LZMAError)
+_MAX_COMPONENT_BYTES = 255  # NAME_MAX of every common file system
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -45,6 +67,12 @@ def check_member_name(name: str, *, archive: str, allow_dirs: bool = False) -> N
     parts = name.split("/")
     if ".." in parts:
         raise _refuse(archive, name, "member name contains a '..' component (path traversal)")
+    if "." in parts:
+        # 'a/./b' and 'a/b' are one path on disk: two members would overwrite each other.
+        raise _refuse(archive, name, "member name contains a '.' component")
+    if any(len(p.encode("utf-8", "surrogateescape")) > _MAX_COMPONENT_BYTES for p in parts):
+        raise _refuse(archive, name[:80] + "...", "member name has a component longer than "
+                      f"{_MAX_COMPONENT_BYTES} bytes, which no file system can hold")
     if len(parts) > 1 and not allow_dirs:
         raise _refuse(
             archive,
@@ -87,7 +115,25 @@ def _check_member(
     return True
 
 
+class _MetaTooLarge(Exception):
+    """Internal: a pax/long-name header larger than MAX_META_BYTES (raised inside tarfile)."""
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a pax or long-name header's payload whole: bound it first."""
+
+    def _proc_member(self, tf: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type in _META_TYPES and self.size > MAX_META_BYTES:
+            raise _MetaTooLarge(
+                f"a metadata header (tar type {self.type!r}) of {self.size:,} bytes, above "
+                f"the limit of {MAX_META_BYTES:,}"
+            )
+        return super()._proc_member(tf)
+
+
 def _open_error(archive: str, exc: Exception) -> SourceError:
+    if isinstance(exc, _MetaTooLarge):
+        return SourceError(archive, f"refused: {exc} (a tar bomb, or not a tar)", _REBUILD)
     return SourceError(
         archive,
         f"not a readable tar archive, or cut short ({type(exc).__name__}: {exc})",
@@ -95,17 +141,85 @@ def _open_error(archive: str, exc: Exception) -> SourceError:
     )
 
 
+_XZ_MAGIC, _GZ_MAGIC, _BZ2_MAGIC = b"\xfd7zXZ\x00", b"\x1f\x8b", b"BZh"
+MAX_XZ_MEMORY = 256 * MiB  # xz's dictionary comes from the header; xz -9 needs 65 MiB
+
+
+class _Prefixed(io.RawIOBase):
+    """``head`` (bytes already read to sniff the format), then the rest of ``inner``."""
+
+    def __init__(self, head: bytes, inner: BinaryIO) -> None:
+        super().__init__()
+        self._head, self._inner = head, inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n], self._head = self._head[:n], self._head[n:]
+            return n
+        data = self._inner.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
+class _XzReader(io.RawIOBase):
+    """xz decompression whose dictionary is capped (tarfile's own has no memory limit)."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        super().__init__()
+        self._inner, self._out = inner, b""
+        self._dec = lzma.LZMADecompressor(lzma.FORMAT_XZ, memlimit=MAX_XZ_MEMORY)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        while not self._out and not self._dec.eof:
+            chunk = b"" if self._dec.needs_input is False else self._inner.read(64 * 1024)
+            if not chunk and self._dec.needs_input:
+                raise EOFError("the xz stream is cut short")
+            self._out = self._dec.decompress(chunk, max_length=len(b))
+        n = min(len(b), len(self._out))
+        b[:n], self._out = self._out[:n], self._out[n:]
+        return n
+
+
+def _sniffed(fileobj: BinaryIO, mode: str) -> tuple[Any, str]:
+    """(file object, explicit tarfile mode) for a ``*`` mode, from the magic bytes.
+
+    tarfile's own ``*`` tries every codec in turn, so random bytes reach its legacy .lzma
+    reader, which allocates the dictionary size the first bytes name (up to 4 GiB).
+    """
+    if not mode.endswith("*"):
+        return fileobj, mode
+    stream = mode[1]
+    head = fileobj.read(6)
+    if stream == ":":
+        fileobj.seek(-len(head), io.SEEK_CUR)
+        rest: Any = fileobj
+    else:
+        rest = io.BufferedReader(_Prefixed(head, fileobj))
+    if head.startswith(_XZ_MAGIC):
+        return io.BufferedReader(_XzReader(rest)), "r|"
+    codec = "gz" if head.startswith(_GZ_MAGIC) else "bz2" if head.startswith(_BZ2_MAGIC) else ""
+    return rest, f"r{stream}{codec}"
+
+
 def _open_tar(fileobj: BinaryIO, mode: str, archive: str) -> tarfile.TarFile:
     try:
-        return tarfile.open(fileobj=fileobj, mode=mode)
-    except (tarfile.TarError, EOFError, OSError) as exc:
+        fileobj, mode = _sniffed(fileobj, mode)
+        return tarfile.open(fileobj=fileobj, mode=mode, tarinfo=_BoundedTarInfo)
+    except (*_STREAM_ERRORS, _MetaTooLarge) as exc:
         raise _open_error(archive, exc) from exc
 
 
 def _next(tf: tarfile.TarFile, archive: str) -> tarfile.TarInfo | None:
     try:
         info = tf.next()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except (*_STREAM_ERRORS, _MetaTooLarge) as exc:
         raise _open_error(archive, exc) from exc
     # Both modes append every header to tf.members; with ~10^6 members that list would be
     # the only thing growing, so drop it (nothing here looks back).
@@ -150,7 +264,7 @@ def _read_payload(tf: tarfile.TarFile, info: tarfile.TarInfo, *, archive: str) -
     try:
         handle = tf.extractfile(info)
         payload = handle.read() if handle is not None else b""
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except _STREAM_ERRORS as exc:
         raise _refuse(
             archive,
             info.name,

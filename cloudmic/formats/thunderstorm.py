@@ -5,6 +5,12 @@ depending on version and fitter (``uncertainty`` or ``uncertainty_xy``, with or 
 ``chi2``, 3-D fits with ``z``). Header cells are double-quoted ``name [unit]``; values are
 plain numbers. The body is parsed vectorised (``np.loadtxt``, in slices of a few MB), and
 only when that fails is the file walked line by line to name the first bad line.
+
+Memory bound: the file's bytes (F), the table (8 bytes a value; a row of n columns takes at
+least 2n bytes of text, so at most 4F however many blank lines there are), the int and check
+copies of a few columns, and one slice's transient (np.loadtxt's UCS-4 copy of at most
+4 MiB + one line). Lines are limited to MAX_LINE_BYTES, the header to MAX_COLUMNS cells and
+the body to MAX_BLANK_LINES empty lines. About 6F + 64 MiB in all.
 """
 
 from __future__ import annotations
@@ -15,8 +21,9 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import IO, NamedTuple
 
@@ -44,6 +51,10 @@ DEFAULT_UNITS = {
 
 _CELL = re.compile(r"^\s*(?P<name>[^\[\]]*?)\s*(?:\[(?P<unit>[^\[\]]*)\])?\s*$")
 _MAX_EXACT_INT = 2**53  # ids and frames are parsed as float64; beyond this they are not exact
+# ThunderSTORM writes ~15 columns of ~20 characters; these limits are far above any export.
+MAX_COLUMNS = 1000
+MAX_LINE_BYTES = 1024 * 1024
+MAX_BLANK_LINES = 10_000
 
 _FIX_EXPORT = (
     "export the localisations again from ThunderSTORM (Results table > Export, CSV), "
@@ -115,28 +126,44 @@ def _sniff_delimiter(header_line: str) -> str:
     return "\t" if "\t" in header_line else ","
 
 
+def _header_cells(line: str, delimiter: str, src: str) -> list[str]:
+    if line.count(delimiter) >= MAX_COLUMNS:
+        raise SourceError(
+            src,
+            f"the header has {line.count(delimiter) + 1:,} columns, more than the limit of "
+            f"{MAX_COLUMNS:,} (ThunderSTORM writes about 15)",
+            _FIX_EXPORT,
+        )
+    try:
+        return next(csv.reader([line], delimiter=delimiter))
+    except csv.Error as exc:  # e.g. a CR or NUL inside the header line
+        raise SourceError(src, f"the header line cannot be read as CSV ({exc})",
+                          _FIX_EXPORT) from None
+
+
 def _parse_header(line: str, delimiter: str, src: str) -> tuple[list[str], list[str], list[str]]:
     """(canonical names, units, source cells) of the header line."""
-    cells = next(csv.reader([line], delimiter=delimiter))
+    cells = _header_cells(line, delimiter, src)
     names: list[str] = []
     units: list[str] = []
+    seen: dict[str, str] = {}  # name -> its cell: a list lookup made 40,000 columns quadratic
     for pos, cell in enumerate(cells, start=1):
         m = _CELL.match(cell)
         name = _canonical(m.group("name")) if m else ""
         if not name:
             raise SourceError(
                 src,
-                f"header cell {pos} ({cell!r}) is not a column name like 'x [nm]' "
-                f"(header: {cells})",
+                f"header cell {pos} ({cell[:80]!r}) is not a column name like 'x [nm]' "
+                f"(header: {cells[:20]}{' ...' if len(cells) > 20 else ''})",
                 _FIX_EXPORT,
             )
-        if name in names:
-            first = cells[names.index(name)]
+        if name in seen:
             raise SourceError(
                 src,
-                f"header has two columns for {name!r}: {first!r} and {cell!r}",
+                f"header has two columns for {name!r}: {seen[name]!r} and {cell!r}",
                 "keep one of them (ThunderSTORM writes each column once)",
             )
+        seen[name] = cell
         names.append(name)
         units.append((m.group("unit") or "").strip())
     return names, units, cells
@@ -180,19 +207,25 @@ class _Body(NamedTuple):
 _SLICE_BYTES = 4 * 1024 * 1024
 
 
-def _body_lines(body: _Body) -> list[tuple[int, str]]:
+def _body_lines(body: _Body) -> Iterator[tuple[int, str]]:
     """(1-based file line number, text) of each non-empty body line; the header is line 1.
 
     Empty lines are skipped as np.loadtxt skips them, so row i of the table is entry i here.
-    Only used to word errors, so the cost of a Python pass is paid on bad files alone.
+    Only used to word errors, so the cost of a Python pass is paid on bad files alone; lazy,
+    so that a bad file costs one line at a time, not a list of every line.
     """
-    out = []
-    text = body.raw[body.start :].decode("latin-1")
-    for n, line in enumerate(text.split("\n"), start=2):
-        line = line.rstrip("\r")
+    raw, pos, n = body.raw, body.start, 2
+    while pos <= len(raw):
+        end = raw.find(b"\n", pos)
+        end = len(raw) if end < 0 else end
+        line = raw[pos:end].decode("latin-1").rstrip("\r")
         if line:
-            out.append((n, line))
-    return out
+            yield n, line
+        pos, n = end + 1, n + 1
+
+
+def _line_of_row(body: _Body, row: int) -> int:
+    return next(islice(_body_lines(body), row, None))[0]
 
 
 def _find_bad_line(body: _Body, delimiter: str, cells: list[str], src: str) -> SourceError:
@@ -233,13 +266,17 @@ def _parse_body(body: _Body, delimiter: str, cells: list[str], src: str) -> np.n
     Column-major so that each column is a contiguous row of the result, without a copy.
     """
     ncols = len(cells)
-    # Every row ends with a newline except perhaps the last: an upper bound on the rows.
     raw, start, end = body.raw, body.start, len(body.raw)
-    out = np.empty((ncols, raw.count(b"\n", start) + 1), dtype=np.float64)
-    view, filled = memoryview(raw), 0
+    # Upper bounds on the rows: every row but the last ends with a newline, and takes at
+    # least 2 bytes per column ("0," ... "0\n"), so blank lines cannot inflate the table.
+    rows_max = min(raw.count(b"\n", start) + 1, (end - start) // (2 * ncols) + 1)
+    out = np.empty((ncols, rows_max), dtype=np.float64)
+    view, filled, blank = memoryview(raw), 0, 0
     while start < end:
         stop = raw.find(b"\n", start + _SLICE_BYTES)
         stop = end if stop < 0 else stop + 1
+        if stop - start > _SLICE_BYTES + MAX_LINE_BYTES:
+            raise _long_line(body, start + _SLICE_BYTES, src)
         # The numbers are ASCII; latin-1 maps any other byte to a character that fails to
         # parse, so a stray byte becomes a line-numbered error, not a decode error.
         text = str(view[start:stop], "latin-1")
@@ -250,15 +287,30 @@ def _parse_body(body: _Body, delimiter: str, cells: list[str], src: str) -> np.n
             rows = _parse_slice(text, delimiter)
         except ValueError:
             raise _find_bad_line(body, delimiter, cells, src) from None
-        if rows.shape[1] != ncols:
+        if rows.shape[1] != ncols or filled + len(rows) > rows_max:
             raise _find_bad_line(body, delimiter, cells, src)
         out[:, filled : filled + len(rows)] = rows.T
         filled += len(rows)
+        blank += text.count("\n") + (not text.endswith("\n")) - len(rows)
+        if blank > MAX_BLANK_LINES:
+            raise SourceError(src, f"the table has more than {MAX_BLANK_LINES:,} empty lines",
+                              "remove the empty lines, or " + _FIX_EXPORT)
     return out[:, :filled]
 
 
+def _long_line(body: _Body, pos: int, src: str) -> SourceError:
+    """The line holding byte ``pos`` is longer than MAX_LINE_BYTES."""
+    first = body.raw.rfind(b"\n", body.start, pos) + 1 or body.start
+    lineno = body.raw.count(b"\n", 0, first) + 1
+    return SourceError(
+        f"{src}, line {lineno}",
+        f"the line is longer than {MAX_LINE_BYTES:,} bytes (a ThunderSTORM row has ~200)",
+        _FIX_EXPORT,
+    )
+
+
 def _row_error(body: _Body, row: int, src: str, problem: str) -> SourceError:
-    lineno = _body_lines(body)[row][0]
+    lineno = _line_of_row(body, row)
     return SourceError(f"{src}, line {lineno}", problem, _FIX_EXPORT)
 
 
@@ -290,10 +342,10 @@ def _check_values(
     dup = np.flatnonzero(ids[order][1:] == ids[order][:-1])
     if dup.size:
         first, second = int(order[dup[0]]), int(order[dup[0] + 1])
-        lines = _body_lines(body)
         raise SourceError(
             src,
-            f"id {ids[first]} occurs twice (lines {lines[first][0]} and {lines[second][0]}); "
+            f"id {ids[first]} occurs twice (lines {_line_of_row(body, first)} and "
+            f"{_line_of_row(body, second)}); "
             "ids must be unique",
             "remove the duplicate rows, or export the table again from ThunderSTORM",
         )
@@ -330,8 +382,11 @@ def read_thunderstorm(
     source in errors (default: the path or the file object's name).
     """
     raw, src = _read_source(path_or_fileobj, name)
-    cut = raw.find(b"\n")
-    cut = len(raw) if cut < 0 else cut
+    cut = raw.find(b"\n", 0, MAX_LINE_BYTES + 1)
+    cut = min(len(raw), MAX_LINE_BYTES + 1) if cut < 0 else cut
+    if cut > MAX_LINE_BYTES:
+        raise SourceError(f"{src}, line 1", f"the header line is longer than {MAX_LINE_BYTES:,} "
+                          "bytes (ThunderSTORM's has ~150)", _FIX_EXPORT)
     # The body stays inside the file's bytes (no copy of a 100 MB string).
     header, body = _decode_header(raw[:cut], src), _Body(raw, cut + 1)
     if not header.strip():

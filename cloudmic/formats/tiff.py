@@ -1,10 +1,26 @@
 """TIFF reading with the checks a published dataset needs: shape and dtype come from each
-file (never from documentation), and a truncated or corrupt file is named, not guessed at."""
+file (never from documentation), and a truncated or corrupt file is named, not guessed at.
+
+Memory bound. Headers are read first (tifffile keeps ~2 KB of objects per page header), and
+pixels are decoded only when what the headers declare is plausible:
+
+- the series shape equals ``expected_shape`` when the caller knows it (a STED-FM crop is
+  224x224), and
+- the decoded size is at most ``MAX_RATIO`` (100) times the file's bytes, unless it is below
+  ``RATIO_FLOOR`` (64 MiB). Deflate reaches ~1030:1 only on constant filler; 100:1 is the
+  zip-bomb threshold of Apache POI, and only a near-blank image above 64 MiB compresses
+  more. Small files may compress any amount (a blank crop).
+
+So a decode allocates at most ``max(64 MiB, 100 x file size)`` for the pixels, plus the
+file's bytes; tifffile's codecs decode each strip or tile into a buffer of its declared
+size, so a strip that inflates further fails instead of growing.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +31,9 @@ import tifffile
 from cloudmic.errors import SourceError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+MiB = 1024 * 1024
+MAX_RATIO = 100
+RATIO_FLOOR = 64 * MiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +62,65 @@ def truncated_error(path: Path, end: int, size: int) -> SourceError:
 def check_page_extent(path: Path, page: tifffile.TiffPage, size: int) -> None:
     """Every strip of ``page`` must lie inside the file. This is what catches a download cut
     short: the header of a truncated TIFF still parses, only its pixel data is missing."""
-    ends = [o + n for o, n in zip(page.dataoffsets, page.databytecounts, strict=True)]
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) != len(counts):
+        raise SourceError(
+            path,
+            f"corrupt TIFF: a page lists {len(offsets)} strip offsets but {len(counts)} strip "
+            "byte counts",
+            "download the file again (or restore it from the original archive)",
+        )
+    ends = [o + n for o, n in zip(offsets, counts, strict=True)]
     if ends and max(ends) > size:
         raise truncated_error(path, max(ends), size)
 
 
-def open_tiff(path: Path) -> tifffile.TiffFile:
-    """Open a TIFF's header; anything but a readable TIFF is a SourceError naming the file."""
+def check_decoded_size(path: object, shape: tuple[int, ...], dtype: np.dtype, stored: int) -> None:
+    """Refuse, before decoding, pixels that ``stored`` bytes cannot plausibly hold."""
+    decoded = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no overflow
+    if decoded > RATIO_FLOOR and decoded > MAX_RATIO * stored:
+        raise SourceError(
+            path,
+            f"the TIFF declares {'x'.join(map(str, shape))} {np.dtype(dtype)} pixels "
+            f"({decoded:,} bytes) in a file of {stored:,} bytes, a compression of "
+            f"{decoded / max(stored, 1):,.0f}:1 (images stay below {MAX_RATIO}:1): a forged "
+            "header or a decompression bomb; nothing was decoded",
+            "do not use this file: download it again from the publisher",
+        )
+
+
+def check_expected_shape(path: object, shape: tuple[int, ...],
+                         expected: tuple[int, ...] | None) -> None:
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise SourceError(
+            path,
+            f"the TIFF declares shape {tuple(shape)}, expected {tuple(expected)}; "
+            "nothing was decoded",
+            "check that the file belongs to this dataset, or download it again",
+        )
+
+
+def indexed(tif: tifffile.TiffFile) -> tifffile.TiffFile:
+    """Walk the IFD chain once (len() stops at a loop) and keep the pages: iterating
+    uncached pages re-walks the chain, and a loop tifffile's len() caught can then make
+    that walk endless (found by the fuzz suite)."""
     try:
-        return tifffile.TiffFile(path)
+        len(tif.pages)
+        tif.pages.cache = True
+    except BaseException:
+        tif.close()
+        raise
+    return tif
+
+
+def open_tiff(path: Path, *, index: bool = True) -> tifffile.TiffFile:
+    """Open a TIFF's header; anything but a readable TIFF is a SourceError naming the file.
+
+    ``index=False`` leaves :func:`indexed` to the caller (to collect what tifffile logs).
+    """
+    try:
+        tif = tifffile.TiffFile(path)
+        return indexed(tif) if index else tif
     except FileNotFoundError:
         raise
     except Exception as exc:  # tifffile raises a zoo of types for bad headers
@@ -70,6 +139,7 @@ def inspect_tiff(path: Path) -> TiffInfo:
             series = tif.series[0]
             for page in tif.pages:
                 check_page_extent(path, page, size)
+            check_decoded_size(path, tuple(series.shape), series.dtype, size)
             return TiffInfo(path, tuple(series.shape), np.dtype(series.dtype), len(tif.pages),
                             size)
         except SourceError:
@@ -82,18 +152,37 @@ def inspect_tiff(path: Path) -> TiffInfo:
             ) from exc
 
 
-def read_tiff(path: Path) -> tuple[np.ndarray, str]:
+def read_tiff(path: Path, *, expected_shape: tuple[int, ...] | None = None
+              ) -> tuple[np.ndarray, str]:
     """The pixels as stored (dtype kept) and the sha256 of the exact file bytes.
 
-    One read serves both, so provenance checksums cost no extra I/O.
+    One read serves both, so provenance checksums cost no extra I/O. The declared size is
+    checked (module docstring) before anything is decoded.
     """
     blob = Path(path).read_bytes()
+    return decode_tiff_bytes(blob, where=path, expected_shape=expected_shape), \
+        hashlib.sha256(blob).hexdigest()
+
+
+def decode_tiff_bytes(blob: bytes, *, where: object,
+                      expected_shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """The first series of an in-memory TIFF (an archive member), ``where`` naming it.
+
+    Shape (against ``expected_shape``) and decoded size (against ``len(blob)``) are checked
+    from the headers before a pixel is decoded.
+    """
     try:
-        arr = tifffile.imread(io.BytesIO(blob))
-    except Exception as exc:
+        with indexed(tifffile.TiffFile(io.BytesIO(blob))) as tif:
+            series = tif.series[0]
+            shape, dtype = tuple(int(n) for n in series.shape), np.dtype(series.dtype)
+            check_expected_shape(where, shape, expected_shape)
+            check_decoded_size(where, shape, dtype, len(blob))
+            return series.asarray()
+    except SourceError:
+        raise
+    except Exception as exc:  # tifffile raises a zoo of types for damaged files
         raise SourceError(
-            path,
+            where,
             f"cannot read the TIFF pixels ({type(exc).__name__}: {exc})",
             "the file is damaged: download it again",
         ) from exc
-    return arr, hashlib.sha256(blob).hexdigest()

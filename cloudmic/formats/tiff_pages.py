@@ -20,6 +20,13 @@ must be able to mean time: ``T``, tifffile's page/sequence axes ``I``/``Q``, or 
 plain ImageJ stack (ImageJ calls every plain stack "slices"). A hyperstack that declares its
 only long axis as depth (``Z``, ``hyperstack=true``) or channels (``C``) is a z-stack or a
 channel stack, not a movie, and is refused rather than relabelled as time.
+
+Memory bound: the page headers (~2 KB of tifffile objects per page), plus one block of
+``block`` frames as declared. On the contiguous path every frame's bytes must lie inside
+the file, so a block is at most the file's size; on the paged path the whole movie may
+decode to at most ``max(64 MiB, 100 x file size)`` (:mod:`cloudmic.formats.tiff`), checked
+from the headers in :func:`movie_info` before a block is read, so a 585 KB file cannot
+declare 16 compressed 4096x4096 frames (512 MiB).
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ import numpy as np
 import tifffile
 
 from cloudmic.errors import SourceError
-from cloudmic.formats.tiff import check_page_extent, open_tiff, truncated_error
+from cloudmic.formats.tiff import (
+    check_decoded_size,
+    check_page_extent,
+    indexed,
+    open_tiff,
+    truncated_error,
+)
 
 __all__ = ["MovieInfo", "iter_frame_blocks", "movie_info"]
 
@@ -89,7 +102,7 @@ def movie_info(path: Path | str) -> MovieInfo:
             not a single-channel movie (a second axis of length > 1, colour samples).
     """
     path = Path(path)
-    with open_tiff(path) as tif:
+    with open_tiff(path, index=False) as tif:
         return _layout(path, tif).info
 
 
@@ -120,7 +133,7 @@ def iter_frame_blocks(
         stop = _stop(info, start, stop)
         yield from _contiguous_blocks(path, lay, int(block), int(start), stop)
         return
-    with open_tiff(path) as tif:
+    with open_tiff(path, index=False) as tif:
         lay = _layout(path, tif)
         info = lay.info
         stop = _stop(info, start, stop)
@@ -188,7 +201,7 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
     size = os.path.getsize(path)
     try:
         with _tifffile_errors() as errors:
-            pages = list(tif.pages)  # every IFD: the extent checks below need them all
+            pages = list(indexed(tif).pages)  # every IFD: the extent checks need them all
             series = tif.series[0]
         stored_shape = tuple(int(n) for n in series.get_shape(False))
         stored_axes = str(series.get_axes(False))
@@ -204,7 +217,7 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
     if errors:
         # tifffile logs, rather than raises, when the IFD chain runs off the end of the file;
         # it then makes up a shorter series, which must not pass for the real movie.
-        if any("offset" in msg for msg in errors):
+        if any("offset" in msg and "circular" not in msg for msg in errors):
             raise SourceError(
                 path,
                 f"truncated TIFF: the chain of page headers runs past the end of the file "
@@ -219,6 +232,9 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
     _check_imagej_count(path, tif, pages, series, size)
     hyperstack = bool((tif.imagej_metadata or {}).get("hyperstack"))
     frames, shape, squeezed, frame_axis = _squeeze(path, stored_shape, stored_axes, hyperstack)
+    if min(shape) < 1:
+        raise SourceError(path, f"the TIFF declares empty frames ({shape[0]}x{shape[1]} pixels)",
+                          "download the file again (or restore it from the original archive)")
     info = MovieInfo(
         path=path,
         frames=frames,
@@ -241,6 +257,8 @@ def _layout(path: Path, tif: tifffile.TiffFile) -> _Layout:
         info = MovieInfo(**{**_fields(info), "contiguous": True, "data_offset": int(offset),
                             "byteorder": tif.byteorder})
         return _Layout(info, int(offset), disk)
+    # Compressed or scattered pages: the headers' sizes must be what the file can hold.
+    check_decoded_size(path, (frames, *shape), dtype, size)
     if len(series) != frames or any(p is None for p in series):
         raise SourceError(
             path,

@@ -5,10 +5,14 @@ and any placement is safe; each reports to the ledger itself when it is done."""
 from __future__ import annotations
 
 import logging
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
+
+from cloudmic.errors import is_permanent
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +57,43 @@ def dask_client(scheduler: str | None, workers: int, threads: int,
         yield client
 
 
+@dataclass(frozen=True)
+class _Failed:
+    """A failure no retry can fix, sent back as a result: dask retries whatever raises."""
+
+    error: BaseException
+    details: str  # the worker's traceback (logged with -vv)
+
+
+def _unless_permanent(fn: Task, *args: Any) -> dict[str, Any] | _Failed:
+    """Run ``fn``; a full disk, a refused permission, no memory or bad input come back as
+    :class:`_Failed` so the unit is tried once, not rewritten three times to fail again."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        if is_permanent(exc):
+            return _Failed(exc, traceback.format_exc())
+        raise
+
+
 def run_dask(client: Any, fn: Task, shared: tuple, per_task: list[tuple],
              keys: list[str]) -> Iterator[dict[str, Any]]:
     """Results as they finish. ``shared`` arguments (adapter, inventory) go to the workers
-    once; a worker that dies has its units rerun elsewhere by the scheduler (retries=2); the
-    first unit that fails for a reason of its own stops the run."""
+    once; a unit that raises is retried twice (a store that hiccupped), unless no retry can
+    help (:func:`cloudmic.errors.is_permanent`); a worker that dies has its units rerun
+    elsewhere by the scheduler; the first unit that fails for good stops the run."""
     from distributed import as_completed
 
     remote = client.scatter(list(shared), broadcast=True, hash=False)
-    futures = [client.submit(fn, *remote, *a, pure=False, retries=2, key=k)
+    futures = [client.submit(_unless_permanent, fn, *remote, *a, pure=False, retries=2, key=k)
                for a, k in zip(per_task, keys, strict=True)]
     try:
         for fut in as_completed(futures, loop=client.loop):
-            yield fut.result()
+            result = fut.result()
+            if isinstance(result, _Failed):
+                log.debug("unit %s failed on its worker:\n%s", fut.key, result.details)
+                raise result.error
+            yield result
     except BaseException:
         client.cancel(futures)
         raise

@@ -91,10 +91,10 @@ class Ledger:
         return out
 
     def usable(self, entry: dict[str, Any], wds_loc: Location) -> bool:
-        shard = wds_loc.child(entry["shard"]["url"])
         try:
+            shard = wds_loc.inside(entry["shard"]["url"], self._entry(entry["unit"]).url)
             return int(shard.fs.size(shard.path)) == int(entry["shard"]["bytes"])
-        except (OSError, FileNotFoundError):
+        except (OSError, KeyError, TypeError):  # StoreError: a URL leaving the folder
             return False
 
 

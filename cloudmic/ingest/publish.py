@@ -1,9 +1,17 @@
-"""Staging and publishing: readers only ever see complete datasets.
+"""Staging and publishing immutable versions: readers only ever see complete datasets.
 
-An ingest writes everything under ``ROOT/.cloudmic/staging/<dataset>-<run>/``; only
-after it verified does ``publish`` move it to ``ROOT/<dataset>.zarr`` and
-``ROOT/<dataset>.wds``, root metadata last, and ``catalog.json`` is updated after that.
-A failure before publish leaves what was published untouched.
+An ingest writes everything under ``ROOT/.cloudmic/staging/<dataset>-<run>/``. Only after
+it verified does :func:`publish` place it as a new version (ADR 0007)::
+
+    1. move (local rename) or copy (object store) the parts to ROOT/<name>.releases/<v>/
+    2. write <v>/version.json                  the version is complete
+    3. replace <name>.releases/current.json    one atomic write: readers switch here
+    4. local roots: point the symlinks ROOT/<name>.zarr (.wds, .previews) at <v>
+    5. update this dataset's entry in catalog.json (conditional write: no lost entry)
+
+A publisher that dies before step 3 leaves the previous version current and readable;
+between 3 and 5 the catalog names the previous version for a moment, still complete.
+Old versions stay until ``cloudmic gc``.
 """
 
 from __future__ import annotations
@@ -13,32 +21,26 @@ import logging
 import os
 import shutil
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
+from cloudmic.storage import root_layout as rl
+from cloudmic.storage.atomic_json import update_json
+from cloudmic.storage.catalog_json import update_catalog
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import new_version_id, pointer_location
 
 log = logging.getLogger(__name__)
 
-STAGING = ".cloudmic/staging"
-CATALOG = "catalog.json"
-# written last within a dataset: a reader opening the store sees old or new, never half
-ROOT_METADATA = ("zarr.json", "index.json")
-
-
-def new_run_id() -> str:
-    return datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-
 
 def staging_location(dest: Location, dataset: str, run_id: str) -> Location:
-    return dest.child(STAGING, f"{dataset}-{run_id}")
+    return dest.child(rl.STAGING, f"{dataset}-{run_id}")
 
 
 def check_writable(dest: Location) -> None:
     """Fail before any work if the credentials cannot write to the destination."""
-    probe = dest.child(STAGING, f"write-probe-{uuid.uuid4().hex[:8]}")
+    probe = dest.child(rl.STAGING, f"write-probe-{uuid.uuid4().hex[:8]}")
     try:
         probe.write_bytes(b"cloudmic write probe")
         probe.fs.rm(probe.path)
@@ -49,55 +51,52 @@ def check_writable(dest: Location) -> None:
         ) from exc
 
 
-def _publish_local(staged: Path, final: Path) -> None:
-    trash = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
-    if final.exists():
-        os.rename(final, trash)
-    os.rename(staged, final)
-    shutil.rmtree(trash, ignore_errors=True)
-
-
-def _publish_s3(staged: Location, final: Location) -> None:
+def _place(staged: Location, final: Location) -> None:
+    """Put one staged part at its place in the new version."""
+    if not staged.is_s3:
+        Path(final.path).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(staged.path, final.path)
+        return
     fs = staged.fs
-    src_files = sorted(fs.find(staged.path))
-    rel = [f[len(staged.path) + 1:] for f in src_files]
-    last = [r for r in rel if r in ROOT_METADATA]
-    first = [r for r in rel if r not in ROOT_METADATA]
-    for batch in (first, last):
-        if batch:
-            fs.copy([f"{staged.path}/{r}" for r in batch], [f"{final.path}/{r}" for r in batch])
-    fs.invalidate_cache(final.path)
-    stale = set(fs.find(final.path)) - {f"{final.path}/{r}" for r in rel}
-    if stale:
-        fs.rm(sorted(stale))
-    fs.rm(staged.path, recursive=True)
+    files = sorted(fs.find(staged.path))
+    rel = [f[len(staged.path) + 1:] for f in files]
+    fs.copy(files, [f"{final.path}/{r}" for r in rel])  # server-side copies
 
 
-def publish(staging: Location, dest: Location, names: list[str]) -> None:
-    """Move each staged ``name`` (e.g. ``biosr.zarr``) to ``dest/name``."""
-    for name in names:
-        if dest.is_s3:
-            _publish_s3(staging.child(name), dest.child(name))
-        else:
-            _publish_local(Path(staging.child(name).path), Path(dest.child(name).path))
-    if not dest.is_s3:
-        shutil.rmtree(staging.path, ignore_errors=True)
-    log.info("published %s under %s", ", ".join(names), dest.url)
+def _link(root: Path, name: str, version: str, parts: list[str]) -> None:
+    """Local roots: ``ROOT/<name>.zarr`` etc. become symlinks to the current version, so
+    the stable path keeps working for plain xarray; each switch is one atomic rename."""
+    for suffix in rl.PARTS:
+        stable = root / f"{name}{suffix}"
+        if f"{name}{suffix}" not in parts:  # e.g. no previews this time: drop the stale link
+            if stable.is_symlink():
+                stable.unlink()
+            continue
+        if stable.exists() and not stable.is_symlink():  # a root published before versions
+            trash = stable.with_name(f".{stable.name}.old-{uuid.uuid4().hex[:8]}")
+            os.rename(stable, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        tmp = stable.with_name(f".{stable.name}.link-{uuid.uuid4().hex[:8]}")
+        os.symlink(f"{rl.version_dir(name, version)}/{name}{suffix}", tmp)
+        os.replace(tmp, stable)
 
 
-def read_catalog(root: Location) -> dict[str, Any]:
-    loc = root.child(CATALOG)
-    if not loc.exists():
-        return {"catalog_version": 1, "datasets": {}}
-    try:
-        return json.loads(loc.read_bytes())
-    except ValueError as exc:
-        raise StoreError(f"{loc.url}: catalog is not valid JSON ({exc}); restore it") from exc
-
-
-def update_catalog(root: Location, name: str, entry: dict[str, Any]) -> None:
-    """Add or replace one dataset's entry: the very last write of an ingest."""
-    catalog = read_catalog(root)
-    catalog["datasets"][name] = entry
-    catalog["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
-    root.child(CATALOG).write_bytes(json.dumps(catalog, indent=2, sort_keys=True).encode())
+def publish(staging: Location, root: Location, name: str, parts: list[str],
+            facts: dict[str, Any]) -> dict[str, Any]:
+    """Publish the staged ``parts`` (``biosr.zarr``, ``biosr.wds``, ...) as a new version of
+    ``name``; returns its catalog entry (``facts`` plus the version and its URLs)."""
+    version = new_version_id()
+    base = rl.version_dir(name, version)
+    entry = {**facts, "version": version, "zarr": f"{base}/{rl.zarr_name(name)}",
+             "webdataset": f"{base}/{rl.wds_name(name)}/{rl.INDEX}"}
+    if rl.previews_name(name) in parts:
+        entry["previews"] = f"{base}/{rl.previews_name(name)}/{rl.PREVIEWS_INDEX}"
+    for part in parts:
+        _place(staging.child(part), root.child(base, part))
+    root.child(base, rl.VERSION_FACTS).write_bytes(json.dumps(entry, indent=2).encode())
+    update_json(pointer_location(root, name), lambda _old: entry)
+    if not root.is_s3:
+        _link(Path(root.path), name, version, parts)
+    update_catalog(root, name, entry)
+    log.info("published %s version %s under %s", name, version, root.url)
+    return entry

@@ -21,22 +21,18 @@ import zarr
 from cloudmic import __version__
 from cloudmic.catalog.previews import write_previews
 from cloudmic.datasets import Adapter, Inventory, Unit, get_adapter
-from cloudmic.errors import CloudmicError
+from cloudmic.errors import CloudmicError, is_permanent
 from cloudmic.ingest import execute
 from cloudmic.ingest.ledger import Ledger, remove_partials
 from cloudmic.ingest.ledger import run_id as fingerprint_run_id
 from cloudmic.ingest.plan import plan_units
-from cloudmic.ingest.publish import (
-    check_writable,
-    publish,
-    staging_location,
-    update_catalog,
-)
+from cloudmic.ingest.publish import check_writable, publish, staging_location
 from cloudmic.ingest.verify import verify_against_source, verify_dataset
 from cloudmic.ingest.wds_writer import write_shard
 from cloudmic.layout.zarr_layout import create_group, write_unit
 from cloudmic.manifest import Manifest, load_manifest
 from cloudmic.sources import resolve_source
+from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
 
 log = logging.getLogger(__name__)
@@ -62,6 +58,8 @@ class IngestReport:
     zarr_bytes: int
     wds_bytes: int
     seconds: float
+    version: str = ""  # the published version (ADR 0007)
+    url: str = ""  # the version's Zarr store: what plain xarray opens
 
     @property
     def compression_ratio(self) -> float:
@@ -198,33 +196,33 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         if not report.ok:
             raise VerifyFailed(f"{staging.url}: verification failed, nothing published:\n  "
                                + "\n  ".join(report.problems))
-        names = [f"{manifest.name}.zarr", f"{manifest.name}.wds"]
         # previews come from the verified store; a failure only warns (data still publishes)
-        previews = write_previews(zarr_loc, staging.child(f"{manifest.name}.previews"),
+        previews = write_previews(zarr_loc, staging.child(rl.previews_name(manifest.name)),
                                   manifest.name)
-        publish(staging, root, names + ([f"{manifest.name}.previews"] if previews else []))
+        parts = [rl.zarr_name(manifest.name), rl.wds_name(manifest.name)]
+        parts += [rl.previews_name(manifest.name)] if previews else []
+        facts = {"title": manifest.title, "license": manifest.license,
+                 "published": datetime.now(UTC).isoformat(timespec="seconds"),
+                 "run_id": run_id, "manifest_digest": manifest.digest(),
+                 "groups": _split_sizes(inv), "records": prov["records"],
+                 "source_bytes": inv.source_bytes, **sizes}
+        entry = publish(staging, root, manifest.name, parts, facts)
     except VerifyFailed:
         _discard(staging)  # what was written is wrong: a re-run starts afresh
         raise
-    except BaseException:
-        log.warning("ingest of %s stopped; %s keeps the finished units: run the same command "
-                    "again to resume", manifest.name, staging.url)
+    except BaseException as exc:
+        # a full disk or bad input explains itself in one line (the CLI's error says to
+        # re-run); other stops get the hint here
+        (log.info if is_permanent(exc) else log.warning)(
+            "ingest of %s stopped; %s keeps the finished units: run the same command again "
+            "to resume", manifest.name, staging.url)
         raise
     _discard(staging)
-    if not previews:  # the previous version's pictures would show data that is gone
-        _discard(root.child(f"{manifest.name}.previews"))
-    entry = {"title": manifest.title, "zarr": f"{manifest.name}.zarr",
-             "webdataset": f"{manifest.name}.wds/index.json", "license": manifest.license,
-             "published": datetime.now(UTC).isoformat(timespec="seconds"), "run_id": run_id,
-             "manifest_digest": manifest.digest(), "groups": _split_sizes(inv),
-             "records": prov["records"], "source_bytes": inv.source_bytes, **sizes}
-    if previews:
-        entry["previews"] = f"{manifest.name}.previews/previews.json"
-    update_catalog(root, manifest.name, entry)
     return IngestReport(manifest.name, root.url, run_id, entry["groups"],
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
-                        sizes["wds_bytes"], time.perf_counter() - t0)
+                        sizes["wds_bytes"], time.perf_counter() - t0, entry["version"],
+                        root.child(entry["zarr"]).url)
 
 
 def _open_staging(manifest: Manifest, inv: Inventory, run_id: str, staging: Location,
@@ -287,8 +285,12 @@ def _split_sizes(inv: Inventory) -> dict[str, int]:
 
 
 def _discard(staging: Location) -> None:
+    """Remove a staging folder, its ledger first: a run stopped half-way through this
+    removal then starts afresh instead of resuming what is left."""
     try:
-        if staging.exists():
-            staging.fs.rm(staging.path, recursive=True)
+        staging.fs.invalidate_cache(staging.path)  # a cached listing would hide new files
+        for loc in (staging.child("ledger"), staging):
+            with contextlib.suppress(FileNotFoundError):
+                loc.fs.rm(loc.path, recursive=True)
     except Exception:  # cleanup must not hide the real error
         log.warning("could not remove staging %s", staging.url, exc_info=True)

@@ -14,7 +14,9 @@ import numpy as np
 import zarr
 
 from cloudmic.errors import StoreNotFoundError
+from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import resolve
 
 
 @dataclass
@@ -85,9 +87,11 @@ def _region(arr: zarr.Array, region: dict[str, int | list[int]]) -> np.ndarray:
 
 def verify_dataset(root: Location, dataset: str, *, records: int = 16,
                    seed: int = 0) -> VerifyReport:
-    """Check ``root/<dataset>.zarr`` against ``root/<dataset>.wds``; never raises on a problem
-    it can describe (it is reported), only when nothing is published there."""
-    zloc, wloc = root.child(f"{dataset}.zarr"), root.child(f"{dataset}.wds")
+    """Check ``root/<dataset>.zarr`` against ``root/<dataset>.wds`` (of the current version
+    when ``root`` has versions of it); never raises on a problem it can describe (it is
+    reported), only when nothing is published there."""
+    ds = resolve(root.child(rl.zarr_name(dataset)))
+    zloc, wloc = ds.zarr, ds.wds
     report = VerifyReport(zloc.url)
     if not zloc.child("zarr.json").exists():
         raise StoreNotFoundError(f"{zloc.url}: no dataset here (no zarr.json); see cloudmic ls")
@@ -109,16 +113,17 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
         if length != info["zarr_length"]:
             report.problems.append(f"{split}: Zarr has {length} along {info['zarr_dim']}, "
                                    f"index.json says {info['zarr_length']}")
+    listed_in = wloc.child("index.json").url
     for _split, s in shards:
-        size, digest = _hash_file(wloc.child(s["url"]))
+        shard = wloc.inside(s["url"], listed_in)
+        size, digest = _hash_file(shard)
         if (size, digest) != (s["bytes"], s["sha256"]):
-            report.problems.append(
-                f"{wloc.child(s['url']).url}: size/sha256 differ from index.json")
+            report.problems.append(f"{shard.url}: size/sha256 differ from index.json")
     report.checks.append(f"{len(shards)} shard(s): size and sha256 match index.json")
     picked = rng.sample(shards, min(len(shards), max(1, records // 4)))
     compared = 0
     for _split, s in picked:
-        recs = _tar_records(wloc.child(s["url"]))
+        recs = _tar_records(wloc.inside(s["url"], listed_in))
         for key in rng.sample(sorted(recs), min(len(recs), max(1, records // len(picked)))):
             problem = _compare_record(zroot, recs[key], f"{s['url']}:{key}")
             compared += 1

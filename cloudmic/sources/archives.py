@@ -8,9 +8,9 @@ the longer a read stays sequential (64 KiB up to 8 MiB per request).
 
 Archives we did not write are checked before anything is read out of them:
 
-- names: no absolute paths, ``..``, drive letters, backslashes or control characters (the
-  checks of :mod:`cloudmic.formats.safe_tar`), no name twice (also after Unicode
-  normalisation), no file below another file;
+- names: no absolute paths, ``..`` or ``.`` components, drive letters, backslashes or
+  control characters (the checks of :mod:`cloudmic.formats.safe_tar`), no name twice (also
+  after Unicode normalisation), no file below another file;
 - entries: no symbolic links or special files, no encrypted members, no entries whose data
   overlap (the "overlapping files" zip bomb; the Python 3.11 ``zipfile`` does not check);
 - sizes: a member above ``max_member_bytes``, a selection above ``max_total_bytes``, or a
@@ -63,6 +63,7 @@ from cloudmic.sources.fetch import (
     url_scheme,
     verify_file,
 )
+from cloudmic.sources.zip_checks import open_checked, too_new_error
 
 log = logging.getLogger(__name__)
 
@@ -438,7 +439,8 @@ def _checked_members(zf: zipfile.ZipFile, archive: str, limits: ZipLimits) -> li
     seen: dict[str, str] = {}
     files: set[str] = set()
     for info in infos:
-        name, is_dir = info.filename, info.is_dir()
+        name = info.filename
+        is_dir = name.endswith("/")  # ZipInfo.is_dir() fails on an empty name
         bare = name[:-1] if is_dir else name
         check_member_name(bare, archive=archive, allow_dirs=True)
         kind = stat.S_IFMT(info.external_attr >> 16)
@@ -567,7 +569,9 @@ class ZipArchive:
     def _open_zip(self) -> zipfile.ZipFile:
         try:
             return zipfile.ZipFile(self._fp)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, struct.error) as exc:
+        # ValueError: RangeFile refuses the negative seek zipfile makes in a file < 22 bytes
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, struct.error,
+                ValueError) as exc:
             head = self._src.read(0, min(self._src.size, 512)) if self._src.size else b""
             problem = f"not a zip archive, or cut short ({exc})"
             fix = "download it again and check its size and checksum"
@@ -578,6 +582,8 @@ class ZipArchive:
             elif head[:4] == b"PK\x03\x04":
                 problem = f"the zip archive is cut short or damaged ({exc})"
             raise NotAZipError(self.url, problem, fix) from None
+        except NotImplementedError as exc:  # an entry needs a newer zip version
+            raise too_new_error(self._fp, self.url, exc) from None
 
     def __enter__(self) -> ZipArchive:
         return self
@@ -644,7 +650,7 @@ class ZipArchive:
                               "uncompressed sizes differ")
             start, first = self._data_offset(m, ahead=min(m.size, 64 * KiB))
             return RangeFile(self._src, start, m.size, initial=first)  # type: ignore[return-value]
-        return self._zipfile().open(self._infos[name])  # type: ignore[return-value]
+        return open_checked(self._zipfile(), self._infos[name], self.url)
 
     def extract(self, dest_dir: str | os.PathLike[str], select: Select | None = None, *,
                 skip_junk: bool = True, verify_existing: VerifyExisting = "crc",
@@ -701,7 +707,7 @@ class ZipArchive:
                               f"says {m.size:,}")
             os.replace(part, target)
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError,
-                RuntimeError) as exc:
+                RuntimeError, UnicodeDecodeError) as exc:
             raise _refuse(self.url, m.name, f"member cannot be read ({exc})") from None
         finally:
             part.unlink(missing_ok=True)

@@ -3,9 +3,14 @@
 A file is written to ``<name>.part`` and renamed into place only once its size and
 checksum are right, so a name without ``.part`` is always a complete, verified file. An
 interrupted ``.part`` resumes with an HTTP ``Range`` request (a seek on S3 or a local
-file); transient failures (connection errors, 5xx, 429, a body cut short) are retried
-with exponential backoff. HTTP is spoken with the standard library only; ``s3://`` goes
-through s3fs with the credentials of :func:`cloudmic.storage.location.resolve_s3_options`.
+file) guarded by the validator (ETag, else Last-Modified) saved beside it in
+``.<name>.part.json``: ``If-Range`` makes a server whose file changed send it whole, and a
+changed validator restarts from zero, so a download is never spliced from two versions.
+A server that keeps sending bytes other than those asked for is given up on after
+``MAX_RESTARTS`` fresh starts. Transient failures (connection errors, 5xx, 429, a body
+cut short) are retried with exponential backoff. HTTP is spoken with the standard library
+only; ``s3://`` goes through s3fs with the credentials of
+:func:`cloudmic.storage.location.resolve_s3_options`.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
+import json
 import logging
 import os
 import random
@@ -48,6 +54,8 @@ DEFAULT_MAX_BYTES = 32 * GiB
 USER_AGENT = f"cloudmic/{__version__} (python urllib)"
 # 408/425/429 and the 5xx that mean "try later"; other 4xx are answers, not accidents
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+# fresh starts per file: more means a server that answers other bytes than asked for
+MAX_RESTARTS = 5
 RETRY_HINT = ("check the network and the URL, then run again: a partial download resumes "
               "where it stopped")
 
@@ -101,10 +109,42 @@ def run_with_retries(url: str, policy: RetryPolicy, attempt: Callable[[], T],
 
 
 # ---- HTTP -----------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Validator:
+    """What identifies one version of a remote file: its ETag and/or Last-Modified."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, headers: Any) -> Validator | None:
+        v = cls(headers.get("ETag") or None, headers.get("Last-Modified") or None)
+        return v if v.etag or v.last_modified else None
+
+    def if_range(self) -> str | None:
+        """RFC 9110 13.1.5: If-Range takes a strong ETag or a date, never a weak ETag."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def differs(self, other: Validator | None) -> bool:
+        """True only when both name the same kind of validator and they disagree."""
+        if other is None:
+            return False
+        if self.etag and other.etag:  # weak comparison: a W/ prefix alone is no change
+            return self.etag.removeprefix("W/") != other.etag.removeprefix("W/")
+        if self.last_modified and other.last_modified:
+            return self.last_modified != other.last_modified
+        return False
+
+    def __str__(self) -> str:
+        return f"ETag {self.etag}" if self.etag else f"Last-Modified {self.last_modified}"
+
+
 class RangeNotSatisfiable(Exception):  # noqa: N818 - mirrors HTTP 416, caught internally
-    def __init__(self, total: int | None) -> None:
+    def __init__(self, total: int | None, validator: Validator | None = None) -> None:
         super().__init__(total)
-        self.total = total
+        self.total, self.validator = total, validator
 
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.IGNORECASE)
@@ -137,7 +177,7 @@ def _http_error(url: str, exc: urllib.error.HTTPError) -> Exception:
     code, reason = exc.code, exc.reason
     if code == 416:
         m = _CONTENT_RANGE_UNSAT.match(exc.headers.get("Content-Range") or "")
-        return RangeNotSatisfiable(int(m[1]) if m else None)
+        return RangeNotSatisfiable(int(m[1]) if m else None, Validator.of(exc.headers))
     if code in RETRY_STATUS:
         return TransientError(f"HTTP {code} {reason}", _retry_after(exc.headers.get("Retry-After")))
     if code in (404, 410):
@@ -159,7 +199,8 @@ def describe_error(exc: BaseException) -> str:
 
 
 def http_get(url: str, *, start: int = 0, end: int | None = None, suffix: int | None = None,
-             timeout: float = 60.0) -> tuple[http.client.HTTPResponse, int, int | None]:
+             timeout: float = 60.0, if_range: str | None = None,
+             ) -> tuple[http.client.HTTPResponse, int, int | None]:
     """GET ``url`` from byte ``start`` (to ``end``, exclusive), or its last ``suffix`` bytes.
 
     Returns ``(response, offset, total)``: ``offset`` is where the body starts in the file
@@ -167,12 +208,16 @@ def http_get(url: str, *, start: int = 0, end: int | None = None, suffix: int | 
     file with 200) and ``total`` the file size when the server said it. Raises
     :class:`TransientError` for what is worth retrying, :class:`RangeNotSatisfiable` for
     416 and :class:`SourceError` for the rest. The caller closes the response.
+    ``if_range`` (an ETag or date) goes with a range: a server whose file no longer
+    matches it answers 200 with the whole file.
     """
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
     if suffix is not None:
         headers["Range"] = f"bytes=-{suffix}"
     elif start or end is not None:
         headers["Range"] = f"bytes={start}-" + ("" if end is None else str(end - 1))
+        if if_range:
+            headers["If-Range"] = if_range
     request = urllib.request.Request(url, headers=headers)
     try:
         resp = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked
@@ -319,34 +364,66 @@ def check_free_space(folder: Path, need: int, what: str) -> None:
 
 # ---- the .part file -------------------------------------------------------------------------
 class _Part:
-    """The growing ``.part`` file with running checksums (primed from a previous run's bytes)."""
+    """The growing ``.part`` file with running checksums (primed from a previous run's
+    bytes) and the validator of the version those bytes came from (``.<name>.part.json``)."""
 
     def __init__(self, url: str, path: Path, expect: Expected,
                  progress: Progress | None) -> None:
         self.url, self.path, self.expect, self.progress = url, path, expect, progress
+        self.meta = path.with_name(f".{path.name}.json")
         self.total: int | None = None
         self.file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed in finish/discard
         self.hashers = expect.hashers()
-        self.done = 0
+        self.done = self.restarts = 0
+        self.validator = self._load_validator()
         if path.stat().st_size > expect.limit:
-            log.info("%s: the .part file is larger than expected; starting again", url)
-            self.restart()
+            self.restart("the .part file is larger than expected")
             return
         with open(path, "rb") as f:
             while chunk := f.read(8 * MiB):
                 self._account(chunk)
         if self.done:
-            log.info("%s: resuming at byte %d from %s", url, self.done, path)
+            log.info("%s: resuming at byte %d from %s (%s)", url, self.done, path,
+                     self.validator or "no validator saved: the checksum is the only guard")
+
+    def _load_validator(self) -> Validator | None:
+        try:
+            saved = json.loads(self.meta.read_text())
+            if saved.get("url") == self.url:
+                return Validator.of(saved) if isinstance(saved, dict) else None
+        except (OSError, ValueError, AttributeError):
+            pass  # none, or unreadable: resume unguarded, as before validators were kept
+        return None
+
+    def remember(self, validator: Validator | None) -> None:
+        """Save the validator of the version the .part starts to hold (before its bytes)."""
+        self.validator = validator
+        if validator is None:
+            self.meta.unlink(missing_ok=True)
+            return
+        tmp = self.meta.with_name(f"{self.meta.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"url": self.url, "ETag": validator.etag,
+                                   "Last-Modified": validator.last_modified}))
+        os.replace(tmp, self.meta)
 
     def _account(self, chunk: bytes) -> None:
         for h in self.hashers.values():
             h.update(chunk)
         self.done += len(chunk)
 
-    def restart(self) -> None:
+    def restart(self, why: str) -> None:
+        """Empty the .part; a server that makes us do this again and again is broken."""
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise self.discard(f"{why}; gave up after {MAX_RESTARTS} fresh starts",
+                               "the server (or a proxy in between) does not serve this file "
+                               "consistently: try again later, or download the file by hand "
+                               "and pass its local path")
+        log.info("%s: %s; starting again from byte 0", self.url, why)
         self.file.seek(0)
         self.file.truncate()
         self.hashers, self.done = self.expect.hashers(), 0
+        self.remember(None)
         self._report()
 
     def _report(self) -> None:
@@ -381,6 +458,7 @@ class _Part:
         """Remove the .part (a re-run starts afresh) and return the error to raise."""
         self.file.close()
         self.path.unlink(missing_ok=True)
+        self.meta.unlink(missing_ok=True)
         return SourceError(self.url, problem, fix)
 
     def close(self) -> None:
@@ -412,33 +490,25 @@ class _Part:
             log.warning("%s: no checksum to verify against; its sha256 is %s (add it to the "
                         "manifest's source.downloads to pin it)", self.url, digests["sha256"])
         os.replace(self.path, target)
+        self.meta.unlink(missing_ok=True)
         return digests
 
 
 # ---- transports -----------------------------------------------------------------------------
 def _http_attempt(url: str, part: _Part, timeout: float) -> bool:
     """One GET; True when the .part is complete, False to ask again at once."""
+    guard = part.validator.if_range() if part.validator and part.done else None
     try:
-        resp, offset, total = http_get(url, start=part.done, timeout=timeout)
+        resp, offset, total = http_get(url, start=part.done, timeout=timeout, if_range=guard)
     except RangeNotSatisfiable as exc:
-        if exc.total is not None and exc.total == part.done:
+        if exc.total is not None and exc.total == part.done and not (
+                part.validator and part.validator.differs(exc.validator)):
             part.total = exc.total
             return True  # the .part already holds the whole file
-        log.info("%s: the server cannot resume at byte %d; starting again", url, part.done)
-        part.restart()
+        part.restart(f"the server cannot resume at byte {part.done:,}")
         return False
     with resp:
-        if offset != part.done:
-            if offset:  # a range we did not ask for: ask again without Range
-                log.info("%s: asked for byte %d on, got %d on; starting again", url,
-                         part.done, offset)
-                part.restart()
-                return False
-            log.info("%s: the server ignored the Range request; downloading from the start",
-                     url)
-            part.restart()
-        if total is not None and total < part.done:  # only with a 206 from a changed file
-            part.restart()
+        if not _same_version(part, resp, offset, total, guard):
             return False
         try:
             part.expect.check_total(url, total)
@@ -457,6 +527,29 @@ def _http_attempt(url: str, part: _Part, timeout: float) -> bool:
     return True
 
 
+def _same_version(part: _Part, resp: Any, offset: int, total: int | None,
+                  guard: str | None) -> bool:
+    """Match a response to the .part: True to read its body into it (emptied first when the
+    body is a whole file), False to ask again from byte 0 (the .part was emptied)."""
+    got = Validator.of(resp.headers)
+    if offset != part.done and offset:  # a range we did not ask for: ask again without one
+        part.restart(f"asked for byte {part.done:,} on, got Content-Range "
+                     f"{resp.headers.get('Content-Range')!r}")
+        return False
+    if offset != part.done:  # a 200: the whole file, a new version's if If-Range was sent
+        part.restart("the server sent the whole file (the file changed, or the server "
+                     "ignores Range)" if guard else "the server ignored the Range request")
+    elif part.done and part.validator and part.validator.differs(got):
+        part.restart(f"the file changed on the server ({part.validator} is now {got})")
+        return False  # a 206 of the new version (If-Range not honoured): ask from byte 0
+    elif total is not None and total < part.done:  # only with a 206 from a changed file
+        part.restart(f"the file shrank on the server to {total:,} bytes")
+        return False
+    if part.done == 0:
+        part.remember(got)
+    return True
+
+
 def filesystem_for(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
     import fsspec
 
@@ -468,9 +561,17 @@ def filesystem_for(url: str, storage_options: dict[str, Any] | None) -> tuple[An
     return fsspec.filesystem("file"), str(Path(url.removeprefix("file://")).expanduser())
 
 
+def _fs_validator(info: dict[str, Any]) -> Validator | None:
+    """An S3 object's ETag and LastModified, or a local file's mtime."""
+    modified = info.get("LastModified") or info.get("mtime")
+    v = Validator(info.get("ETag") or None, str(modified) if modified else None)
+    return v if v.etag or v.last_modified else None
+
+
 def _fs_attempt(url: str, fs: Any, path: str, part: _Part) -> bool:
     try:
-        total = int(fs.size(path))
+        info = fs.info(path)
+        total = int(info["size"])
     except FileNotFoundError:
         raise SourceError(url, "no such file", "check the path or URL") from None
     except PermissionError as exc:
@@ -483,8 +584,13 @@ def _fs_attempt(url: str, fs: Any, path: str, part: _Part) -> bool:
     except SourceError as exc:
         raise part.discard(exc.problem, exc.fix) from None
     part.total = total
+    got = _fs_validator(info)
     if part.done > total:
-        part.restart()
+        part.restart(f"the file shrank to {total:,} bytes")
+    elif part.done and part.validator and part.validator.differs(got):
+        part.restart(f"the file changed ({part.validator} is now {got})")
+    if part.done == 0:
+        part.remember(got)
     check_free_space(part.path.parent, total - part.done, url)
     if part.done < total:
         try:

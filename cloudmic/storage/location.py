@@ -59,24 +59,41 @@ class Location:
             if not bucket:
                 raise StoreError(f"{text}: an S3 URL needs a bucket, like s3://my-bucket/prefix")
             return cls(text.rstrip("/"), resolve_s3_options(storage_options))
+        if scheme in ("http", "https"):  # anonymous reads of a public bucket or web server
+            return cls(text.rstrip("/"), storage_options)
         if scheme in ("", "file"):
-            path = Path(text.removeprefix("file://")).expanduser().resolve()
-            return cls(str(path), storage_options)
-        raise StoreError(f"{text}: unsupported URL scheme {scheme!r}; use s3://... or a local path")
+            # absolute, but symlinks kept: ROOT/<name>.zarr is a link to the current version
+            # and must stay a dataset URL (resolved through the pointer, ADR 0007)
+            path = os.path.abspath(Path(text.removeprefix("file://")).expanduser())
+            return cls(path, storage_options)
+        raise StoreError(f"{text}: unsupported URL scheme {scheme!r}; use s3://..., "
+                         "https://... (read-only) or a local path")
 
     @property
     def is_s3(self) -> bool:
         return self.url.startswith("s3://")
 
+    @property
+    def is_http(self) -> bool:
+        """A read-only root on a web server (a ``--public-read`` bucket's HTTP URL)."""
+        return self.url.startswith(("http://", "https://"))
+
+    @property
+    def is_local(self) -> bool:
+        return not (self.is_s3 or self.is_http)
+
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self.is_s3:
             return fsspec.filesystem("s3", **self.storage_options)
+        if self.is_http:
+            return fsspec.filesystem("http", **self.storage_options)
         return fsspec.filesystem("file", auto_mkdir=True)
 
     @property
     def path(self) -> str:
-        """The path the fsspec filesystem understands (``bucket/prefix`` or ``/abs/dir``)."""
+        """The path the fsspec filesystem understands (``bucket/prefix``, ``/abs/dir``, or
+        the URL itself over HTTP)."""
         return self.url.removeprefix("s3://")
 
     @property
@@ -86,14 +103,32 @@ class Location:
     def child(self, *parts: str) -> Location:
         return Location(posixpath.join(self.url, *parts), self.storage_options)
 
+    def inside(self, rel: str, listed_in: str, what: str = "shard URL") -> Location:
+        """The child ``rel`` names, if it lies inside this location: a crafted index
+        (``listed_in``) must not send readers to the local disk or another bucket."""
+        norm = posixpath.normpath(rel) if isinstance(rel, str) and rel else ""
+        if (not norm or "://" in rel or "\\" in rel or rel.startswith(("/", "~"))
+                or norm in (".", "..") or norm.startswith("../")):
+            raise StoreError(f"{listed_in}: refusing {what} {rel!r}: it must be a relative path "
+                             f"inside {self.url}. This file was not written by cloudmic or "
+                             "was altered; re-publish the dataset")
+        return self.child(norm)
+
+    @property
+    def parent(self) -> Location:
+        return Location(posixpath.dirname(self.url.rstrip("/")), self.storage_options)
+
     def exists(self) -> bool:
         return self.fs.exists(self.path)
 
     def read_bytes(self) -> bytes:
-        return self.fs.cat_file(self.path)
+        """The object in one GET (s3fs would send a HEAD first, and ranged GETs in
+        parallel above 50 MB)."""
+        return self.fs.cat_file(self.path, **({"max_concurrency": 1} if self.is_s3 else {}))
 
     def write_bytes(self, data: bytes) -> None:
         """One PUT on S3 (atomic for readers); write-then-rename locally."""
+        self._writable()
         if self.is_s3:
             self.fs.pipe_file(self.path, data)
             return
@@ -106,11 +141,22 @@ class Location:
         """A zarr v3 store here: obstore on S3 (1.5-3x faster than s3fs in STACK-NOTES)."""
         from zarr.storage import LocalStore, ObjectStore
 
+        if self.is_http:
+            from obstore.store import HTTPStore
+
+            self._writable(read_only)
+            http = {"allow_http": self.url.startswith("http://")}
+            return ObjectStore(HTTPStore.from_url(self.url, client_options=http), read_only=True)
         if not self.is_s3:
             if not read_only:
                 Path(self.path).mkdir(parents=True, exist_ok=True)
             return LocalStore(self.path, read_only=read_only)
         return ObjectStore(self._obstore(), read_only=read_only)
+
+    def _writable(self, read_only: bool = False) -> None:
+        if self.is_http and not read_only:
+            raise StoreError(f"{self.url}: HTTP(S) roots are read-only; write to the "
+                             "s3:// URL of the same bucket, with keys that may write")
 
     def _obstore(self):
         from obstore.store import S3Store

@@ -9,6 +9,12 @@ The state (pid, ports, credentials) lives in ``DATA/cloudmic-store.json`` (mode 
 Credentials never reach a log line: the secrets are kept out of ``repr`` and logs, and
 the S3 identity file and the state file are readable by their owner only.
 
+Only the S3 API accepts requests: the filer, volume and master HTTP APIs and every gRPC
+port refuse anyone without the store's per-start JWT keys or TLS certificate, the data
+folder is 0700 and the server runs with umask 077, and anonymous readers of a
+``public_read`` bucket cannot read or list the private ``.cloudmic/`` prefix (staging).
+What ``weed`` 4.48 offers for that and what it does not: :mod:`cloudmic.storage.seaweed_security`.
+
 Quirks of ``weed mini`` 4.48 this module handles (measured):
 
 - every HTTP port P also binds P+10000 for gRPC, and the Iceberg (8181) and Lance
@@ -53,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
+from cloudmic.storage import seaweed_security as security
 
 try:  # POSIX only; without it, concurrent up/down on one folder are not serialised
     import fcntl
@@ -223,6 +230,7 @@ def _remove_state(data_dir: Path) -> None:
     for name in (STATE_FILE, IDENTITIES_FILE):
         with contextlib.suppress(FileNotFoundError):
             (data_dir / name).unlink()
+    security.remove_security_config(data_dir)
 
 
 @contextlib.contextmanager
@@ -231,7 +239,8 @@ def _locked(data_dir: Path) -> Iterator[None]:
     if fcntl is None:  # pragma: no cover
         yield
         return
-    with open(data_dir / LOCK_FILE, "a+b") as fh:
+    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a+b") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
@@ -562,7 +571,8 @@ def up(
         raise StoreError("pass both access_key and secret_key, or neither")
     root = _resolve_dir(data_dir)
     try:
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)  # other local users must not read the data (mkdir obeys umask)
     except OSError as exc:
         raise StoreError(
             f"{root}: cannot create the store data folder ({exc}): choose "
@@ -724,17 +734,21 @@ CORS_RULES = {"CORSRules": [{
 
 
 def share_bucket(info: ServerInfo, bucket: str) -> None:
-    """Create ``bucket`` if missing and give it the CORS rules browser viewers need."""
+    """Create ``bucket`` if missing, give it the CORS rules browser viewers need and the
+    bucket policy that keeps anonymous readers out of its private ``.cloudmic/`` prefix."""
     client = _s3_client(info, timeout=10.0)
     with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou,
                              client.exceptions.BucketAlreadyExists):
         client.create_bucket(Bucket=bucket)
     client.put_bucket_cors(Bucket=bucket, CORSConfiguration=CORS_RULES)
+    client.put_bucket_policy(Bucket=bucket,
+                             Policy=json.dumps(security.public_bucket_policy(bucket)))
 
 
 def _command(weed: Path, root: Path, ports: dict[str, int], identities: Path) -> list[str]:
     return [
         str(weed),
+        *security.global_flags(root),
         "mini",
         f"-dir={root}",
         f"-ip={HOST}",
@@ -752,6 +766,7 @@ def _command(weed: Path, root: Path, ports: dict[str, int], identities: Path) ->
         "-s3.port.lance=0",
         "-volume.preStopSeconds=0",
         "-master.resumeState=false",
+        *security.HARDENING_FLAGS,
     ]
 
 
@@ -766,8 +781,10 @@ def _start(
 ) -> ServerInfo:
     identities = root / IDENTITIES_FILE
     _write_private(identities, _identities(creds, public))
+    security.tighten_modes(root)  # what a run before the lock-down left readable
+    grpc_tls = security.write_security_config(root)
     log = root / LOG_FILE
-    with open(log, "ab") as fh:
+    with os.fdopen(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as fh:
         fh.write(f"\n=== cloudmic store up {time.strftime('%Y-%m-%d %H:%M:%S')} ===\n".encode())
         offset = fh.tell()
         started, started_wall = time.monotonic(), time.time()
@@ -780,10 +797,11 @@ def _start(
             env=_child_env(),
             start_new_session=True,
             close_fds=True,
+            umask=security.CHILD_UMASK,  # volume files, filer store, unix sockets: owner-only
         )
     _CHILDREN[proc.pid] = proc
     with contextlib.suppress(OSError):
-        (root / PORTS_FILE).write_text(json.dumps(ports, indent=2) + "\n", encoding="utf-8")
+        _write_private(root / PORTS_FILE, ports)
     state = {
         "version": _STATE_VERSION,
         "pid": proc.pid,
@@ -793,6 +811,7 @@ def _start(
         "weed": str(weed),
         "started_at": time.time(),
         "public_read": list(public),
+        "grpc_tls": grpc_tls,
         **creds,
     }
     _write_private(_state_path(root), state)

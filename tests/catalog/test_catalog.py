@@ -26,6 +26,7 @@ from cloudmic.client.describe import info, list_root
 from cloudmic.client.metadata import read_store_metadata
 from cloudmic.ingest import ingest
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import resolve
 from cloudmic.synth import get_generator
 
 # a few seconds per dataset, all of them together well under a minute
@@ -95,8 +96,9 @@ def test_deepcad_is_covered(published):
 
 # ---- previews ----
 def _stored_previews(root: Path, name: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    catalog = json.loads((root / "catalog.json").read_text())
-    assert catalog["datasets"][name]["previews"] == f"{name}.previews/previews.json"
+    entry = json.loads((root / "catalog.json").read_text())["datasets"][name]
+    # stored with the version they picture; the stable name links to the current one
+    assert entry["previews"] == f"{name}.releases/{entry['version']}/{name}.previews/previews.json"
     folder = root / f"{name}.previews"
     doc = json.loads((folder / PREVIEWS_JSON).read_text())
     files = [p["file"] for f in doc["figures"] for p in f["panels"]]
@@ -342,10 +344,13 @@ def test_page_is_self_contained(catalog_dir):
 def test_text_is_escaped_and_file_names_stay_inside(published, tmp_path):
     """The store may not be ours: its text is escaped and no preview path escapes out_dir."""
     copy = tmp_path / "root"
-    shutil.copytree(published["root"], copy)
+    shutil.copytree(published["root"], copy, symlinks=True)
     catalog = json.loads((copy / "catalog.json").read_text())
     catalog["datasets"]["biosr"]["title"] = "<script>alert('title')</script> & co"
     (copy / "catalog.json").write_text(json.dumps(catalog))
+    pointer = copy / "biosr.releases" / "current.json"  # what `ls` and the page read first
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()),
+                                   "title": catalog["datasets"]["biosr"]["title"]}))
     doc_path = copy / "biosr.previews" / PREVIEWS_JSON
     doc = json.loads(doc_path.read_text())
     doc["figures"][0]["caption"] = '<img src="x" onerror="alert(1)">'
@@ -366,7 +371,7 @@ def test_rebuild_reads_no_data_chunks(published, catalog_dir, tmp_path):
     """Zero the chunks of every data array in a copy of the root: the catalog built from it
     is the same page (only coordinates, metadata and previews are read)."""
     copy = tmp_path / "root"
-    shutil.copytree(published["root"], copy)
+    shutil.copytree(published["root"], copy, symlinks=True)
     zeroed = 0
     for name in published["names"]:
         loc = Location.parse(copy / f"{name}.zarr")
@@ -444,7 +449,7 @@ def test_catalog_of_an_s3_root(s3_env, sources, tmp_path):
     root = "s3://catalog-test"
     names = ["biosr", "platelet-em"]
     _publish(names, sources, root)
-    assert Location.parse(f"{root}/biosr.previews/previews.json").exists()
+    assert resolve(f"{root}/biosr.zarr").previews.child("previews.json").exists()
     out = tmp_path / "html"
     index = build_catalog(root, out)
     page = index.read_text()
@@ -456,8 +461,8 @@ def test_catalog_of_an_s3_root(s3_env, sources, tmp_path):
         d = facts["datasets"][name]
         assert not d["problems"], d["problems"]
         for p in [p for f in d["previews"]["figures"] for p in f["panels"]]:
-            assert (out / name / p["file"]).read_bytes() == Location.parse(
-                f"{root}/{name}.previews/{p['file']}").read_bytes()
+            assert (out / name / p["file"]).read_bytes() == resolve(
+                f"{root}/{name}.zarr").previews.child(p["file"]).read_bytes()
         for kind, code in d["snippets"].items():
             exec(compile(code, f"<{name} {kind} snippet on S3>", "exec"), {})  # noqa: S102
     check_page_in_chromium(index, tmp_path / "s3-catalog.png")

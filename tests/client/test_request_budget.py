@@ -115,5 +115,7 @@ def test_shards_reads_each_tar_once(published, proxy, s3_server, split):
     gets = [r for r in reqs if r.method == "GET"]
     tars = [r.path for r in gets if r.path.endswith(".tar")]
     assert len(tars) == len(set(tars)) == shards, show(reqs)
+    # the version pointer (ADR 0007), then the version's index
     assert [r.path.rsplit("/", 1)[-1] for r in gets if not r.path.endswith(".tar")] == [
-        "index.json"], show(reqs)
+        "current.json", "index.json"], show(reqs)
+    assert [r for r in reqs if r.method not in ("GET",)] == [], show(reqs)

@@ -199,13 +199,15 @@ def test_one_get_per_shard_read_on_s3(wds, everything, s3_env, monkeypatch):
 
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
     s = cloudmic.shards(f"s3://{bucket}/biosr.wds", "train")
-    assert calls == ["get_object"]  # index.json, nothing else until iteration
+    # the version pointer (absent: a root without versions) and index.json; nothing else
+    # until iteration
+    assert calls == ["get_object"] * 2
     assert sorted(_real(s)) == everything
-    assert calls == ["get_object"] * 4  # + one per shard
+    assert calls == ["get_object"] * 5  # + one per shard
     for rank in range(7):  # a shard shared by two ranks is read by both, once each
         calls.clear()
         r = cloudmic.shards(f"s3://{bucket}/biosr.wds", "train", rank=rank, world_size=7)
         takes = r.assignment(0, rank, 7)
         items = list(r)
-        assert len(items) == 6 and calls == ["get_object"] * (1 + len(takes))
+        assert len(items) == 6 and calls == ["get_object"] * (2 + len(takes))
         assert np.all(np.diff([it["position"] for it in items if not it["pad"]]) == 1)

@@ -29,7 +29,7 @@ def local_root(biosr_sources, small_manifest, tmp_path_factory) -> Path:
 @pytest.fixture
 def damaged(local_root, tmp_path) -> str:
     """A copy whose second wf shard has a flipped byte in its checksummed index."""
-    shutil.copytree(local_root, tmp_path / "root")
+    shutil.copytree(local_root, tmp_path / "root", symlinks=True)  # keep the version links
     shard = tmp_path / "root" / "biosr.zarr" / "train" / "wf" / "c" / "1" / "0" / "0"
     data = bytearray(shard.read_bytes())
     data[-10] ^= 0xFF
@@ -108,7 +108,7 @@ def test_s3_server_restart_mid_epoch_loses_no_sample(biosr_sources, small_manife
 
 
 def test_node_local_cache_serves_later_epochs_within_its_byte_limit(local_root, tmp_path):
-    shutil.copytree(local_root, tmp_path / "root")
+    shutil.copytree(local_root, tmp_path / "root", symlinks=True)  # keep the version links
     url = str(tmp_path / "root" / "biosr.zarr")
     cache = tmp_path / "cache"
     first = cloudmic.PatchStream(url, "train", ["wf", "gt"], PATCH, cache_dir=str(cache))

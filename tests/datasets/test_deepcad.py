@@ -176,10 +176,11 @@ def test_reingest_rewrites_the_same_bytes(source, tmp_path):
 
 def test_s3_destination(source, s3_env):
     url = "s3://deepcad-t"
-    ingest("deepcad", source, url)
+    report = ingest("deepcad", source, url)
     loc = Location.parse(url)
     assert verify_dataset(loc, "deepcad").ok
-    tree = xr.open_datatree(f"{url}/deepcad.zarr", engine="zarr", consolidated=True,
+    # plain xarray opens the version URL the ingest (and `cloudmic ls`) print
+    tree = xr.open_datatree(report.url, engine="zarr", consolidated=True,
                             storage_options=loc.xarray_storage_options())
     want = tifffile.imread(_movie(source, RECORDINGS[0]["zip"], "high"))
     assert np.array_equal(tree["n01_p66/high/0"].ds["high"].values, want)

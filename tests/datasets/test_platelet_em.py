@@ -123,8 +123,8 @@ def test_ingest_to_s3_matches_local(pe_source, pe_root, s3_env):
     import zarr
 
     url = "s3://cloudmic-test/pe"
-    ingest("platelet-em", pe_source.parent, url)
-    s3 = zarr.open_group(Location.parse(url).child("platelet-em.zarr").zarr_store(), mode="r")
+    report = ingest("platelet-em", pe_source.parent, url)
+    s3 = zarr.open_group(Location.parse(report.url).zarr_store(), mode="r")
     local = zarr.open_group(pe_root / "platelet-em.zarr", mode="r")
     for path in ("24/0/image", "24/labels/cell/1/cell", "50/2/image"):
         assert np.array_equal(s3[path][...], local[path][...])
@@ -259,7 +259,7 @@ def test_a_failed_ingest_keeps_the_published_version(pe_source, pe_copy, tmp_pat
 def test_verify_reports_broken_ngff_metadata(pe_root, tmp_path):
     import zarr
 
-    shutil.copytree(pe_root, tmp_path / "copy")
+    shutil.copytree(pe_root, tmp_path / "copy", symlinks=True)
     store = tmp_path / "copy" / "platelet-em.zarr"
     lab = zarr.open_group(store, path="50/labels/cell", mode="r+", use_consolidated=False)
     ome = dict(lab.attrs["ome"])

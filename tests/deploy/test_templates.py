@@ -17,6 +17,8 @@ import socket
 import subprocess
 import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -113,6 +115,7 @@ def test_kinds_and_api_versions(resources: list[dict[str, Any]]) -> None:
         ("v1", "PersistentVolumeClaim"),
         ("apps/v1", "Deployment"),
         ("v1", "Service"),
+        ("networking.k8s.io/v1", "NetworkPolicy"),
         (DASK_API, "DaskCluster"),
         (DASK_API, "DaskJob"),
     ])
@@ -270,27 +273,45 @@ def _seaweed_pod(resources: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _flags(args: list[str]) -> dict[str, str]:
-    return dict(a.lstrip("-").split("=", 1) for a in args if a.startswith("-"))
+    return dict((a.lstrip("-") + "=true").split("=", 2)[:2] if "=" not in a
+                else a.lstrip("-").split("=", 1) for a in args if a.startswith("-"))
 
 
-def test_seaweedfs_runs_weed_mini_with_s3_port_config_and_volume(
+def _weed_command(weed: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """(global flags before the command, flags of `weed server`)."""
+    args = weed["args"]
+    at = args.index("server")
+    return _flags(args[:at]), _flags(args[at + 1:])
+
+
+def test_seaweedfs_runs_weed_server_with_s3_port_config_and_volume(
         resources: list[dict[str, Any]]) -> None:
     pod = _seaweed_pod(resources)
     (weed,) = pod["containers"]
-    assert weed["command"] == ["weed"] and weed["args"][0] == "mini"
-    flags = _flags(weed["args"][1:])
-    # the flags STACK-NOTES and cloudmic.storage.seaweed use, ports explicit
-    for name in ("master", "volume", "filer", "s3", "admin"):
+    assert weed["command"] == ["weed"]
+    global_flags, flags = _weed_command(weed)
+    # ports explicit; no WebDAV, Iceberg, Lance, IAM API; master and filer HTTP APIs off
+    for name in ("master", "volume", "filer", "s3"):
         assert flags[f"{name}.port"].isdigit(), name
+    assert flags["filer"] == "true" and flags["s3"] == "true"
     assert flags["master.telemetry"] == "false" and flags["webdav"] == "false"
-    assert flags["admin.ui"] == "false"
     assert flags["s3.port.iceberg"] == "0" and flags["s3.port.lance"] == "0"
-    assert flags["ip.bind"] == "0.0.0.0"
+    assert flags["s3.iam"] == "false"
+    assert flags["disableHttp"] == "true" and flags["filer.disableHttp"] == "true"
+    # only the S3 gateway on the pod network
+    assert flags["ip"] == "127.0.0.1" and flags["ip.bind"] == "127.0.0.1"
+    assert flags["s3.ip.bind"] == "0.0.0.0"
+    assert not [k for k in flags if k.endswith(".port.public")]
     s3_port = int(flags["s3.port"])
     assert {p["name"]: p["containerPort"] for p in weed["ports"]} == {"s3": s3_port}
     # -s3.config is the file the init container writes, on a volume both mount
     init = {c["name"]: c for c in pod["initContainers"]}["s3-identities"]
     assert flags["s3.config"] == _env(init)["IDENTITIES_FILE"]["value"]
+    # weed reads <config_dir>/security.toml, written by the same init container
+    security = Path(_env(init)["SECURITY_FILE"]["value"])
+    assert security.name == "security.toml"
+    assert global_flags == {"config_dir": str(security.parent)}
+    assert str(security.parent) == str(Path(flags["s3.config"]).parent)
     mounts = {m["mountPath"]: m["name"] for m in weed["volumeMounts"]}
     config_dir = str(Path(flags["s3.config"]).parent)
     assert mounts[config_dir] == {m["mountPath"]: m["name"]
@@ -307,6 +328,18 @@ def test_seaweedfs_runs_weed_mini_with_s3_port_config_and_volume(
     assert weed["readinessProbe"]["httpGet"]["port"] == "s3"
 
 
+def test_network_policy_admits_only_s3_from_the_namespace(
+        resources: list[dict[str, Any]]) -> None:
+    policy = _one(resources, "NetworkPolicy", "seaweedfs")["spec"]
+    labels = _one(resources, "Deployment", "seaweedfs")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert policy["policyTypes"] == ["Ingress"]
+    (rule,) = policy["ingress"]
+    s3_port = int(_weed_command(_seaweed_pod(resources)["containers"][0])[1]["s3.port"])
+    assert rule["ports"] == [{"protocol": "TCP", "port": s3_port}]
+    assert rule["from"] == [{"podSelector": {}}]  # this namespace only, no ipBlock
+
+
 def test_cors_rules_file_matches_what_cloudmic_sets() -> None:
     assert json.loads((K8S / "cors.json").read_text()) == seaweed.CORS_RULES
 
@@ -316,13 +349,34 @@ def _run_identities_script(resources: list[dict[str, Any]], tmp_path: Path,
     init = {c["name"]: c for c in _seaweed_pod(resources)["initContainers"]}["s3-identities"]
     assert init["command"] == ["/bin/sh", "-c"]
     target = tmp_path / "s3.json"
+    security = tmp_path / "security.toml"
     full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                "IDENTITIES_FILE": str(target), **env}
+                "IDENTITIES_FILE": str(target), "SECURITY_FILE": str(security), **env}
     out = subprocess.run(["/bin/sh", "-c", init["args"][0]], env=full_env,
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert (target.stat().st_mode & 0o077) == 0  # owner-only
+    assert (security.stat().st_mode & 0o077) == 0
     return json.loads(target.read_text())
+
+
+def test_identities_script_writes_fresh_jwt_keys(
+        resources: list[dict[str, Any]], tmp_path: Path) -> None:
+    keys = []
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        _run_identities_script(resources, tmp_path / run, AWS_ACCESS_KEY_ID="AK1",
+                               AWS_SECRET_ACCESS_KEY="S1")
+        config = tomllib.loads((tmp_path / run / "security.toml").read_text())
+        sections = {"signing": config["jwt"]["signing"],
+                    "signing.read": config["jwt"]["signing"]["read"],
+                    "filer_signing": config["jwt"]["filer_signing"],
+                    "filer_signing.read": config["jwt"]["filer_signing"]["read"]}
+        for name, section in sections.items():
+            assert re.fullmatch(r"[0-9a-f]{64}", section["key"]), name
+        keys.append({section["key"] for section in sections.values()})
+        assert len(keys[-1]) == 4
+    assert not keys[0] & keys[1]  # new keys at every pod start
 
 
 def test_identities_script_writes_the_config_weed_reads(
@@ -398,6 +452,10 @@ def test_seaweedfs_template_flags_serve_s3_with_the_generated_identities(
             a = f"-dir={data}"
         elif key == "s3.config":
             a = f"-s3.config={tmp_path / 's3.json'}"
+        elif key == "config_dir":
+            a = f"-config_dir={tmp_path}"
+        elif key == "s3.ip.bind":  # the test reaches S3 on loopback like the Service would
+            a = "-s3.ip.bind=127.0.0.1"
         args.append(a)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     log = open(tmp_path / "weed.log", "wb")  # noqa: SIM115 - closed below
@@ -428,6 +486,15 @@ def test_seaweedfs_template_flags_serve_s3_with_the_generated_identities(
                                   client_kwargs={"endpoint_url": endpoint})
         with pytest.raises(PermissionError):
             wrong.pipe("pub/evil.txt", b"x")
+        # the filer and volume HTTP ports refuse a direct write (JWT / HTTP API off)
+        for name in ("filer.port", "volume.port", "master.port"):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{ports[name]}/buckets/pub/hello.txt", data=b"evil",
+                method="POST", headers={"Content-Type": "application/octet-stream"})
+            with pytest.raises(urllib.error.HTTPError) as err:
+                urllib.request.urlopen(req, timeout=10)
+            assert err.value.code in (400, 401, 404), name
+        assert admin.cat("pub/hello.txt") == b"hello"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:

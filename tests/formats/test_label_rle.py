@@ -189,3 +189,20 @@ def test_info_not_last_is_accepted() -> None:
 def test_big_endian_dtype_gives_native_array() -> None:
     out = decode_rle(_blob({"513": "2 1", ".info": _info(dtype=">u2")}), name="x")
     assert out.dtype == np.uint16 and out.dtype.isnative and out.reshape(-1)[1] == 513
+
+
+@pytest.mark.parametrize("dtype", ["0 3 uint16", "u2,u2", "(2,)u2", "uint16 uint16", ""])
+def test_odd_info_dtype_is_a_source_error(dtype):
+    # "0 3 uint16" made numpy raise SyntaxError (issue 14).
+    doc = {"1": "1 2", ".info": {"shape": [1, 2, 2], "dtype": dtype}}
+    with pytest.raises(SourceError, match=r"labels\.json: '\.info' dtype"):
+        decode_rle(json.dumps(doc).encode(), name="labels.json")
+
+
+def test_runs_are_parsed_without_a_token_list():
+    vol = np.zeros((2, 3, 4), np.uint16)
+    vol[0, 1, 1:3] = 7
+    vol[1, 2, :] = 3
+    assert np.array_equal(decode_rle(encode_rle(vol)), vol)
+    doc = {"1": "1 2\n 5\t1", ".info": {"shape": [1, 2, 4], "dtype": "uint8"}}
+    assert decode_rle(json.dumps(doc).encode()).reshape(-1).tolist() == [1, 1, 0, 0, 1, 0, 0, 0]

@@ -245,3 +245,55 @@ def test_metadata_that_is_not_a_dict_or_not_an_object_array():
 def test_not_a_zip():
     with pytest.raises(SourceError, match="not an .npz"):
         read_npz_member(b"hello", member="m")
+
+
+# --- issue 14 -------------------------------------------------------------------------------
+
+
+def _npy_bytes(descr: str, shape: tuple, body: bytes) -> bytes:
+    header = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}"
+    header += " " * ((-len(header) - 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + body
+
+
+def _zip(entries: dict[str, bytes], version: int = 20) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            info = zipfile.ZipInfo(name)
+            info.extract_version = version
+            zf.writestr(info, data)
+    return buf.getvalue()
+
+
+def test_negative_npy_shape_is_a_source_error_naming_the_member():
+    # (-2, -3) has a positive product: it used to pass the size check and fail in numpy
+    # with "ValueError: can only specify one unknown dimension", naming no file.
+    member = _zip({"image.npy": _npy_bytes("<u2", (-2, -3), b"\0" * 12)})
+    with pytest.raises(SourceError, match=r"crops\.tar: member 'a' \(image\.npy\).*negative"):
+        read_npz_member(member, member="crops.tar: member 'a'")
+
+
+def test_npz_needing_a_newer_zip_version_is_a_source_error():
+    member = _zip({"image.npy": _npy_bytes("|u1", (1, 1), b"\0")}, version=188)
+    with pytest.raises(SourceError, match=r"crops\.tar: member 'a'.*18\.8"):
+        read_npz_member(member, member="crops.tar: member 'a'")
+
+
+def test_compressed_size_beyond_the_member_is_refused():
+    member = bytearray(_zip({"image.npy": _npy_bytes("|u1", (1, 1), b"\0")}))
+    cd = member.rfind(b"PK\x01\x02")
+    member[cd + 20:cd + 24] = (2**31).to_bytes(4, "little")  # central directory compress_size
+    with pytest.raises(SourceError, match="crops.tar: member 'a'"):
+        read_npz_member(bytes(member), member="crops.tar: member 'a'")
+
+
+def test_corrupt_deflate_entry_is_a_source_error():
+    # found by the fuzz suite: zlib.error escaped from the entry read
+    buf = io.BytesIO()
+    np.savez_compressed(buf, image=np.arange(4096, dtype="uint16").reshape(64, 64))
+    raw = bytearray(buf.getvalue())
+    start = 30 + len("image.npy")
+    raw[start + 8:start + 60] = b"\xfe" * 52
+    with pytest.raises(SourceError, match=r"m \(image\.npy\)"):
+        read_npz_member(bytes(raw), member="m")

@@ -178,3 +178,29 @@ def test_damaged_pickle_is_a_source_error():
     good = pickle.dumps({"a": 1})
     with pytest.raises(SourceError, match="damaged"):
         restricted_loads(good[:-3], what="m")
+
+
+# --- issue 14: sizes the input cannot back ------------------------------------------------
+
+
+def test_ten_byte_memo_bomb_is_refused_before_unpickling():
+    # LONG_BINPUT 2**26: the C unpickler would grow its memo to 2**26 slots (~1 GB).
+    bomb = b"\x80\x02K\x01r" + (2**26).to_bytes(4, "little") + b"."
+    with pytest.raises(SourceError, match=r"m\.pkl: refused to unpickle: memo index 67,108,864"):
+        restricted_loads(bomb, what="m.pkl")
+
+
+@pytest.mark.parametrize("bomb", [
+    b"K\x01p4294967295\n.",  # protocol-0 PUT with a huge index
+    b"\x80\x04\x95" + (2**60).to_bytes(8, "little") + b"K\x01.",  # a frame beyond the input
+    b"\x80\x03X" + (2**31).to_bytes(4, "little") + b"ab.",  # a string beyond the input
+])
+def test_forged_sizes_are_refused(bomb):
+    with pytest.raises(SourceError, match="m.pkl"):
+        restricted_loads(bomb, what="m.pkl")
+
+
+def test_memoized_pickles_still_load():
+    value = {"a": [1, 2], "b": [1, 2], "s": "x" * 300}
+    for protocol in range(6):
+        assert restricted_loads(pickle.dumps(value, protocol=protocol), what="m") == value

@@ -170,3 +170,60 @@ def test_real_derived_tars_scan(tar_name):
         streamed = list(iter_tar_members(fh, archive=tar_name))
     assert len(entries) == 8
     assert [(e.name, data[e.offset : e.offset + e.size]) for e in entries] == streamed
+
+
+# --- issue 14 -------------------------------------------------------------------------------
+
+
+def _tar_with(name: str, payload: bytes = b"x") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("name", ["a/./b", "./a", "a/."])
+def test_dot_components_are_refused(name):
+    with pytest.raises(SourceError, match=r"component"):
+        list(iter_tar_members(io.BytesIO(_tar_with(name)), archive="x.tar", allow_dirs=True))
+
+
+def test_oversized_pax_header_is_refused_before_it_is_read():
+    info = tarfile.TarInfo("././@PaxHeader")
+    info.type, info.size = tarfile.XHDTYPE, 5 * 1024 * 1024
+    raw = info.tobuf(format=tarfile.USTAR_FORMAT) + b"\0" * 1024
+    for fn in (iter_tar_members, list_tar_members, scan_tar):
+        with pytest.raises(SourceError, match=r"x\.tar: refused: a metadata header"):
+            list(fn(io.BytesIO(raw), archive="x.tar"))
+
+
+def test_pax_headers_of_normal_size_still_work():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("n" * 150)
+        info.size = 2
+        tf.addfile(info, io.BytesIO(b"ok"))
+    buf.seek(0)
+    assert list(iter_tar_members(buf, archive="x.tar")) == [("n" * 150, b"ok")]
+
+
+def test_gzip_header_cut_short_is_a_source_error():
+    # found by the fuzz suite: tarfile's gzip reader raised TypeError (ord of b"")
+    with pytest.raises(SourceError, match=r"x\.tar\.gz"):
+        list(iter_tar_members(io.BytesIO(b"\x1f\x8b\x08"), archive="x.tar.gz"))
+
+
+def test_xz_decoder_memory_is_capped(monkeypatch):
+    # an xz header may name a dictionary of up to 1.5 GiB; the decoder refuses beyond the cap
+    import lzma
+
+    from cloudmic.formats import safe_tar
+
+    raw = lzma.compress(_tar_with("a", b"x" * 100), format=lzma.FORMAT_XZ,
+                        filters=[{"id": lzma.FILTER_LZMA2, "dict_size": 8 * 1024 * 1024}])
+    assert list(iter_tar_members(io.BytesIO(raw), archive="x.tar.xz")) == [("a", b"x" * 100)]
+    monkeypatch.setattr(safe_tar, "MAX_XZ_MEMORY", 1024 * 1024)
+    with pytest.raises(SourceError, match=r"x\.tar\.xz: .*Memory usage limit"):
+        list(iter_tar_members(io.BytesIO(raw), archive="x.tar.xz"))

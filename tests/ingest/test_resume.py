@@ -18,12 +18,11 @@ import pytest
 
 import cloudmic.ingest.run as run
 from cloudmic.ingest import ingest
-from fixtures_biosr import snapshot
+from fixtures_biosr import published_bytes
 
 
-def _published(root: Path) -> dict[str, str]:
-    """Every published object's sha256, without catalog.json (it carries the publish time)."""
-    return {k: v for k, v in snapshot(str(root)).items() if not k.endswith("catalog.json")}
+def _published(root: Path | str) -> dict[str, str]:
+    return published_bytes(str(root))
 
 
 def _ledger(root: Path) -> list[Path]:
@@ -174,9 +173,7 @@ def test_s3_server_restarted_during_an_ingest_then_a_rerun_finishes(
         monkeypatch.setattr(run, "run_unit", real)
         ingest(str(small_manifest), biosr_sources["uint16"], "s3://restart")
         assert verify_dataset(Location.parse("s3://restart"), "biosr").ok
-        published = {k: v for k, v in snapshot("s3://restart").items()
-                     if not k.endswith("catalog.json")}
-        assert published == clean
+        assert _published("s3://restart") == clean
     finally:
         seaweed.down(data)
 

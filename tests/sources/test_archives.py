@@ -453,3 +453,65 @@ def test_members_of_a_zip_on_s3(s3_server, platelet_zip, tmp_path):
     assert tree_files(tmp_path) == {JSON_50: platelet_zip.files[JSON_50]}
     with open_member(url, IMG_50, storage_options=opts) as f:
         assert tifffile.imread(f).shape == (8, 128, 128)
+
+
+# --- issue 14: names and versions zipfile cannot handle -------------------------------------
+
+
+@pytest.mark.parametrize("names", [["a/b.txt", "a/./b.txt"], ["x/.", "x/y"], ["./a.txt"]])
+def test_dot_components_are_refused_before_anything_is_written(names, tmp_path):
+    # 'a/./b.txt' and 'a/b.txt' overwrote each other; 'x/.' then 'x/y' gave FileExistsError.
+    path = tmp_path / "d.zip"
+    path.write_bytes(build_zip([(n, b"hi") for n in names]))
+    out = tmp_path / "out"
+    with pytest.raises(SourceError, match=r"d\.zip: member '.*\.[^']*': member name contains "
+                       r"a '\.' component"):
+        extract_members(path, out)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_member_needing_zip_version_18_8_is_named(tmp_path):
+    raw = bytearray(build_zip([("a.txt", b"1"), ("b/c.txt", b"2")]))
+    pos = raw.find(b"PK\x01\x02", raw.find(b"PK\x01\x02") + 4)  # b/c.txt's directory entry
+    struct.pack_into("<H", raw, pos + 6, 188)  # version needed to extract: 18.8
+    path = tmp_path / "v.zip"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SourceError, match=r"v\.zip: member 'b/c\.txt': .*version 18\.8"):
+        list_members(path)
+
+
+@pytest.mark.parametrize("blob", [b"", b"PK", b"x" * 21])
+def test_files_shorter_than_a_zip_directory_are_not_zips(blob, tmp_path):
+    # found by the fuzz suite: an empty file gave "ValueError: negative seek position -22"
+    path = tmp_path / "short.zip"
+    path.write_bytes(blob)
+    with pytest.raises(NotAZipError, match=r"short\.zip"):
+        list_members(path)
+
+
+def test_corrupt_deflate_member_is_a_source_error_when_read(tmp_path):
+    # found by the fuzz suite: zlib.error / BadZipFile escaped from ZipArchive.open().read()
+    raw = bytearray(build_zip([("a.bin", bytes(range(256)) * 64)]))
+    data_at = 30 + len("a.bin")
+    raw[data_at + 5:data_at + 40] = b"\xff" * 35
+    path = tmp_path / "c.zip"
+    path.write_bytes(bytes(raw))
+    with (ZipArchive(path) as z, z.open("a.bin") as f,
+          pytest.raises(SourceError, match=r"c\.zip: member 'a\.bin'")):
+        f.read()
+
+
+def test_empty_and_overlong_member_names_are_refused(tmp_path):
+    # found by the fuzz suite: an empty name gave IndexError, a 300-byte one ENAMETOOLONG
+    path = tmp_path / "n.zip"
+    path.write_bytes(build_zip([("n" * 300, b"x")]))
+    with pytest.raises(SourceError, match=r"n\.zip: member 'n+\.\.\.': .*longer than 255"):
+        list_members(path)
+    raw = build_zip([("a", b"x")])
+    raw = raw.replace(b"\x01\x00\x00\x00a", b"\x00\x00\x00\x00a")  # not needed: patch name len
+    pos = raw.find(b"PK\x01\x02")
+    raw = bytearray(raw)
+    struct.pack_into("<H", raw, pos + 28, 0)  # central directory: file name length 0
+    path.write_bytes(bytes(raw))
+    with pytest.raises(SourceError, match=r"n\.zip"):
+        list_members(path)

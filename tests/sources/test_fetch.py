@@ -5,7 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -241,3 +245,198 @@ def test_s3_object_is_fetched_and_resumed(s3_server, payload, tmp_path):
     assert out.read_bytes() == payload
     with pytest.raises(SourceError, match="no such file"):
         fetch("s3://cm-sources/raw/missing.tar", tmp_path, storage_options=opts, **FAST)
+
+
+# ---- a server whose file changes: validators (ETag, Last-Modified) and If-Range ------------
+class Versioned(BaseHTTPRequestHandler):
+    """One file at any path, with an ETag and/or Last-Modified; it honours ``If-Range``
+    unless told not to, drops the first ``drops`` bodies after ``drop_after`` bytes, and can
+    answer every request with a fixed ``206`` whatever was asked (a broken CDN)."""
+
+    protocol_version = "HTTP/1.1"
+    server: VersionedServer
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        srv = self.server
+        with srv.lock:
+            srv.hits.append({k.lower(): v for k, v in self.headers.items()})
+            n, dropping = len(srv.hits), srv.drops > 0
+            srv.drops -= dropping
+        if srv.fixed_206 is not None and n <= 100:  # then 404, so an endless loop ends
+            return self._send(206, srv.data[5:10], {"Content-Range": srv.fixed_206})
+        if srv.fixed_206 is not None:
+            return self._send(404, b"gone")
+        data, start, headers = srv.data, 0, dict(srv.validators())
+        rng, if_range = self.headers.get("Range"), self.headers.get("If-Range")
+        fresh = if_range is None or not srv.honour_if_range or if_range in headers.values()
+        if rng and fresh:
+            start = int(rng.removeprefix("bytes=").rstrip("-"))
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        if dropping:
+            return self._send(206 if start else 200, body, headers, cut=srv.drop_after)
+        return self._send(206 if start else 200, body, headers)
+
+    def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+              cut: int | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body if cut is None else body[:cut])
+        if cut is not None:
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+
+class VersionedServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, data: bytes, **behaviour: Any) -> None:
+        super().__init__(("127.0.0.1", 0), Versioned)
+        self.data, self.etag, self.last_modified = data, '"v1"', None
+        self.honour_if_range, self.drops, self.drop_after = True, 0, 0
+        self.fixed_206: str | None = None
+        self.hits: list[dict[str, str]] = []
+        self.lock = threading.Lock()
+        for k, v in behaviour.items():
+            setattr(self, k, v)
+
+    def validators(self) -> dict[str, str]:
+        return {k: v for k, v in (("ETag", self.etag), ("Last-Modified", self.last_modified))
+                if v is not None}
+
+    def url(self, name: str = "file.zip") -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+@pytest.fixture
+def versioned() -> Iterator[Callable[..., VersionedServer]]:
+    servers: list[VersionedServer] = []
+
+    def start(data: bytes, **behaviour: Any) -> VersionedServer:
+        srv = VersionedServer(data, **behaviour)
+        threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        servers.append(srv)
+        return srv
+
+    yield start
+    for srv in servers:
+        srv.shutdown()
+        srv.server_close()
+
+
+def interrupted(srv: VersionedServer, folder: Path, cut: int) -> None:
+    """A first run that stops after ``cut`` bytes (retries=0: as if killed there)."""
+    srv.drops, srv.drop_after = 1, cut
+    with pytest.raises(SourceError, match="gave up"):
+        fetch(srv.url(), folder, retries=0, **FAST)
+    assert (folder / "file.zip.part").stat().st_size == cut
+
+
+@pytest.mark.timeout(60)
+def test_a_server_answering_a_range_never_asked_for_is_given_up_on(versioned, tmp_path):
+    # on main: 3,935 GETs in 10 s and no end (this server stops it with a 404 after 100)
+    srv = versioned(b"0123456789", fixed_206="bytes 5-9/10")
+    with pytest.raises(SourceError) as err:
+        fetch(srv.url(), tmp_path, retries=2, **FAST)
+    assert srv.url() in str(err.value) and "bytes 5-9/10" in str(err.value)
+    assert "404" not in str(err.value)
+    assert len(srv.hits) <= 10
+    assert leftovers(tmp_path) == []
+
+
+def test_resume_of_an_unchanged_file_sends_if_range_and_gets_the_rest(versioned, payload,
+                                                                      tmp_path):
+    srv = versioned(payload)
+    interrupted(srv, tmp_path, 1_000_000)
+    out = fetch(srv.url(), tmp_path, sha256=sha(payload), **FAST)
+    assert out.read_bytes() == payload
+    assert srv.hits[-1]["range"] == "bytes=1000000-" and srv.hits[-1]["if-range"] == '"v1"'
+    assert [p.name for p in tmp_path.iterdir() if ".part" in p.name] == []  # no validator left
+
+
+def test_resume_after_the_file_changed_restarts_from_zero(versioned, payload, tmp_path):
+    # on main the result was spliced: v1's first MB followed by the rest of v2
+    srv = versioned(payload)
+    interrupted(srv, tmp_path, 1_000_000)
+    v2 = os.urandom(len(payload))  # same size, other bytes
+    srv.data, srv.etag = v2, '"v2"'
+    out = fetch(srv.url(), tmp_path, **FAST)  # no checksum: only the validator can catch it
+    assert sha(out.read_bytes()) == sha(v2)
+    assert srv.hits[-1]["if-range"] == '"v1"'
+    assert len(srv.hits) == 2  # the 200 to If-Range carried the whole new file
+
+
+def test_a_server_ignoring_if_range_is_caught_by_its_etag(versioned, payload, tmp_path):
+    srv = versioned(payload, honour_if_range=False)
+    interrupted(srv, tmp_path, 1_000_000)
+    v2 = os.urandom(len(payload))
+    srv.data, srv.etag = v2, '"v2"'
+    assert sha(fetch(srv.url(), tmp_path, **FAST).read_bytes()) == sha(v2)
+    assert [h.get("range") for h in srv.hits[1:]] == ["bytes=1000000-", None]
+
+
+def test_last_modified_is_the_validator_without_an_etag(versioned, payload, tmp_path):
+    srv = versioned(payload, etag=None, last_modified="Mon, 02 Jun 2025 10:00:00 GMT")
+    interrupted(srv, tmp_path, 1_000_000)
+    v2 = os.urandom(len(payload))
+    srv.data, srv.last_modified = v2, "Tue, 03 Jun 2025 10:00:00 GMT"
+    assert sha(fetch(srv.url(), tmp_path, **FAST).read_bytes()) == sha(v2)
+    assert srv.hits[-1]["if-range"] == "Mon, 02 Jun 2025 10:00:00 GMT"
+
+
+def test_a_weak_etag_is_never_sent_as_if_range_but_still_catches_a_change(versioned, payload,
+                                                                         tmp_path):
+    # RFC 9110 13.1.5: If-Range takes a strong validator only; a weak one is still compared
+    srv = versioned(payload, etag='W/"v1"')
+    interrupted(srv, tmp_path, 1_000_000)
+    v2 = os.urandom(len(payload))
+    srv.data, srv.etag = v2, 'W/"v2"'
+    assert sha(fetch(srv.url(), tmp_path, **FAST).read_bytes()) == sha(v2)
+    assert "if-range" not in srv.hits[1]
+    assert [h.get("range") for h in srv.hits[1:]] == ["bytes=1000000-", None]
+
+
+def test_manifest_pins_size_and_checksum_of_a_download(http_server, payload, tmp_path):
+    from cloudmic.manifest import Download
+    from cloudmic.sources.archives import materialize
+
+    url = http_server.serve("STED-FM-dataset-crop.tar", payload)
+    ok = Download(url=url, sha256=sha(payload), bytes=len(payload))
+    assert (materialize(None, tmp_path / "a", ok, **FAST) / "STED-FM-dataset-crop.tar"
+            ).read_bytes() == payload
+    wrong_size = Download(url=url, sha256=sha(payload), bytes=len(payload) - 1)
+    with pytest.raises(SourceError, match="bytes but .* are expected"):
+        materialize(None, tmp_path / "b", wrong_size, **FAST)
+    assert not (tmp_path / "b" / "STED-FM-dataset-crop.tar").exists()
+    with pytest.raises(SourceError, match="checksum mismatch"):
+        materialize(None, tmp_path / "c", Download(url=url, sha256="0" * 64), **FAST)
+
+
+@pytest.mark.e2e
+def test_s3_object_changed_since_the_part_was_written_restarts(s3_server, payload, tmp_path):
+    import json
+
+    import s3fs
+
+    opts = s3_server.storage_options()
+    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    fs.makedirs("cm-sources", exist_ok=True)
+    fs.pipe("cm-sources/raw/changing.tar", payload)
+    url = "s3://cm-sources/raw/changing.tar"
+    etag = fs.info("cm-sources/raw/changing.tar")["ETag"]
+    # as a run killed after 1 MB leaves it: the bytes and the version they came from
+    (tmp_path / "changing.tar.part").write_bytes(payload[:1_000_000])
+    (tmp_path / ".changing.tar.part.json").write_text(json.dumps({"url": url, "ETag": etag}))
+    v2 = os.urandom(len(payload))
+    fs.pipe("cm-sources/raw/changing.tar", v2)
+    out = fetch(url, tmp_path, storage_options=opts, **FAST)
+    assert sha(out.read_bytes()) == sha(v2)
+    assert leftovers(tmp_path) == ["changing.tar"]

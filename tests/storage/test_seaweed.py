@@ -145,10 +145,21 @@ def test_lifecycle_up_reuse_down_up(tmp_path: Path) -> None:
     assert not _pid_running(info.pid)
     assert seaweed.status(data) is None
     assert not (data / seaweed.STATE_FILE).exists()
+    # the JWT keys and gRPC certificates live only while the server runs
+    assert not (data / "security.toml").exists() and not (data / "tls").exists()
     assert seaweed.down(data) is False
 
+    # a folder left readable (a store from before the lock-down) is tightened at start
+    data.chmod(0o755)
+    volume_files = sorted(data.glob("*.dat"))
+    assert volume_files
+    for path in volume_files:
+        path.chmod(0o644)
     restarted = seaweed.up(data, access_key="CMTESTADMINKEY", secret_key="cm-test-secret-123")
     try:
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert {stat.S_IMODE(p.stat().st_mode) for p in volume_files} == {0o600}
+        assert stat.S_IMODE((data / "security.toml").stat().st_mode) == 0o600
         assert restarted.pid != info.pid
         assert restarted.s3_port == info.s3_port  # the previous ports are reused when free
         fs = _fs(restarted)

@@ -3,6 +3,7 @@ requests, and the ome-zarr Reader opens a published image group over plain HTTP.
 
 from __future__ import annotations
 
+import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from cloudmic.ingest import ingest
+from cloudmic.storage import root_layout as rl
 from cloudmic.storage import seaweed
 from cloudmic.synth.platelet_em import synth_platelet_em
 from ngff_check import reader_nodes
@@ -43,7 +45,15 @@ def published(public_store, tmp_path_factory, monkeypatch_module) -> str:
     src = tmp_path_factory.mktemp("pe-viewer")
     synth_platelet_em(src, slices=8, size=64)
     ingest("platelet-em", src, f"s3://{BUCKET}")
-    return f"{public_store.endpoint}/{BUCKET}/platelet-em.zarr"
+    base = f"{public_store.endpoint}/{BUCKET}"
+    # versioned publishes: the pointer (itself public) names the current version's folder
+    versions = f"{base}/platelet-em{rl.VERSIONS_SUFFIX}"
+    status, _, body = _request("GET", f"{versions}/{rl.POINTER}", Origin=ORIGIN)
+    if status == 404:  # a root without versions
+        return f"{base}/platelet-em.zarr"
+    assert status == 200, status
+    version = json.loads(body)["version"]
+    return f"{versions}/{version}/platelet-em.zarr"
 
 
 @pytest.fixture(scope="module")

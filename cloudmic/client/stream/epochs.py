@@ -114,8 +114,12 @@ class Epochs:
         """Continue the epoch of ``state``: the next pass yields only what was not consumed,
         split over however many ranks and workers run now."""
         for key, value in self.identity().items():
-            if key == "layout" and key not in state:  # states saved before it was recorded
+            if key in ("layout", "dataset_version") and key not in state:  # older states
                 continue
+            if key == "dataset_version" and state[key] != value:
+                raise ValueError(f"state_dict was saved reading version {state[key]} of the "
+                                 f"dataset, this stream reads {value}: pass "
+                                 f"version={state[key]!r} to resume on the same data")
             if state.get(key) != value:
                 raise ValueError(f"state_dict is for {key}={state.get(key)!r}, this stream has "
                                  f"{value!r}: build the stream as it was built")

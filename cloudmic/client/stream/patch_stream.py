@@ -33,6 +33,7 @@ from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rn
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
+from cloudmic.storage.versions import resolve
 
 
 class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
@@ -58,6 +59,10 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
     :meth:`loader` (or call :meth:`mark_consumed` with each batch) and :meth:`state_dict`
     says exactly what was consumed; :meth:`load_state_dict` resumes, on any number of
     ranks and workers.
+
+    Versions: the dataset's current version is resolved once, when the stream is built
+    (``version=`` pins another, as does a version URL): a republish never changes what a
+    training run reads, and :meth:`state_dict` records the version.
 
     Faults: reads failing because the store is unreachable are retried for
     ``retry_seconds``; damaged data raises, or with ``on_error="skip"`` its block is
@@ -93,6 +98,7 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         cache_dir: str | None = None,
         cache_bytes: int = 4 << 30,
         scheduler: str | None = None,
+        version: str | None = None,
     ) -> None:
         super().__init__()
         _check_choice("sampling", sampling, ("random", "grid"))
@@ -106,7 +112,8 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
         self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
         self.rank, self.world_size, self.scheduler = rank, world_size, scheduler
-        loc = Location.parse(url, **dict(storage_options or {}))
+        dataset = resolve(url, version, **dict(storage_options or {}))
+        loc, self.version = dataset.zarr, dataset.version
         attrs, arrays = read_store_metadata(loc)
         paths = dict(variables) if isinstance(variables, Mapping) else {v: v for v in variables}
         patterns = [group] if isinstance(group, str) else list(group)
@@ -137,7 +144,8 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         return {"seed": self.seed, "length": self.length,
                 "patches_per_sample": self.patches_per_sample,
                 "layout": layout_fingerprint(f"{g.path}:{g.length}:{g.block}"
-                                             for g in self.spec.groups)}
+                                             for g in self.spec.groups),
+                "dataset_version": self.version}
 
     # ---- who reads what ----
     def block_order(self, epoch: int) -> np.ndarray:
