@@ -804,7 +804,7 @@ def main(argv: list[str] | None = None) -> int:
         tar_objs = {f"{BUCKET}/biosr.wds/{s['url']}": int(s["bytes"]) for s in tars}
         tar_urls = [f"s3://{p}" for p in tar_objs]
         zbytes = sum(shard_objs.values())
-        g = cloudmic.open(zurl, **so)["train"]
+        g = cloudmic.open(zurl, storage_options=so)["train"]
         decoded = int(g["wf"].nbytes + g["gt"].nbytes)
         result["dataset"] = {
             "pairs": pairs, "variant": args.variant, "shard_objects": len(shard_objs),

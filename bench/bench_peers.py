@@ -1311,7 +1311,7 @@ def main(argv: list[str] | None = None) -> int:
         index = json.loads(fs.cat_file(f"{BUCKET}/biosr.wds/index.json"))
         tars = index["splits"]["train"]["shards"]
         tar_objs = {f"{BUCKET}/biosr.wds/{s['url']}": int(s["bytes"]) for s in tars}
-        g = cloudmic.open(zurl, **so)["train"]
+        g = cloudmic.open(zurl, storage_options=so)["train"]
         shard_len = int(g["wf"].encoding["shards"][0])
         wf_shape, gt_shape = list(g["wf"].shape[1:]), list(g["gt"].shape[1:])
         zbytes = sum(zobjs.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from cloudmic._version import __version__
 
 # zarr warns on every open and consolidate that consolidated metadata is not in the v3
 # spec yet; cloudmic relies on it on purpose (one GET to open a store), so say it once here.

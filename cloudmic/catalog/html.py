@@ -274,7 +274,7 @@ def dataset_facts(root: Location, name: str, listed: dict[str, Any]) -> dict[str
     wds_url = (listed.get("webdataset_url") or "").removesuffix(f"/{rl.INDEX}")
     wds_loc = Location(wds_url, root.storage_options) if wds_url else root.child(
         rl.wds_name(name))
-    index = _read_json(wds_loc.child("index.json")) or {"splits": {}}
+    index = _read_json(wds_loc.child(rl.INDEX)) or {"splits": {}}
     if not index["splits"]:
         facts["problems"].append(f"{wds_loc.url}/index.json: missing or empty")
     samples = listed.get("groups", {})
@@ -327,11 +327,11 @@ def _clean_previews(doc: dict[str, Any]) -> dict[str, Any]:
 def catalog_facts(root_url: str, **storage_options: Any) -> dict[str, Any]:
     """The facts of every dataset published under ``root_url`` (its ``catalog.json``)."""
     root = Location.parse(root_url, **storage_options)
-    if not root.child("catalog.json").exists():
+    if not root.child(rl.CATALOG).exists():
         raise StoreNotFoundError(f"{root.url}: no catalog.json, nothing is published here "
                                  "(publish with: cloudmic ingest DATASET --source SRC --dest "
                                  f"{root.url})")
-    catalog = _read_json(root.child("catalog.json")) or {}
+    catalog = _read_json(root.child(rl.CATALOG)) or {}
     listing = list_root(root.url, **root.storage_options)
     datasets = {}
     for name, listed in listing["datasets"].items():

@@ -36,10 +36,11 @@ import numpy as np
 
 from cloudmic.client.metadata import ArrayMeta, read_store_metadata
 from cloudmic.storage.location import Location
+from cloudmic.storage.root_layout import PREVIEWS_INDEX
 
 log = logging.getLogger(__name__)
 
-PREVIEWS_JSON = "previews.json"
+PREVIEWS_JSON = PREVIEWS_INDEX  # the name under <dataset>.previews/ (storage.root_layout)
 FORMAT = 1
 MAX_SIDE = 512  # pixels a side of a preview PNG (larger planes are block-averaged down)
 MAX_READ = 2048  # pixels a side read from one plane; beyond that a centre crop is read

@@ -107,7 +107,7 @@ def split_shards(loc: Location, index: Mapping[str, Any], split: str,
 
 def inside(loc: Location, rel: str) -> str:
     """``rel`` normalized, if it names a file inside the ``.wds`` folder."""
-    return loc.inside(rel, loc.child("index.json").url).url[len(loc.url) + 1:]
+    return loc.inside(rel, loc.child(rl.INDEX).url).url[len(loc.url) + 1:]
 
 
 class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]

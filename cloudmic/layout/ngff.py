@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cloudmic.datasets.base import VarSpec
+from cloudmic.layout.schema import VarSpec
 
 NGFF_VERSION = "0.5"
 # UDUNITS names NGFF expects, from the short units cloudmic writes in coordinate attrs

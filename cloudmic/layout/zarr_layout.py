@@ -10,7 +10,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from cloudmic.datasets.base import GroupSpec, Unit, VarSpec
+from cloudmic.layout.schema import GroupSpec, Unit, VarSpec
 from cloudmic.manifest import Storage
 
 

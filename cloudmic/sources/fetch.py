@@ -27,7 +27,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -36,11 +36,7 @@ from urllib.parse import unquote, urlparse
 
 from cloudmic import __version__
 from cloudmic.errors import SourceError, StoreError
-
-try:  # POSIX only; without it, two processes fetching one file are not serialised
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from cloudmic.storage.locks import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -341,18 +337,6 @@ def check_name(name: str, url: str) -> None:
                           "pass name= (a plain file name, like 'CCPs.zip')")
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise processes that fetch the same file into the same folder."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def check_free_space(folder: Path, need: int, what: str) -> None:
@@ -647,7 +631,7 @@ def fetch(url: str | os.PathLike[str], dest_dir: str | os.PathLike[str], *,
     target, part_path = folder / name, folder / f"{name}.part"
     policy = RetryPolicy(retries=retries, backoff=backoff, timeout=timeout)
     problem = None
-    with _locked(folder / f".{name}.lock"):
+    with file_lock(folder / f".{name}.lock"):  # one process fetches one file at a time
         if target.is_file():
             problem = verify_file(target, expect)
             if problem is None:

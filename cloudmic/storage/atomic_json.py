@@ -8,40 +8,20 @@ rename. ``change`` may run several times (once per attempt): it must only depend
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no lock, last writer wins
-    fcntl = None  # type: ignore[assignment]
+from cloudmic.storage.locks import file_lock
 
 Change = Callable[[Any], Any]
 ATTEMPTS = 200  # each lost race means another writer succeeded: progress is global
-
-
-@contextlib.contextmanager
-def file_lock(path: str | os.PathLike[str]) -> Iterator[None]:
-    """An exclusive lock between processes, held while the block runs."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    with open(path, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _decode(loc: Location, data: bytes | None) -> Any:

@@ -53,18 +53,14 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
 from cloudmic.storage import seaweed_security as security
-
-try:  # POSIX only; without it, concurrent up/down on one folder are not serialised
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None  # type: ignore[assignment]
+from cloudmic.storage.locks import file_lock
 
 logger = logging.getLogger(__name__)
 
@@ -233,19 +229,9 @@ def _remove_state(data_dir: Path) -> None:
     security.remove_security_config(data_dir)
 
 
-@contextlib.contextmanager
-def _locked(data_dir: Path) -> Iterator[None]:
+def _locked(data_dir: Path) -> contextlib.AbstractContextManager[None]:
     """Serialise up/down on one data folder across processes."""
-    if fcntl is None:  # pragma: no cover
-        yield
-        return
-    fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return file_lock(data_dir / LOCK_FILE)
 
 
 # --------------------------------------------------------------------------- processes

@@ -14,7 +14,7 @@ import xarray as xr
 import cloudmic
 import cloudmic.ingest.publish as publish_mod
 from cloudmic.cli import main
-from cloudmic.client.describe import list_root
+from cloudmic.client.describe import info, list_root
 from cloudmic.errors import StoreNotFoundError
 from cloudmic.ingest import ingest
 from cloudmic.ingest.gc import collect
@@ -25,8 +25,8 @@ from cloudmic.storage.versions import list_versions, read_pointer, resolve
 from counting_proxy import CountingProxy
 
 
-def _dtypes(url: str, **kw) -> tuple[str, str]:
-    ds = cloudmic.open(url, **kw)["train"].ds
+def _dtypes(url: str, version: str | None = None, **opts) -> tuple[str, str]:
+    ds = cloudmic.open(url, version, storage_options=opts)["train"].ds
     return str(ds["wf"].dtype), str(ds["gt"].dtype)
 
 
@@ -136,5 +136,11 @@ def test_dataset_urls_resolve_the_same_everywhere(tmp_path, biosr_sources, small
         assert Path(ds.zarr.path) == root / "biosr.releases" / a.version / "biosr.zarr"
     with pytest.raises(StoreNotFoundError, match="not a dataset URL"):
         resolve(str(root / "nothing"))
+    # every fact `info` shows is one the publisher wrote (ADR 0005 renamed `created`)
+    facts = info(str(root / "biosr.zarr"))
+    assert facts["published"] == read_pointer(Location.parse(str(root)), "biosr")["published"]
+    assert facts["version"] == a.version and facts["title"] and facts["license"]
+    with pytest.warns(DeprecationWarning, match="storage_options"):
+        cloudmic.open(str(root / "biosr.zarr"), auto_mkdir=False)
     with pytest.raises(StoreNotFoundError, match="no complete version"):
         resolve(str(root / "biosr.zarr"), version="20000101T000000000000Z-abcdef")
