@@ -147,7 +147,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
                         workers=args.workers, threads=args.threads,
                         cluster=not args.in_process, scheduler=args.scheduler,
                         progress=progress, on_cluster=on_cluster, on_plan=on_plan,
-                        cache_dir=args.cache, on_fetch=fetched)
+                        cache_dir=args.cache, on_fetch=fetched, strict=args.strict)
     finally:
         fetch_bar.close()
         for b in bars:
@@ -163,6 +163,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
           f"webdataset {_human(report.wds_bytes)}; {report.seconds:.1f} s "
           f"({_human(report.source_bytes / report.seconds)}/s)\n"
           f"  version {report.version}; plain xarray opens {report.url}")
+    for w in report.warnings:
+        print(f"warn  {w}")
     return 0
 
 
@@ -224,7 +226,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from cloudmic.storage.versions import resolve
 
     ds = resolve(args.url, args.version)
-    report = verify_dataset(ds.base, ds.name, records=args.records)
+    report = verify_dataset(ds.base, ds.name, records=args.records, strict=args.strict)
     if args.json:
         _print_json(report.as_dict())
     else:
@@ -382,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "$CLOUDMIC_SCHEDULER, else a local cluster)")
     i.add_argument("--in-process", action="store_true",
                    help="run units on --workers threads in this process, without dask")
+    i.add_argument("--strict", action="store_true",
+                   help="refuse a partial copy: fewer (or more) samples than the publisher's "
+                   "counts in the manifest is an error, and nothing is written (default: a "
+                   "warning, for copies made smaller on purpose)")
     i.epilog = ("A stopped or killed ingest resumes: run the same command again and only "
                 "the units not yet finished are redone (the ledger is in ROOT/.cloudmic/"
                 "staging/). Nothing is published before the whole dataset verified.")
@@ -407,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "the URL of one version that `cloudmic ls` prints")
     v.add_argument("--version", help="a version id listed by `cloudmic ls` (default: current)")
     v.add_argument("--records", type=int, default=32, help="records to compare (default: 32)")
+    v.add_argument("--strict", action="store_true",
+                   help="a partial copy (fewer samples than the publisher's counts) fails "
+                   "instead of warning")
     g = add("gc", cmd_gc, "remove old versions, abandoned staging and leftovers under a root; "
             "the current version and the --keep newest are never removed")
     g.add_argument("root", help="s3://bucket[/prefix] or a local folder")
@@ -449,13 +458,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.fn(args)
-    except (CloudmicError, KeyError, ValueError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"cloudmic {args.command}: error: {msg}", file=sys.stderr)
+    except (CloudmicError, ValueError) as exc:  # a bare KeyError is a bug: its traceback shows
+        print(f"cloudmic {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cloudmic ls ROOT | head`: the reader left, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error at exit
+        return 0
     except Exception as exc:  # OSError, MemoryError, object-store errors: one line
         code = _outside_error(args, exc)
         if code is None:

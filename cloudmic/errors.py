@@ -39,6 +39,26 @@ class StoreNotFoundError(StoreError, FileNotFoundError):
     """Nothing is published at the URL."""
 
 
+class VerifyFailed(CloudmicError):
+    """The staged dataset did not verify; nothing was published."""
+
+
+class NotInStoreError(CloudmicError, KeyError):
+    """A name the caller asked for is not in the store (a ``KeyError``, with a readable
+    message: ``KeyError`` would print it in quotes)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class GroupNotFoundError(NotInStoreError):
+    """No group (or split) of that name or pattern."""
+
+
+class VariableNotFoundError(NotInStoreError):
+    """The group has no variable (or coordinate) of that name."""
+
+
 # ---- errors from outside: which to retry, and one line for each -----------------------------
 # errnos a retry cannot fix: the unit would fail the same way, after rewriting its data
 PERMANENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM,

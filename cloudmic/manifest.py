@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cloudmic.errors import ManifestError
 
@@ -76,9 +76,24 @@ class Variable(_Strict):
 
 class Split(_Strict):
     source: str = Field(description="folder prefix in the published tree")
-    expected_samples: int | None = None
+    expected_samples: int | None = Field(None, ge=0, description="deprecated: use the "
+                                         "manifest's top-level expected.<split>")
     levels: tuple[int, ...] = ()
     level_photons: tuple[float, ...] = ()
+
+
+class Expected(_Strict):
+    """The publisher's count for one split or group: what a complete copy holds. Compared
+    with what an ingest found ("found N of M expected"): a warning, an error with strict."""
+
+    samples: int = Field(ge=0, description="samples of the group, as the store counts them "
+                         "(the length of its sample axis; one per cell-like group)")
+    labelled: int | None = Field(None, ge=0, description="of which carry a class label")
+    optional: bool = Field(False, description="one of several alternative archives: a copy "
+                           "without this group is not partial")
+    source: str | None = Field(None, description="where the publisher states the count")
+    assumed: str | None = Field(None, description="what is our assumption, not the "
+                                "publisher's statement (e.g. which archive holds the count)")
 
 
 class Storage(_Strict):
@@ -106,9 +121,39 @@ class Manifest(_Strict):
     layout: Layout
     variables: dict[str, Variable]
     splits: dict[str, Split] = Field(default_factory=dict)
+    expected: dict[str, Expected] = Field(
+        default_factory=dict, description="the publisher's counts per split or group: "
+        "{train: 41040} or {crop: {samples: 976022, labelled: 238683, source: ...}}")
     storage: Storage
     webdataset: WebDatasetSpec
     options: dict[str, Any] = Field(default_factory=dict, description="adapter-specific facts")
+
+    @field_validator("expected", mode="before")
+    @classmethod
+    def _plain_counts(cls, v: Any) -> Any:
+        """``train: 41040`` is short for ``train: {samples: 41040}``."""
+        if isinstance(v, dict):
+            return {k: {"samples": n} if isinstance(n, int) and not isinstance(n, bool) else n
+                    for k, n in v.items()}
+        return v
+
+    @model_validator(mode="after")
+    def _one_count_per_split(self) -> Manifest:
+        for name, split in self.splits.items():
+            given = self.expected.get(name)
+            if (split.expected_samples is not None and given is not None
+                    and given.samples != split.expected_samples):
+                raise ValueError(f"splits.{name}.expected_samples ({split.expected_samples}) "
+                                 f"and expected.{name} ({given.samples}) differ: keep "
+                                 "expected only")
+        return self
+
+    def expected_counts(self) -> dict[str, Expected]:
+        """The publisher's counts by split/group: ``expected``, plus the older
+        ``splits.<name>.expected_samples`` of manifests written before it."""
+        out = {name: Expected(samples=s.expected_samples) for name, s in self.splits.items()
+               if s.expected_samples is not None}
+        return {**out, **self.expected}
 
     def digest(self) -> str:
         """A stable content hash: provenance records which manifest built a store."""

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from cloudmic.errors import VariableNotFoundError
+
 
 def _columns(locs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """x, y (nm) and intensity from a cell group (``loc_x``...), a dict or a record array."""
@@ -27,8 +29,8 @@ def _columns(locs: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         except (KeyError, ValueError, IndexError):
             inten = None
         return x, y, inten
-    raise KeyError("locs needs x and y columns in nm: a DL-SMLM cell group (loc_x, loc_y), "
-                   "a dict or a structured array with 'x' and 'y'")
+    raise VariableNotFoundError("locs needs x and y columns in nm: a DL-SMLM cell group "
+                                "(loc_x, loc_y), a dict or a structured array with 'x' and 'y'")
 
 
 def _gaussian_1d(sigma_px: float) -> np.ndarray:
@@ -76,7 +78,7 @@ def render(
     w = None
     if weights == "intensity":
         if inten is None:
-            raise KeyError("weights='intensity' needs an intensity column")
+            raise VariableNotFoundError("weights='intensity' needs an intensity column")
         w = inten[inside]
     img = np.zeros(shape, dtype="float64")
     np.add.at(img, (rows[inside], cols[inside]), 1.0 if w is None else w)

@@ -24,7 +24,7 @@ from cloudmic.client.stream import distribute, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
-from cloudmic.errors import StoreError, StoreNotFoundError
+from cloudmic.errors import GroupNotFoundError, StoreError, StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve, version_of
@@ -85,7 +85,8 @@ def split_shards(loc: Location, index: Mapping[str, Any], split: str,
     if not isinstance(splits, Mapping):
         raise StoreError(f"{where}: no 'splits' object; re-publish the dataset")
     if split not in splits:
-        raise KeyError(f"{loc.url}: no split {split!r}; splits: {', '.join(map(str, splits))}")
+        raise GroupNotFoundError(f"{loc.url}: no split {split!r}; splits: "
+                                 f"{', '.join(map(str, splits))}")
     try:
         entries = splits[split]["shards"]
         paths = [inside(loc, s["url"]) for s in entries]

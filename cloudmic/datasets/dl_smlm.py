@@ -1,7 +1,10 @@
 """DL-SMLM (datasets.md §1): one folder per cell with a raw widefield stack, its sum
 image, an 8x super-resolution render and the ThunderSTORM localizations.
 
-Published tree: ``<Structure>/cell<N>/{WF_raw.tif, WF<N>.tif, SR<N>.tif, SR_locs.csv}``.
+Published tree: ``<Structure>/cell<N>/{WF_raw.tif, WF<N>.tif, SR<N>.tif, SR_locs.csv}``,
+one zip per structure (``CCPs.zip`` holds ``CCPs/cell<N>/...``). The source may hold the
+unpacked folders, the zips, or both (a folder wins over its zip); zips are unpacked through
+``cloudmic.sources.ZipArchive`` (hostile names, links and bombs refused) into the cache.
 Each cell becomes one group ``<Structure>/cell<N>`` with coordinates in nanometres (both
 grids from the image's top-left corner, as ThunderSTORM measures x and y) and ``t`` in
 seconds; the localizations become ``loc_<column>`` arrays along a ``loc`` dim.
@@ -23,6 +26,7 @@ from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit, VarSpec
 from cloudmic.errors import SourceError
 from cloudmic.formats.thunderstorm import read_thunderstorm
 from cloudmic.formats.tiff import TiffInfo, inspect_tiff, read_tiff
+from cloudmic.sources import ZipArchive, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +47,14 @@ class DLSMLM(Adapter):
         name = self.opts.get("structure_aliases", {}).get(name, name)
         return name if name in self.opts["structures"] else None
 
-    def find_structures(self, source: Path) -> list[tuple[str, Path]]:
+    def find_structures(self, source: Path) -> list[tuple[str, Path, str | None]]:
+        """(structure, folder, zip name or None): the unpacked folders, then the structure
+        zips that have no folder beside them, unpacked into the cache."""
         if not source.is_dir():
             raise SourceError(source, "the source folder does not exist" if not source.exists()
                               else "the source is not a folder",
                               f"pass the folder holding the structure folders (CCPs, ...), {HINT}")
-        found = []
+        found: list[tuple[str, Path, str | None]] = []
         for p in sorted(source.iterdir()):
             if p.name.startswith(".") or not p.is_dir():
                 continue  # e.g. 'data information.txt' or the downloaded zips
@@ -57,12 +63,57 @@ class DLSMLM(Adapter):
                 raise SourceError(p, "unknown structure folder; DL-SMLM has "
                                   f"{', '.join(self.opts['structures'])}",
                                   "move it out of the source folder")
-            found.append((name, p))
+            found.append((name, p, None))
+        folders = {name for name, _, _ in found}
+        zips: dict[str, Path] = {}
+        for name, zpath in self.structure_zips(source):
+            if name in folders:
+                log.info("%s: using the unpacked %s folder beside it", zpath, name)
+            elif name in zips:
+                raise SourceError(zpath, f"a second zip of {name}, besides {zips[name].name}",
+                                  "keep one of the two zips in the source folder")
+            else:
+                zips[name] = zpath
+        found += [(name, self.unpack(name, z), z.name) for name, z in zips.items()]
         if not found:
-            raise SourceError(source, "no DL-SMLM structure folder here (expected "
-                              f"{', '.join(self.opts['structures'])})",
-                              f"pass the folder holding the unzipped structures, {HINT}")
-        return found
+            raise SourceError(source, "no DL-SMLM structure folder or zip here (expected "
+                              f"{', '.join(self.opts['structures'])}, or CCPs.zip, ...)",
+                              f"pass the folder holding the structures or their zips, {HINT}")
+        return sorted(found, key=lambda f: f[0])
+
+    def structure_zips(self, source: Path) -> list[tuple[str, Path]]:
+        """The published per-structure zips (``CCPs.zip``, ``ER-sec61β.zip``, ...); other
+        zips are left alone, as other files are."""
+        zips = [p for p in sorted(source.iterdir())
+                if p.is_file() and p.suffix.lower() == ".zip" and not p.name.startswith(".")]
+        named = [(self.structure_name(p.stem), p) for p in zips]
+        return [(name, p) for name, p in named if name is not None]
+
+    def unpack(self, structure: str, zpath: Path) -> Path:
+        """Unpack one structure zip into the cache (a re-run skips members already there);
+        return its structure folder. The cache key follows the zip's path, size and mtime,
+        so a new download never mixes with the files of the old one."""
+        st = zpath.stat()
+        key = hashlib.sha256(f"{zpath.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        dest = default_cache_dir() / self.manifest.name / "unzipped" / key.hexdigest()[:16]
+        with ZipArchive(zpath) as archive:
+            files = [m for m in archive.members if not m.is_dir and not m.junk]
+            tops = sorted({m.name.split("/", 1)[0] for m in files if "/" in m.name})
+            loose = [m.name for m in files if "/" not in m.name]
+            if tops and all(CELL.match(t) for t in tops) and not loose:
+                dest = dest / zpath.stem  # a zip of the cell folders alone
+                top = None
+            elif (len(tops) == 1 and not loose
+                  and self.structure_name(tops[0]) == structure):
+                top = tops[0]
+            else:
+                shown = ", ".join((tops + loose)[:4]) or "nothing"
+                raise SourceError(zpath, f"expected the {structure}/cell<N>/ folders of the "
+                                  f"published zip, found {shown}",
+                                  "pass the structure zip as published, or unzip it by hand")
+            log.info("%s: unpacking %d files into %s", zpath, len(files), dest)
+            archive.extract(dest)
+        return dest / top if top else dest
 
     def cell_files(self, cell_dir: Path, n: int) -> dict[str, Path]:
         names = {k: f.format(n=n) for k, f in zip(("wf_raw", "wf", "sr", "locs"), FILES,
@@ -104,7 +155,7 @@ class DLSMLM(Adapter):
     def scan(self, source: str | Path) -> Inventory:
         source = Path(source)
         groups, files, total, count = [], {}, 0, 0
-        for structure, sdir in self.find_structures(source):
+        for structure, sdir, archive in self.find_structures(source):
             cells = []
             for p in sorted(sdir.iterdir()):
                 if p.name.startswith("."):
@@ -119,14 +170,15 @@ class DLSMLM(Adapter):
                 infos = self.check_cell(f)
                 table = read_thunderstorm(f["locs"])
                 name = f"{structure}/cell{n}"
-                groups.append(self._group(name, structure, sdir.name, n, infos, table))
+                groups.append(self._group(name, structure, sdir.name, n, infos, table,
+                                          archive))
                 files[name] = {k: str(v) for k, v in f.items()}
                 total += sum(i.file_bytes for i in infos.values()) + f["locs"].stat().st_size
                 count += 4
         return Inventory(self.manifest.name, source, tuple(groups), files, total, count)
 
     def _group(self, name: str, structure: str, folder: str, n: int,
-               infos: dict[str, TiffInfo], table: Any) -> GroupSpec:
+               infos: dict[str, TiffInfo], table: Any, archive: str | None = None) -> GroupSpec:
         o, v = self.opts, self.manifest.variables
         (t, h, w), (hs, ws) = infos["wf_raw"].shape, infos["sr"].shape
         nm = {"units": "nm", "long_name": "position from the top-left image corner"}
@@ -157,6 +209,8 @@ class DLSMLM(Adapter):
                  "wf_pixel_nm": o["wf_pixel_nm"], "sr_pixel_nm": o["sr_pixel_nm"],
                  "frame_s": o["frame_s"], "localizations": len(table),
                  "loc_columns": list(table.columns), "loc_header": list(table.source_header)}
+        if archive is not None:
+            attrs["source_archive"] = archive  # the zip the cell folder was unpacked from
         return GroupSpec(name, None, 1, tuple(variables), attrs)
 
     def read_unit(self, inv: Inventory, unit: Unit) -> dict[str, np.ndarray]:

@@ -46,7 +46,21 @@ LABEL_FILES = {"semantic": ("labels-semantic", "{vol}-semantic"),
                "organelle": ("labels-instance", "{vol}-instance-organelle")}
 STORE_DTYPES = {"semantic": "uint8", "cell": "uint32", "organelle": "uint32"}
 IMAGE_DTYPES = ("uint16", "float32", "float64")
+# Instance file names per `options.instance_variant`. Older releases named the instance files
+# `50-instance-cell-2d.tif` / `-3d` (datasets.md §5; the seed page's figures still do), the
+# current one `50-instance-cell.tif`. Nothing documents which of several is meant (2-D and
+# 3-D instance ids need not agree), so "auto" takes the one that exists and refuses to guess
+# when several do.
+INSTANCE_VARIANTS = {"auto": ("", "-2d", "-3d"), "plain": ("",), "2d": ("-2d",), "3d": ("-3d",)}
 
+
+def _json_or_tif(base: Path) -> Path | None:
+    """The JSON labels are the truth; the colour TIF only stands in when no JSON exists."""
+    for suffix in (".json", ".tif"):
+        path = base.with_name(base.name + suffix)
+        if path.is_file():
+            return path
+    return None
 
 
 class PlateletEM(Adapter):
@@ -89,6 +103,13 @@ class PlateletEM(Adapter):
         count = sum(1 + len(LABELS) for _ in groups)
         return Inventory(self.manifest.name, root, tuple(groups), files, total, count)
 
+    def _instance_suffixes(self) -> tuple[str, ...]:
+        choice = self.opts.get("instance_variant", "auto")
+        if choice not in INSTANCE_VARIANTS:
+            raise ManifestError(f"manifest {self.manifest.name!r}: options.instance_variant="
+                                f"{choice!r} is not one of {', '.join(INSTANCE_VARIANTS)}")
+        return INSTANCE_VARIANTS[choice]
+
     def _check_tiling(self) -> None:
         size, tz = self.manifest.webdataset.samples_per_shard, self.opts["tile"]["z"]
         if size % tz:
@@ -97,15 +118,23 @@ class PlateletEM(Adapter):
                                 "straddle two work units")
 
     def _label_path(self, root: Path, vol: str, name: str) -> Path:
+        """The JSON (else the colour TIF) of one label volume, under any accepted name."""
         folder, stem = LABEL_FILES[name]
-        base = root / folder / stem.format(vol=vol)
-        json_path, tif_path = base.with_suffix(".json"), base.with_suffix(".tif")
-        if json_path.is_file():
-            return json_path
-        if tif_path.is_file():
-            return tif_path
+        suffixes = ("",) if name == "semantic" else self._instance_suffixes()
+        bases = [root / folder / (stem.format(vol=vol) + sfx) for sfx in suffixes]
+        found = [p for p in map(_json_or_tif, bases) if p is not None]
+        if len(found) > 1:
+            raise SourceError(found[0].parent, f"ambiguous: volume {vol} has {name} labels "
+                              f"under {len(found)} names ({', '.join(p.name for p in found)})",
+                              "keep one of them, or choose one with options.instance_variant "
+                              "(plain, 2d or 3d) in a copy of the manifest")
+        if found:
+            return found[0]
+        json_path, tif_path = bases[0].with_suffix(".json"), bases[0].with_suffix(".tif")
+        also = ("" if len(bases) == 1 else
+                " (nor a " + " / ".join(s for s in suffixes if s) + " variant)")
         raise SourceError(json_path, f"missing: volume {vol} has neither {json_path.name} nor "
-                          f"{tif_path.name}", f"add the {name} labels of the release, {HINT}")
+                          f"{tif_path.name}{also}", f"add the {name} labels of the release, {HINT}")
 
     def _check_label(self, root: Path, vol: str, name: str, shape: tuple[int, ...]) -> dict:
         """Decode once at scan: shape, runs, overlaps and id ranges are checked before any

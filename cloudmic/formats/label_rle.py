@@ -5,8 +5,8 @@ The layout, as ``shared/datasets.md`` section 5 records it from the authors' cod
     {"1": "7 2 12 1 ...", "2": "1 3 11 1 ...", ".info": {"shape": [Z, Y, X], "dtype": "uint16"}}
 
 - one key ``str(int(label))`` per non-zero label, in ascending order; ``".info"`` comes last
-  and holds the volume's ``shape`` (a list) and ``dtype`` (``str(arr.dtype)``), plus any
-  extra keys, which are ignored;
+  and holds the volume's ``shape`` (a list) and ``dtype`` (``str(arr.dtype)``, or the
+  docstring's ``'np.int'``, read as int64), plus any extra keys, which are ignored;
 - each value is a Kaggle-style RLE string ``"start1 len1 start2 len2 ..."`` over the C-order
   ``flatten()`` of the *whole* volume (3-D for the published files), with **1-based** starts;
 - the authors paint labels in key order (``label_img[mask] = int(key)``), so an overlap
@@ -51,6 +51,10 @@ _LONG_NUMBER = re.compile(rf"[0-9]{{{_MAX_DIGITS + 1},}}")
 # str(arr.dtype) names ("uint16", "int64") or codes ("<u2"); numpy parses anything else as a
 # comma/space-separated structured spec, which fails with SyntaxError on "0 3 uint16".
 _DTYPE_NAME = re.compile(r"[<>|=]?[A-Za-z][A-Za-z0-9]{0,15}")
+# dtype spellings the authors wrote that np.dtype() does not take: the example `.info` of
+# their format page (seed 004, datasets.md §5) has 'np.int', numpy's old alias of the
+# builtin int, which np.dtype(int) makes int64 (removed in numpy 1.24; never a string dtype).
+_AUTHOR_DTYPES = {"np.int": "int64"}
 
 _FIX_REEXPORT = (
     "export the labels again with bio3d_vision (convert.indexed_to_dict, then json.dump), "
@@ -249,6 +253,7 @@ def _parse_info(
             "large, pass a larger max_voxels",
         )
     name = info.get("dtype")
+    name = _AUTHOR_DTYPES.get(name, name) if isinstance(name, str) else name
     try:
         if not isinstance(name, str) or not _DTYPE_NAME.fullmatch(name):
             raise TypeError(name)
@@ -260,7 +265,7 @@ def _parse_info(
             src,
             f"'.info' dtype {name!r} is not an integer numpy dtype",
             "set '.info' dtype to the labels' numpy dtype as str(arr.dtype), e.g. \"uint16\" "
-            'or "int64" (the docstring\'s \'np.int\' means "int64")',
+            'or "int64"',
         )
     return tuple(shape), dtype.newbyteorder("=")
 

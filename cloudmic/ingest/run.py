@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,13 +21,13 @@ import zarr
 from cloudmic import __version__
 from cloudmic.catalog.previews import write_previews
 from cloudmic.datasets import Adapter, Inventory, Unit, get_adapter
-from cloudmic.errors import CloudmicError, is_permanent
+from cloudmic.errors import VerifyFailed, is_permanent
 from cloudmic.ingest import execute
 from cloudmic.ingest.ledger import Ledger, remove_partials
 from cloudmic.ingest.ledger import run_id as fingerprint_run_id
 from cloudmic.ingest.plan import plan_units
 from cloudmic.ingest.publish import check_writable, publish, staging_location
-from cloudmic.ingest.verify import verify_against_source, verify_dataset
+from cloudmic.ingest.verify import compare_counts, verify_against_source, verify_dataset
 from cloudmic.ingest.wds_writer import write_shard
 from cloudmic.layout.zarr_layout import create_group, write_unit
 from cloudmic.manifest import Manifest, load_manifest
@@ -38,10 +38,6 @@ from cloudmic.storage.location import Location
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int], None]  # (units done, bytes written) increments
-
-
-class VerifyFailed(CloudmicError):
-    """The staged dataset did not verify; nothing was published."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +56,9 @@ class IngestReport:
     seconds: float
     version: str = ""  # the published version (ADR 0007)
     url: str = ""  # the version's Zarr store: what plain xarray opens
+    # what verify warned about, with its figures: a partial copy ("train: found 40 of
+    # 41040 expected samples"), localizations outside the field of view, ...
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def compression_ratio(self) -> float:
@@ -82,7 +81,7 @@ def _provenance(manifest: Manifest, inv: Inventory, run_id: str) -> dict[str, An
         "source": {"files": inv.file_count, "bytes": inv.source_bytes},
         "groups": {g.name: {"dim": g.unit_dim, "length": g.length} for g in inv.groups},
         "storage": manifest.storage.model_dump(),
-        "webdataset": f"../{manifest.name}.wds/index.json",
+        "webdataset": f"../{rl.wds_name(manifest.name)}/{rl.INDEX}",
     }
 
 
@@ -148,7 +147,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
            on_cluster: Callable[[str, str | None], None] | None = None,
            cache_dir: str | Path | None = None,
            on_fetch: Callable[[int, int | None], None] | None = None,
-           ) -> IngestReport:
+           strict: bool = False) -> IngestReport:
     """Repack a published dataset into ``dest/<name>.zarr`` + ``dest/<name>.wds``.
 
     ``dataset`` is a manifest name (``biosr``) or a manifest path; ``source`` the
@@ -161,6 +160,10 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     (``tcp://host:8786``). The staging folder is named by a fingerprint of manifest and
     sources and keeps a ledger of finished units: after a crash (even ``kill -9``) the same
     call resumes, redoing only unfinished units, and publishes the same bytes.
+
+    The samples found per split are compared with the publisher's counts in the manifest
+    (``expected``): a partial copy publishes with a warning in the report's ``warnings``,
+    or, with ``strict``, fails before anything is written.
     """
     t0 = time.perf_counter()
     manifest = load_manifest(str(dataset))
@@ -168,13 +171,21 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
     source = resolve_source(manifest, source, cache_dir=cache_dir, progress=on_fetch)
     inv = adapter.scan(source)
+    expected = manifest.expected_counts()
+    if strict:
+        _, partial = compare_counts(_split_sizes(inv), expected)
+        if partial:
+            raise VerifyFailed(f"{manifest.name}: the source is not the complete published "
+                               "dataset (strict), nothing written:\n  " + "\n  ".join(partial)
+                               + "\n  to publish a partial copy on purpose, ingest without "
+                               "--strict (strict=False)")
     root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)
     units = plan_units(inv, manifest)
     run_id = fingerprint_run_id(manifest, inv, __version__)
     staging = staging_location(root, manifest.name, run_id)
-    zarr_loc = staging.child(f"{manifest.name}.zarr")
-    wds_loc = staging.child(f"{manifest.name}.wds")
+    zarr_loc = staging.child(rl.zarr_name(manifest.name))
+    wds_loc = staging.child(rl.wds_name(manifest.name))
     ledger = Ledger(staging.child("ledger"))
     try:
         zroot, done = _open_staging(manifest, inv, run_id, staging, ledger, len(units))
@@ -191,7 +202,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         by_key = {**done, **{r["unit"]: r for r in fresh}}
         sizes, prov = _seal(adapter, manifest, inv, [by_key[u.key] for u in units], zroot,
                             zarr_loc, wds_loc)
-        report = verify_dataset(staging, manifest.name)
+        report = verify_dataset(staging, manifest.name, expected=expected, strict=strict)
         report.problems += verify_against_source(adapter, inv, units, zroot)
         if not report.ok:
             raise VerifyFailed(f"{staging.url}: verification failed, nothing published:\n  "
@@ -222,15 +233,15 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
                         sizes["wds_bytes"], time.perf_counter() - t0, entry["version"],
-                        root.child(entry["zarr"]).url)
+                        root.child(entry["zarr"]).url, list(report.warnings))
 
 
 def _open_staging(manifest: Manifest, inv: Inventory, run_id: str, staging: Location,
                   ledger: Ledger, n_units: int) -> tuple[zarr.Group, dict[str, dict]]:
     """The staged store and the units a previous run of the same job finished (none for a
     fresh staging, whose groups are created here)."""
-    zarr_loc = staging.child(f"{manifest.name}.zarr")
-    wds_loc = staging.child(f"{manifest.name}.wds")
+    zarr_loc = staging.child(rl.zarr_name(manifest.name))
+    wds_loc = staging.child(rl.wds_name(manifest.name))
     if ledger.created() and not zarr_loc.child("zarr.json").exists():
         _discard(staging)  # stopped while publishing: what was staged is gone, start over
     if ledger.created():
@@ -252,7 +263,7 @@ def _seal(adapter: Adapter, manifest: Manifest, inv: Inventory, results: list[di
     remove_partials(wds_loc)
     adapter.finalize(inv, zroot)
     index = _index(manifest, inv, results)
-    wds_loc.child("index.json").write_bytes(json.dumps(index, indent=1, sort_keys=True).encode())
+    wds_loc.child(rl.INDEX).write_bytes(json.dumps(index, indent=1, sort_keys=True).encode())
     sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
              "zarr_bytes": _stored_bytes(zarr_loc),
              "wds_bytes": sum(r["shard"]["bytes"] for r in results)}

@@ -86,10 +86,16 @@ def _region(arr: zarr.Array, region: dict[str, int | list[int]]) -> np.ndarray:
 
 
 def verify_dataset(root: Location, dataset: str, *, records: int = 16,
-                   seed: int = 0) -> VerifyReport:
+                   seed: int = 0, expected: dict[str, Any] | None = None,
+                   strict: bool = False) -> VerifyReport:
     """Check ``root/<dataset>.zarr`` against ``root/<dataset>.wds`` (of the current version
     when ``root`` has versions of it); never raises on a problem it can describe (it is
-    reported), only when nothing is published there."""
+    reported), only when nothing is published there.
+
+    The samples found per split are compared with the publisher's counts: ``expected``
+    (split -> :class:`cloudmic.manifest.Expected`), or by default those of the manifest the
+    store names in its provenance. A partial copy is a warning, or a problem with
+    ``strict``."""
     ds = resolve(root.child(rl.zarr_name(dataset)))
     zloc, wloc = ds.zarr, ds.wds
     report = VerifyReport(zloc.url)
@@ -99,7 +105,7 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     if "cloudmic" not in zroot.attrs:
         report.problems.append(f"{zloc.url}: root attributes lack the 'cloudmic' provenance key")
     report.checks.append("zarr metadata opens (consolidated)")
-    idx_loc = wloc.child("index.json")
+    idx_loc = wloc.child(rl.INDEX)
     if not idx_loc.exists():
         report.problems.append(f"{idx_loc.url}: missing")
         return report
@@ -113,7 +119,7 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
         if length != info["zarr_length"]:
             report.problems.append(f"{split}: Zarr has {length} along {info['zarr_dim']}, "
                                    f"index.json says {info['zarr_length']}")
-    listed_in = wloc.child("index.json").url
+    listed_in = wloc.child(rl.INDEX).url
     for _split, s in shards:
         shard = wloc.inside(s["url"], listed_in)
         size, digest = _hash_file(shard)
@@ -135,7 +141,56 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     if images:
         report.checks.append(f"{images} OME-NGFF image group(s): levels, axes and labels agree")
     report.warnings.extend(_dataset_warnings(zroot))
+    _check_counts(report, zroot, expected, strict)
     return report
+
+
+def _check_counts(report: VerifyReport, zroot: zarr.Group, expected: dict[str, Any] | None,
+                  strict: bool) -> None:
+    prov = zroot.attrs.get("cloudmic", {})
+    if expected is None:
+        manifest = _manifest_of(zroot)
+        expected = manifest.expected_counts() if manifest is not None else {}
+    if not expected or "groups" not in prov:
+        return
+    found: dict[str, int] = {}
+    for name, g in prov["groups"].items():
+        split = name.split("/", 1)[0]
+        found[split] = found.get(split, 0) + int(g.get("length", 1))
+    labelled = {}
+    for name, exp in expected.items():
+        if exp.labelled is not None and name in zroot:
+            n = zroot[name].attrs.get("labelled")
+            if n is not None:
+                labelled[name] = int(n)
+    complete, partial = compare_counts(found, expected, labelled)
+    report.checks.extend(complete)
+    (report.problems if strict else report.warnings).extend(partial)
+
+
+def compare_counts(found: dict[str, int], expected: dict[str, Any],
+                   labelled: dict[str, int] | None = None) -> tuple[list[str], list[str]]:
+    """(complete, partial): one line per split with a published count, "found N of M
+    expected". A split absent from the copy counts as 0, unless the count is ``optional``
+    (one of several alternative archives)."""
+    complete: list[str] = []
+    partial: list[str] = []
+    for name, exp in expected.items():
+        if name not in found and exp.optional:
+            continue
+        n = found.get(name, 0)
+        parts = [(n, exp.samples, "samples")]
+        if exp.labelled is not None and name in (labelled or {}):
+            parts.append((labelled[name], exp.labelled, "labelled samples"))
+        for got, want, what in parts:
+            line = f"{name}: found {got} of {want} expected {what}"
+            if got == want:
+                complete.append(line)
+                continue
+            why = ("not in this copy" if name not in found else "a partial copy" if got < want
+                   else "more than the publisher states")
+            partial.append(f"{line} ({why}{'; ' + exp.source if exp.source else ''})")
+    return complete, partial
 
 
 def _check_ngff(zroot: zarr.Group) -> tuple[int, list[str]]:
@@ -188,14 +243,26 @@ def _check_multiscales(node: zarr.Group, ms: dict, where: str) -> list[str]:
     return problems
 
 
-def _dataset_warnings(zroot: zarr.Group) -> list[str]:
-    """The dataset adapter's own content checks (e.g. DL-SMLM's WF == sum of raw frames)."""
-    from cloudmic.datasets import get_adapter
+def _manifest_of(zroot: zarr.Group) -> Any:
+    """The shipped manifest the store's provenance names, or None."""
     from cloudmic.manifest import load_manifest
 
     name = zroot.attrs.get("cloudmic", {}).get("dataset")
     try:
-        adapter = get_adapter(load_manifest(name))
+        return load_manifest(name)
+    except Exception:  # a store built from a manifest this install does not ship
+        return None
+
+
+def _dataset_warnings(zroot: zarr.Group) -> list[str]:
+    """The dataset adapter's own content checks (e.g. DL-SMLM's WF == sum of raw frames)."""
+    from cloudmic.datasets import get_adapter
+
+    manifest = _manifest_of(zroot)
+    if manifest is None:
+        return []
+    try:
+        adapter = get_adapter(manifest)
     except Exception:  # a store built from a manifest this install does not ship
         return []
     check = getattr(adapter, "verify_store", None)

@@ -54,6 +54,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import zipfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,6 +213,7 @@ def synth_dl_smlm(
     ascii_names: bool = False,
     uncertainty_name: UncertaintyName = "uncertainty_xy",
     chi2: bool = True,
+    zipped: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write a synthetic DL-SMLM tree: ``out/<Structure>/cell<N>/`` for N in 1..cells.
@@ -228,6 +231,8 @@ def synth_dl_smlm(
         uncertainty_name: last CSV column, ``"uncertainty_xy"`` (``[nm]`` is appended) or
             ``"uncertainty"`` (older ThunderSTORM).
         chi2: write the ``chi2`` column.
+        zipped: publish each structure as figshare does, ``out/<Structure>.zip`` holding
+            ``<Structure>/cell<N>/...``, with no unpacked folder left.
         progress: called with the number of files written since its previous call.
 
     Returns:
@@ -270,7 +275,9 @@ def synth_dl_smlm(
                     progress(1)
             locs += count
     log.info("wrote %d files (%d bytes) of synthetic DL-SMLM to %s", files, nbytes, root)
+    zips = [str(_zip_folder(folder)) for folder in folders.values()] if zipped else []
     return {
+        "zips": zips,
         "root": str(root),
         "files": files,
         "bytes": nbytes,
@@ -735,6 +742,22 @@ def _write_tiff(path: Path, data, **kwargs) -> int:
         raise
     os.replace(tmp, path)
     return path.stat().st_size
+
+
+def _zip_folder(folder: Path) -> Path:
+    """``folder`` -> ``folder.zip`` with members under ``<folder name>/``, then no folder.
+    Members are sorted and dated 1980-01-01, so the same tree gives the same bytes."""
+    path = folder.with_name(f"{folder.name}.zip")
+    tmp = path.with_name(f".{path.name}.tmp")
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = zipfile.ZipInfo(f.relative_to(folder.parent).as_posix())
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with open(f, "rb") as src, zf.open(info, "w") as dst:
+                shutil.copyfileobj(src, dst)
+    os.replace(tmp, path)
+    shutil.rmtree(folder)
+    return path
 
 
 def _number(v: float) -> str:

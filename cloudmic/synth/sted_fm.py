@@ -23,7 +23,9 @@ real ``datasets/metadata.json``; ``protein-id`` is one of ``STED_FM_CLASSES``. C
 kept only if their Otsu foreground (on the uint8 source) exceeds 0.1 % of the crop, as the
 writer does. ``unlabelled`` more crops of random classes follow, written as
 ``numpy.savez(buf, image=crop)`` with no ``metadata`` key at all, named
-``f"{image-id}-{j}-{i}"`` (no protein is known).
+``f"{image-id}-{j}-{i}"`` (no protein is known). ``metadata_variants`` adds the other keys
+datasets.md names: ``msr-metadata`` (``PhysicalSizeX`` in um, ``PhysicalSizeXUnit``) on msr
+sources, and ``{"condition": ...}`` as the whole metadata of every other unlabelled crop.
 
 What the images model: STED microscopy of neurons at 15-25 nm pixels and 30-60 nm
 resolution, with Poisson (photon counting) noise, a little background and a faint
@@ -119,6 +121,7 @@ ARCHIVES: dict[str, str] = {
     "uint16": "STED-FM-dataset-crops-raw.tar",
     "tiff": "STED-FM-dataset-crops-tiff-raw.tar",
 }
+CONDITIONS = ("control", "treated")  # made up: evaluation tars name their own
 IMAGE_TYPES: tuple[str, ...] = ("msr", "tif", "tiff", "npz", "md", "swp")
 
 CROP = 224
@@ -212,6 +215,7 @@ class _Source:
     """One made-up original image: its raw counts and its metadata entry."""
 
     counts: NDArray[np.uint16]
+    px_nm: float
     info: dict[str, int | str]
 
 
@@ -223,6 +227,7 @@ def synth_sted_fm(
     unlabelled: int = 4,
     seed: int = 0,
     legacy_names: bool = False,
+    metadata_variants: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> dict:
     """Write a synthetic STED-FM crop archive ``out/<ARCHIVES[variant]>``.
@@ -237,6 +242,7 @@ def synth_sted_fm(
         seed: same seed, same bytes.
         legacy_names: name members ``f"{image-id}-{j}-{i}"`` (older writers) instead of
             ``f"{protein-id}-{image-id}-{j}-{i}"``.
+        metadata_variants: also write ``msr-metadata`` and ``condition`` metadata (above).
         progress: called with the number of archive members written since its previous
             call (the archive itself is one file).
 
@@ -260,7 +266,8 @@ def synth_sted_fm(
     members = 0
     try:
         with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data in _members(seed, crops, unlabelled, variant, legacy_names, classes):
+            for name, data in _members(seed, crops, unlabelled, variant, legacy_names, classes,
+                                     bool(metadata_variants)):
                 header = tarfile.TarInfo(name)
                 header.size = len(data)
                 header.mtime = TAR_MTIME
@@ -371,7 +378,7 @@ def _crops(
 def _encode(
     crop8: NDArray[np.uint8],
     raw: NDArray[np.uint16],
-    info: dict[str, int | str] | None,
+    info: dict | None,
     variant: Variant,
 ) -> bytes:
     buffer = io.BytesIO()
@@ -393,6 +400,7 @@ def _members(
     variant: Variant,
     legacy_names: bool,
     classes: dict[str, int],
+    variants: bool = False,
 ) -> Iterator[tuple[str, bytes]]:
     """(member name, member bytes) in writing order: class by class, then unlabelled."""
     suffix = ".tif" if variant == "tiff" else ""
@@ -402,12 +410,23 @@ def _members(
         if quota:
             classes[protein] = quota
         for source, j, i, crop8, raw in _take(seed, _STREAM_LABELLED, k, quota, protein):
-            info = source.info
+            info = _with_msr(source) if variants else source.info
             prefix = "" if legacy_names else f"{protein}-"
             name = f"{prefix}{info['image-id']}-{j}-{i}{suffix}"
             yield name, _encode(crop8, raw, info, variant)
-    for source, j, i, crop8, raw in _take(seed, _STREAM_UNLABELLED, 0, unlabelled, None):
-        yield f"{source.info['image-id']}-{j}-{i}{suffix}", _encode(crop8, raw, None, variant)
+    for n, (source, j, i, crop8, raw) in enumerate(
+        _take(seed, _STREAM_UNLABELLED, 0, unlabelled, None)
+    ):
+        info = {"condition": CONDITIONS[n // 2 % 2]} if variants and n % 2 else None
+        yield f"{source.info['image-id']}-{j}-{i}{suffix}", _encode(crop8, raw, info, variant)
+
+
+def _with_msr(source: _Source) -> dict:
+    """The entry plus the ``msr-metadata`` an msr source carries (its true pixel size)."""
+    if source.info["image-type"] != "msr":
+        return source.info
+    size = {"PhysicalSizeX": round(source.px_nm / 1000, 6), "PhysicalSizeXUnit": "µm"}
+    return {**source.info, "msr-metadata": size}
 
 
 def _take(
@@ -478,7 +497,7 @@ def _source(
         "user-id": user,
         "protein-id": protein,
     }
-    return _Source(counts=counts, info=info)
+    return _Source(counts=counts, px_nm=px_nm, info=info)
 
 
 # ---- scenes: clean label density on the source grid ----------------------------------------

@@ -98,3 +98,41 @@ def test_synth_every_dataset_and_reject_foreign_options(tmp_path):
     assert len(list((tmp_path / "dc").rglob("*SNR.tif"))) == 2
     proc = cli("synth", "sted-fm", "--out", str(tmp_path / "s"), "--train", "3", check=False)
     assert proc.returncode == 2 and "does not take --train" in proc.stderr
+
+
+def test_ingest_prints_found_n_of_m_and_strict_refuses(tmp_path, biosr_sources, small_manifest):
+    root = tmp_path / "root"
+    args = ("ingest", str(small_manifest), "--source", str(biosr_sources["uint16"]), "--dest",
+            str(root), "--in-process", "-q")
+    proc = cli(*args, "--strict", check=False)
+    assert proc.returncode == 2 and "train: found 40 of 41040 expected" in proc.stderr
+    assert "Traceback" not in proc.stderr and "nothing written" in proc.stderr
+    assert not root.exists() or not any(root.rglob("*"))  # nothing published
+    out = cli(*args).stdout
+    assert "warn  train: found 40 of 41040 expected samples" in out
+    assert "warn  test: found 2 of 150 expected samples" in out
+    verify = cli("verify", f"{root}/biosr.zarr")
+    assert "warn  validate: found 6 of 2160 expected samples" in verify.stdout
+    strict = cli("verify", f"{root}/biosr.zarr", "--strict", check=False)
+    assert strict.returncode == 1 and "FAIL  train: found 40 of 41040" in strict.stdout
+
+
+def test_ingest_prints_the_real_thunderstorm_warning(tmp_path):
+    """`cloudmic verify` warned that most localizations of the real export lie outside the
+    field of view while `cloudmic ingest` printed nothing: the ingest summary says it now."""
+    import shutil
+
+    from cloudmic.synth.dl_smlm import synth_dl_smlm
+    from realdata import COLICOORDS, real_path
+
+    real = real_path(COLICOORDS / "examples" / "data" / "06" / "03_storm.csv")
+    src = tmp_path / "src"
+    synth_dl_smlm(src, structures=("CCPs",), cells=1, frames=12, size=256, seed=3)
+    shutil.copy(real, src / "CCPs" / "cell1" / "SR_locs.csv")
+    args = ("ingest", "dl-smlm", "--source", str(src), "--in-process", "-q")
+    out = cli(*args, "--dest", str(tmp_path / "a")).stdout
+    warn = [line for line in out.splitlines() if line.startswith("warn  ")]
+    assert any("CCPs/cell1: " in w and "(69.9" in w and "outside the 33280 x 33280 nm field"
+               in w for w in warn), out
+    report = json.loads(cli(*args, "--dest", str(tmp_path / "b"), "--json").stdout)
+    assert [f"warn  {w}" for w in report["warnings"]] == warn

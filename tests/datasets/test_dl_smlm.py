@@ -167,3 +167,62 @@ def test_unknown_structure_folder(dl_copy, tmp_path):
     (dl_copy / "Mitochondria").mkdir()
     with pytest.raises(SourceError, match="unknown structure folder"):
         ingest("dl-smlm", dl_copy, str(tmp_path / "root"))
+
+
+# --- the published per-structure zips (datasets.md section 1) ---------------------------------
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("CLOUDMIC_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_folder_of_structure_zips_ingests(dl_source, tmp_path, cache):
+    src = tmp_path / "zips"
+    made = synth_dl_smlm(src, structures=("CCPs", "ER-sec61β"), seed=3, zipped=True, **SMALL)
+    assert sorted(p.name for p in src.iterdir()) == ["CCPs.zip", "ER-sec61β.zip"]
+    assert len(made["zips"]) == 2
+    ingest("dl-smlm", src, str(tmp_path / "root"))
+    tree = cloudmic.open(f"{tmp_path}/root/dl-smlm.zarr")
+    for group, folder in (("CCPs/cell1", "CCPs"), ("ER-sec61b/cell1", "ER-sec61β")):
+        cell = tree[group].ds
+        assert cell.attrs["source_archive"] == f"{folder}.zip"
+        for var, name in (("wf_raw", "WF_raw.tif"), ("wf", "WF1.tif"), ("sr", "SR1.tif")):
+            a = tifffile.imread(dl_source / folder / "cell1" / name)  # same seed, same bytes
+            assert np.array_equal(cell[var].values, a), (group, var)
+        cols = _csv_columns(dl_source / folder / "cell1" / "SR_locs.csv")
+        assert np.array_equal(cell["loc_x"].values, cols["x [nm]"])
+    assert (cache / "sources" / "dl-smlm" / "unzipped").is_dir()
+    ingest("dl-smlm", src, str(tmp_path / "root"))  # a re-run reuses what was unpacked
+
+
+def test_a_folder_wins_over_its_zip(dl_copy, tmp_path, cache):
+    (dl_copy / "CCPs.zip").write_bytes(b"not a zip")  # never opened: CCPs/ is there
+    ingest("dl-smlm", dl_copy, str(tmp_path / "root"))
+    assert "source_archive" not in cloudmic.open(f"{tmp_path}/root/dl-smlm.zarr")[
+        "CCPs/cell1"].attrs
+
+
+def test_structure_zip_with_path_traversal_is_refused(tmp_path, cache):
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with zipfile.ZipFile(src / "CCPs.zip", "w") as zf:
+        zf.writestr("CCPs/cell1/WF_raw.tif", b"x")
+        zf.writestr("CCPs/../../evil.txt", b"x")
+    with pytest.raises(SourceError, match=r"CCPs.zip.*path traversal"):
+        ingest("dl-smlm", src, str(tmp_path / "root"))
+    assert not list(tmp_path.rglob("evil.txt"))
+    assert not (tmp_path / "root" / "catalog.json").exists()
+
+
+def test_structure_zip_of_another_layout_names_its_members(tmp_path, cache):
+    import zipfile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    with zipfile.ZipFile(src / "Microtubules.zip", "w") as zf:
+        zf.writestr("Tubulin/cell1/WF_raw.tif", b"x")
+    with pytest.raises(SourceError, match=r"Microtubules.zip: expected the Microtubules/cell<N>/"
+                       r" folders of the published zip, found Tubulin"):
+        ingest("dl-smlm", src, str(tmp_path / "root"))

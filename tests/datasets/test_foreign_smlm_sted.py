@@ -13,6 +13,7 @@ import pytest
 import tifffile
 
 import cloudmic
+from cloudmic.datasets.sted_fm import metadata_from_json
 from cloudmic.ingest import ingest
 
 HEADERS = {
@@ -89,12 +90,14 @@ def test_foreign_sted_fm_archive_ingests_losslessly(tmp_path, names):
             ti = tarfile.TarInfo(name)
             ti.size = len(buf.getvalue())
             tf.addfile(ti, io.BytesIO(buf.getvalue()))
-            crops[name] = (crop, protein, str(info["chan-id"]))
+            crops[name] = (crop, protein, str(info["chan-id"]), info)
     ingest("sted-fm", src, str(tmp_path / "root"))
     ds = cloudmic.open(f"{tmp_path}/root/sted-fm.zarr")["crops-raw"].ds
     for k, name in enumerate(ds["member"].values):
-        crop, protein, chan = crops[str(name)]
+        crop, protein, chan, info = crops[str(name)]
         assert np.array_equal(ds["image"][k].values, crop)
         assert ds["protein"].values[k] == protein  # from metadata, even with legacy names
         assert ds["chan_id"].values[k] == chan
+        meta = metadata_from_json(str(ds["metadata_json"].values[k]))  # typed: 0 stays int
+        assert meta == info and type(meta["chan-id"]) is type(info["chan-id"])
         assert (int(ds["j"][k]), int(ds["i"][k])) == (int(str(name).split("-")[-2]), 0)

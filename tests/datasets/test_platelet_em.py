@@ -148,6 +148,61 @@ def test_colour_tifs_are_decoded_through_their_palette_when_no_json(pe_source, t
         assert np.array_equal(g[f"labels/{name}/0/{name}"][...], truth[name]), name
 
 
+# --- the -2d / -3d instance names of older releases (datasets.md §5) --------------------------
+def _rename_instances(src: Path, vol: str, name: str, suffix: str) -> None:
+    for ext in (".json", ".tif"):
+        plain = src / f"{FILES[name].format(v=vol)}{ext}"
+        plain.rename(plain.with_name(f"{plain.stem}{suffix}{ext}"))
+
+
+def test_instance_files_with_2d_and_3d_suffixes_ingest(pe_copy, tmp_path):
+    truth = _source_labels(pe_copy, "50")
+    _rename_instances(pe_copy, "50", "cell", "-2d")  # 50-instance-cell-2d.{json,tif}
+    _rename_instances(pe_copy, "50", "organelle", "-3d")
+    ingest("platelet-em", pe_copy, str(tmp_path / "out"))
+    import zarr
+
+    g = zarr.open_group(tmp_path / "out" / "platelet-em.zarr", path="50", mode="r")
+    for name in LABELS:
+        assert np.array_equal(g[f"labels/{name}/0/{name}"][...], truth[name]), name
+    assert g.attrs["sources"]["cell"]["path"].endswith("50-instance-cell-2d.json")
+
+
+def test_two_variants_of_one_instance_file_are_refused_naming_both(pe_copy, tmp_path):
+    folder = pe_copy / "labels-instance"
+    shutil.copy(folder / "24-instance-cell.json", folder / "24-instance-cell-3d.json")
+    _refused(pe_copy, tmp_path / "out", "(?s)ambiguous.*24-instance-cell.json, "
+             "24-instance-cell-3d.json.*instance_variant", "24-instance-cell")
+
+
+def test_manifest_option_chooses_one_variant(pe_copy, tmp_path):
+    import yaml
+
+    from cloudmic.manifest import manifests_dir
+
+    folder = pe_copy / "labels-instance"
+    shutil.copy(folder / "24-instance-cell.json", folder / "24-instance-cell-2d.json")
+    (folder / "24-instance-cell.json").write_text("{not json")  # must not be read
+    doc = yaml.safe_load((manifests_dir() / "platelet-em.yaml").read_text())
+    assert doc["options"]["instance_variant"] == "auto"  # the documented default
+    doc["options"]["instance_variant"] = "2d"
+    manifest = tmp_path / "platelet-em.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    with pytest.raises(SourceError, match="missing: volume 24 has neither "
+                       "24-instance-organelle-2d.json nor 24-instance-organelle-2d.tif"):
+        ingest(str(manifest), pe_copy, str(tmp_path / "out"))  # "2d" takes nothing else
+    for vol, name in (("50", "cell"), ("24", "organelle"), ("50", "organelle")):
+        base = pe_copy / FILES[name].format(v=vol)
+        for ext in (".json", ".tif"):
+            p = base.with_name(base.name + ext)
+            p.rename(p.with_name(f"{base.name}-2d{ext}"))
+    ingest(str(manifest), pe_copy, str(tmp_path / "out"))
+    import zarr
+
+    g = zarr.open_group(tmp_path / "out" / "platelet-em.zarr", path="24", mode="r")
+    assert g.attrs["sources"]["cell"]["path"].endswith("24-instance-cell-2d.json")
+
+
 # --- an independent writer, following datasets.md only ---------------------------------------
 def _kaggle_rle(mask: np.ndarray) -> str:
     """datasets.md: pad with 0 at both ends, positions where values change, +1, then every

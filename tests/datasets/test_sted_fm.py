@@ -205,3 +205,153 @@ def test_archive_above_the_size_limit_is_refused(tmp_path):
     synth_sted_fm(tmp_path / "src", crops=8, unlabelled=0, seed=1)
     with pytest.raises(SourceError, match="bytes of members, above the limit of 100,000"):
         ingest(str(manifest), tmp_path / "src", str(tmp_path / "root"))
+
+
+# ---- lossless metadata (issue 15) -------------------------------------------------------------
+
+def _strict(v):
+    """A value with every type spelled out: 1, 1.0 and True compare unequal."""
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return (type(v).__name__, [_strict(x) for x in v])
+    return (type(v).__name__, v)
+
+
+def _metadata(blob: bytes) -> dict | None:
+    with np.load(io.BytesIO(blob), allow_pickle=True) as z:  # our own test archive
+        return z["metadata"].item() if "metadata" in z else None
+
+
+def _npz(meta: dict | None, value: int = 0) -> bytes:
+    buf = io.BytesIO()
+    image = np.full((224, 224), value, np.uint16)
+    np.savez(buf, image=image) if meta is None else np.savez(buf, image=image, metadata=meta)
+    return buf.getvalue()
+
+
+RICH = {  # member -> metadata: every key of datasets.md §2, and values JSON lacks
+    "FUS-aaa-0-0": {"chan-id": 0, "image-id": "aaa", "image-type": "tif", "user-id": "u",
+                    "protein-id": "FUS", "frame": 3, "gain": 1.5, "live": True},
+    "psd95-bbb-0-224": {"chan-id": "STED_594 {6}", "image-id": "bbb", "image-type": "msr",
+                        "user-id": "v", "protein-id": "psd95", "frame": 7, "gain": 2.0,
+                        "live": False,
+                        "msr-metadata": {"PhysicalSizeX": 0.015, "PhysicalSizeXUnit": "µm",
+                                         "PhysicalSizeY": 0.02, "PhysicalSizeYUnit": "µm",
+                                         "Axes": ["X", "Y"], "Nested": {"deep": {"n": 1}}}},
+    "unknown-ccc-0-0": {"protein-id": "unknown", "chan-id": "STED_561 {4}", "image-id": "ccc",
+                        "image-type": "msr", "user-id": "w", "note": None,
+                        "shape": (224, 448), "raw": b"\x00\xffmsr",
+                        "msr-metadata": {"PhysicalSizeX": 0.025, "PhysicalSizeXUnit": "µm"},
+                        "odd": {"__tuple__": [1]}},
+    "ddd-0-0": {"condition": "0MgGlyBic"},
+    "eee-0-0": None,  # no metadata key at all
+}
+
+
+def _rich_source(tmp_path: Path) -> Path:
+    src = _tar_with(tmp_path, {m: _npz(meta, k) for k, (m, meta) in enumerate(RICH.items())},
+                    "STED-FM-dataset-crops-raw.tar")
+    ints = {f"FUS-i{k}-0-0": {"chan-id": k, "protein-id": "FUS", "scale": np.float32(0.5)}
+            for k in range(3)}
+    _tar_with(tmp_path, {m: _npz(meta) for m, meta in ints.items()}, "STED-FM-dataset-ints.tar")
+    return src
+
+
+def test_every_metadata_key_and_type_round_trips_zarr_and_webdataset(tmp_path):
+    import json
+
+    import xarray as xr
+
+    from cloudmic.datasets.sted_fm import metadata_from_json
+    from cloudmic.ingest.verify import verify_dataset
+    from cloudmic.storage.location import Location
+
+    src = _rich_source(tmp_path)
+    ingest("sted-fm", src, str(tmp_path / "root"))
+    assert verify_dataset(Location.parse(str(tmp_path / "root")), "sted-fm").ok
+    tree = xr.open_datatree(tmp_path / "root" / "sted-fm.zarr", engine="zarr")  # plain xarray
+    ds = tree["crops-raw"].ds
+    recs = {r["__key__"]: r["json"] for r in cloudmic.shards(f"{tmp_path}/root/sted-fm.wds",
+                                                             "crops-raw")}
+    for k, member in enumerate(ds["member"].values.tolist()):
+        text = str(ds["metadata_json"].values[k])
+        assert _strict(metadata_from_json(text)) == _strict(RICH[member])
+        assert recs[member]["metadata"] == json.loads(text)  # WebDataset == Zarr, same JSON
+        assert _strict(metadata_from_json(json.dumps(recs[member]["metadata"]))) == _strict(
+            RICH[member])
+    # plain json.loads is exact where JSON has the types (tuples and bytes come tagged)
+    by = {m: k for k, m in enumerate(ds["member"].values.tolist())}
+    loaded = json.loads(str(ds["metadata_json"].values[by["FUS-aaa-0-0"]]))
+    assert _strict(loaded) == _strict(RICH["FUS-aaa-0-0"])
+    assert ds["meta_frame"].dtype == "int64" and ds["meta_gain"].dtype == "float64"
+    assert ds["meta_live"].dtype == bool and ds["meta_condition"].values[by["ddd-0-0"]] == \
+        "0MgGlyBic"
+    assert ds["meta_frame"].values[by["psd95-bbb-0-224"]] == 7
+    assert ds["meta_chan_id"].attrs["metadata_types"] == ["int", "str"]  # mixed: text
+    assert ds["meta_chan_id"].values.tolist() == [ds["chan_id"].values[k] for k in range(5)]
+    assert "meta_msr_metadata" not in ds and "meta_shape" not in ds  # nested: JSON only
+    px = ds["pixel_size_x"]
+    assert px.attrs["units"] == "µm" and "pixel_size_x" in ds.coords
+    assert px.values[by["psd95-bbb-0-224"]] == 0.015 and px.values[by["unknown-ccc-0-0"]] == 0.025
+    assert np.isnan(px.values[by["ddd-0-0"]]) and ds["pixel_size_y"].values[by[
+        "psd95-bbb-0-224"]] == 0.02
+    assert ds.attrs["metadata_coords"]["chan-id"] == "meta_chan_id"
+    ints = tree["ints"].ds
+    assert ints["meta_chan_id"].dtype == "int64" and ints["meta_chan_id"].values.tolist() == \
+        [0, 1, 2]
+    assert ints["meta_scale"].dtype == "float64"  # a numpy float32 scalar arrives as a float
+    assert all(type(metadata_from_json(str(t))["chan-id"]) is int
+               for t in ints["metadata_json"].values)
+
+
+def test_metadata_columns_are_byte_deterministic(tmp_path):
+    src = _rich_source(tmp_path)
+    for run in ("a", "b"):
+        ingest("sted-fm", src, str(tmp_path / run))
+
+    def files(run: str) -> dict[str, bytes]:
+        base = tmp_path / run / "sted-fm.zarr" / "crops-raw"
+        return {str(p.relative_to(base)): p.read_bytes() for p in sorted(base.rglob("*"))
+                if p.is_file()}
+
+    assert files("a") == files("b") and any(k.startswith("meta_") for k in files("a"))
+
+
+def test_synthetic_metadata_variants_round_trip(tmp_path):
+    from cloudmic.datasets.sted_fm import metadata_from_json
+
+    synth_sted_fm(tmp_path / "src", crops=24, unlabelled=4, seed=3, metadata_variants=True)
+    ingest("sted-fm", tmp_path / "src", str(tmp_path / "root"))
+    ds = cloudmic.open(f"{tmp_path}/root/sted-fm.zarr")["crop"].ds
+    members = _members(tmp_path / "src" / ARCHIVES["uint8"])
+    metas = [_metadata(members[str(m)]) for m in ds["member"].values]
+    stored = [metadata_from_json(str(t)) for t in ds["metadata_json"].values]
+    assert [_strict(m) for m in stored] == [_strict(m) for m in metas]
+    assert {type(m["chan-id"]) for m in metas if m and "chan-id" in m} == {int, str}
+    assert any(m and "msr-metadata" in m for m in metas)
+    assert sum(1 for m in metas if m and "condition" in m) == 2
+    for k, m in enumerate(metas):
+        size = (m or {}).get("msr-metadata", {}).get("PhysicalSizeX")
+        got = float(ds["pixel_size_x"].values[k])
+        assert got == size if size is not None else np.isnan(got)
+    assert ds["pixel_size_x"].attrs["units"] == "µm"
+
+
+def test_real_derived_metadata_round_trips(tmp_path):
+    from cloudmic.datasets.sted_fm import metadata_from_json
+
+    src = real_path(STEDFM_DERIVED)
+    ingest("sted-fm", src, str(tmp_path / "root"))
+    tree = cloudmic.open(f"{tmp_path}/root/sted-fm.zarr")
+    for archive in ("stedfm-sample-crops", "stedfm-sample-crops-raw"):
+        ds = tree[archive].ds
+        members = _members(src / f"{archive}.tar")
+        recs = {r["__key__"]: r["json"]["metadata"]
+                for r in cloudmic.shards(f"{tmp_path}/root/sted-fm.wds", archive)}
+        for k, name in enumerate(ds["member"].values.tolist()):
+            meta = _metadata(members[name])
+            assert meta and _strict(metadata_from_json(str(ds["metadata_json"].values[k]))) \
+                == _strict(meta)
+            assert _strict(recs[name]) == _strict(meta)
+        assert ds["meta_chan_id"].attrs["metadata_types"] == ["int", "str"]  # as published

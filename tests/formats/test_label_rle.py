@@ -175,10 +175,18 @@ def test_refuses_malformed(doc, match: str) -> None:
     _refuse(doc, match)
 
 
-@pytest.mark.parametrize("dtype", ["np.int", "float32", "bool", "complex64", "nonsense", 5, None])
+@pytest.mark.parametrize("dtype", ["np.float", "np.int64", "float32", "bool", "complex64",
+                                   "nonsense", 5, None])
 def test_refuses_unknown_dtype(dtype) -> None:
     err = _refuse({"1": "1 2", ".info": _info(dtype=dtype)}, "not an integer numpy dtype")
     assert "int64" in err.fix
+
+
+def test_authors_np_int_dtype_is_int64() -> None:
+    # the example .info of the authors' format page, verbatim (datasets.md section 5)
+    doc = {**EXAMPLE, ".info": {"dtype": "np.int", "shape": [10, 10]}}
+    vol = decode_rle(_blob(doc), name="example.json")
+    assert vol.dtype == np.int64 and np.array_equal(vol, decode_rle(_blob(EXAMPLE)))
 
 
 def test_info_not_last_is_accepted() -> None:

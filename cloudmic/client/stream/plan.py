@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cloudmic.client.metadata import ArrayMeta
+from cloudmic.errors import GroupNotFoundError, VariableNotFoundError
 
 # unit -> (quantity, factor to the base unit: nm for lengths, s for time)
 UNITS = {"nm": ("length", 1.0), "um": ("length", 1e3), "µm": ("length", 1e3),
@@ -101,8 +102,8 @@ def match_groups(url: str, arrays: Mapping[str, ArrayMeta], patterns: Sequence[s
                      for k in range(1, len(parts))})
     matched = [g for g in groups if any(glob(g, p) for p in patterns)]
     if not matched:
-        raise KeyError(f"{url}: no group {' or '.join(map(repr, patterns))}; "
-                       f"groups: {', '.join(groups)}")
+        raise GroupNotFoundError(f"{url}: no group {' or '.join(map(repr, patterns))}; "
+                                 f"groups: {', '.join(groups)}")
     return matched
 
 
@@ -147,8 +148,8 @@ class Planner:
                               if p.startswith(f"{path}/") and m.dtype != "string"
                               and (p.rsplit("/", 1)[-1],) != m.dims
                               and not p.rsplit("/", 1)[-1].startswith("loc_"))
-                raise KeyError(f"{self.url}: group {path!r} has no variable {rel!r}; "
-                               f"variables: {', '.join(have)}")
+                raise VariableNotFoundError(f"{self.url}: group {path!r} has no variable "
+                                            f"{rel!r}; variables: {', '.join(have)}")
             plans.append(self._var(path, name, rel, meta, plans[0] if plans else None, dim))
         ref = plans[0].meta
         # the group's unit dim is a sample axis only when the patch does not cut along it
@@ -197,8 +198,9 @@ def check_coords(url: str, groups: Sequence[GroupPlan], arrays: Mapping[str, Arr
                       if p.rsplit("/", 1)[0] == g.path and m.dims == (dim,))
         for c in coords:
             if not g.stacked or c not in have:
-                raise KeyError(f"{url}: group {g.path!r} has no per-sample coordinate {c!r}; "
-                               f"it has: {', '.join(have) or 'none'}")
+                raise VariableNotFoundError(f"{url}: group {g.path!r} has no per-sample "
+                                            f"coordinate {c!r}; it has: "
+                                            f"{', '.join(have) or 'none'}")
 
 
 class Blocks:
