@@ -46,6 +46,8 @@ class Source(_Strict):
     homepage: str
     original: str
     downloads: tuple[Download, ...] = ()
+    no_download: str | None = Field(None, description="why downloads is empty: where the data "
+                                    "lives and what the publisher does (not) give a URL for")
 
 
 class Layout(_Strict):

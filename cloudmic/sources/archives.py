@@ -917,9 +917,11 @@ def materialize_manifest(manifest: Any, dest_dir: str | os.PathLike[str], *,
     """
     downloads = [d for d in manifest.source.downloads if only is None or only(d)]
     if not downloads:
+        why = manifest.source.no_download
         raise SourceError(manifest.name, "the manifest lists no downloads (source.downloads)"
-                          + ("" if only is None else " that match"),
-                          f"download the dataset by hand from {manifest.source.homepage} and "
+                          + ("" if only is None else " that match")
+                          + (f": {why}" if why else ""),
+                          f"download the dataset by hand from {manifest.source.original} and "
                           "pass its folder as the source")
     dest = Path(dest_dir)
     for d in downloads:

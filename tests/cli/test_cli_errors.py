@@ -266,3 +266,14 @@ def test_a_non_string_license_in_the_catalog_is_shown_not_a_crash(
                                                   {"spdx": "CC-BY-4.0"})))
     assert cli.main(["catalog", str(root), "--html", str(tmp_path / "html"), "-q"]) == 0
     assert "CC-BY-4.0" in (tmp_path / "html" / "index.html").read_text()
+
+
+@pytest.mark.parametrize("dataset", ["dl-smlm", "sted-fm"])
+def test_fetch_of_a_dataset_without_a_published_url_says_where_it_lives(dataset, tmp_path,
+                                                                         capsys):
+    """No direct URL is published for these: --fetch says so and where the data lives."""
+    assert cli.main(["ingest", dataset, "--fetch", "--dest", str(tmp_path / "root"),
+                     "--cache", str(tmp_path / "cache")]) == 2
+    err = capsys.readouterr().err
+    assert "no direct download URL" in err and "by hand" in err
+    assert not (tmp_path / "root").exists()  # nothing written
