@@ -421,8 +421,10 @@ def test_materialize_manifest_unpacks_each_download_where_the_adapter_looks(
     one = materialize_manifest(manifest, tmp_path / "one", only=lambda d: "/1_ZOOM" in d.url,
                                **FAST)
     assert sorted(tree_files(one)) == ["DeepCAD/1_ZOOM1.3/high.tif", "DeepCAD/1_ZOOM1.3/low.tif"]
-    empty = SimpleNamespace(name="biosr", source=SimpleNamespace(downloads=(), homepage="h"))
-    with pytest.raises(SourceError, match="lists no downloads"):
+    empty = SimpleNamespace(name="biosr", source=SimpleNamespace(
+        downloads=(), homepage="h", original="https://record", no_download="ask the lab"))
+    with pytest.raises(SourceError, match="lists no downloads .*: ask the lab(.|\n)*by hand "
+                       "from https://record"):
         materialize_manifest(empty, tmp_path)
 
 
