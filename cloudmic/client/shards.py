@@ -57,7 +57,7 @@ def shard_index(url: str, version: str | None = None, **storage_options: Any,
     if rl.split_part(loc.name):  # a dataset URL: resolve its version
         loc = resolve(loc, version).wds
     try:
-        data = get(loc.child(rl.INDEX))
+        data = loc.child(rl.INDEX).read_bytes()  # one GET, no HEAD
     except FileNotFoundError:
         raise StoreNotFoundError(f"{loc.url}: no index.json; pass ROOT/<dataset>.wds "
                                  "(`cloudmic ls ROOT` lists what is published)") from None
@@ -70,11 +70,6 @@ def shard_index(url: str, version: str | None = None, **storage_options: Any,
         raise StoreError(f"{loc.child(rl.INDEX).url}: no 'splits' object; this index.json "
                          "was not written by cloudmic or was altered: re-publish the dataset")
     return loc, index
-
-
-def get(loc: Location) -> bytes:
-    """The object's bytes in one request: the request budget is one GET per object."""
-    return loc.read_bytes()
 
 
 def split_shards(loc: Location, index: Mapping[str, Any], split: str,
@@ -183,7 +178,7 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         loc = Location(posixpath.join(self.root, self.paths[block]), self.storage_options)
         try:
             if not loc.is_local:
-                return io.BytesIO(get(loc))
+                return io.BytesIO(loc.read_bytes())
             return loc.fs.open(loc.path, "rb")
         except FileNotFoundError as exc:
             raise StoreNotFoundError(f"{loc.url}: shard listed in index.json is missing; "

@@ -26,7 +26,6 @@ from typing import Any
 
 from cloudmic.errors import StoreError
 from cloudmic.storage import root_layout as rl
-from cloudmic.storage.atomic_json import update_json
 from cloudmic.storage.catalog_json import update_catalog
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import new_version_id, pointer_location
@@ -93,8 +92,9 @@ def publish(staging: Location, root: Location, name: str, parts: list[str],
         entry["previews"] = f"{base}/{rl.previews_name(name)}/{rl.PREVIEWS_INDEX}"
     for part in parts:
         _place(staging.child(part), root.child(base, part))
-    root.child(base, rl.VERSION_FACTS).write_bytes(json.dumps(entry, indent=2).encode())
-    update_json(pointer_location(root, name), lambda _old: entry)
+    facts_json = json.dumps(entry, indent=2, sort_keys=True).encode()
+    root.child(base, rl.VERSION_FACTS).write_bytes(facts_json)
+    pointer_location(root, name).write_bytes(facts_json)  # one atomic write: readers switch
     if not root.is_s3:
         _link(Path(root.path), name, version, parts)
     update_catalog(root, name, entry)
