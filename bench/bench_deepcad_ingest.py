@@ -24,17 +24,13 @@ GB) are deleted at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import shutil
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import isolated
+import harness
 import numpy as np
 
 
@@ -51,50 +47,49 @@ def _evict(paths: list[str]) -> None:
 def _raw_read(paths: list[str]) -> dict[str, Any]:
     buf = bytearray(8 << 20)
     view = memoryview(buf)
-    t0, nbytes = time.perf_counter(), 0
+    clock, nbytes = harness.Stopwatch(), 0
     for p in paths:
         with open(p, "rb", buffering=0) as f:
             while k := f.readinto(view):
                 nbytes += k
-    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+    return {"seconds": clock.s, "bytes": nbytes}
 
 
 def _imread(paths: list[str]) -> dict[str, Any]:
     import tifffile
 
-    t0, nbytes = time.perf_counter(), 0
+    clock, nbytes = harness.Stopwatch(), 0
     for p in paths:
         arr = tifffile.imread(p)
         nbytes += os.path.getsize(p)
         del arr
-    return {"seconds": time.perf_counter() - t0, "bytes": nbytes}
+    return {"seconds": clock.s, "bytes": nbytes}
 
 
 def _scan(src: str) -> dict[str, Any]:
     from cloudmic.datasets.deepcad import DeepCAD
     from cloudmic.manifest import load_manifest
 
-    t0 = time.perf_counter()
+    clock = harness.Stopwatch()
     inv = DeepCAD(load_manifest("deepcad")).scan(src)
-    return {"seconds": time.perf_counter() - t0, "bytes": inv.source_bytes}
+    return {"seconds": clock.s, "bytes": inv.source_bytes}
 
 
 def _ingest(src: str, dest: str, storage_options: dict, workers: int) -> dict[str, Any]:
     from cloudmic.ingest import ingest
 
-    t0 = time.perf_counter()
+    clock = harness.Stopwatch()
     r = ingest("deepcad", src, dest, workers=workers, storage_options=storage_options)
-    return {"seconds": time.perf_counter() - t0, "bytes": r.source_bytes, "units": r.units,
+    return {"seconds": clock.s, "bytes": r.source_bytes, "units": r.units,
             "records": r.records, "zarr_bytes": r.zarr_bytes, "wds_bytes": r.wds_bytes,
             "array_bytes": r.array_bytes}
 
 
-def run_isolated(fn: Any, *args: Any, evict: list[str] | None = None) -> dict[str, Any]:
-    """One measurement in a fresh process (bench/isolated.py), after evicting ``evict``
-    from the page cache so it starts cold."""
-    if evict:
-        _evict(evict)
-    return isolated.run_isolated(fn, *args)
+def run_cold(fn: Any, *args: Any, evict: list[str]) -> dict[str, Any]:
+    """One measurement in a fresh process (``harness.run_isolated``), after evicting
+    ``evict`` from the page cache so it starts cold."""
+    _evict(evict)
+    return harness.run_isolated(fn, *args)
 
 
 def _frames_twice(path: Path) -> Iterator[np.ndarray]:
@@ -131,18 +126,16 @@ def make_sources(work: Path, frames: int, size: int) -> dict[str, list[str]]:
 
 
 def _table(args: argparse.Namespace, rows: dict[str, Any], limit: float) -> str:
+    body = [[name, f"{r['bytes'] / 1e9:.2f}", f"{r['seconds']:.1f}", f"{harness.mb_s(r):.0f}",
+             f"{harness.mb_s(r) / limit:.2f}", f"{r['peak_rss_mb']:.0f}"]
+            for name, r in harness.measured(rows)]
     lines = [f"DeepCAD ingest, one low/high pair of {args.frames} x {args.size}x{args.size} "
              f"uint16 frames per movie (2x: {2 * args.frames}), dest "
-             f"{'s3' if args.s3 else 'local'}, {args.workers} worker(s), {os.cpu_count()} CPUs, "
-             f"Python {platform.python_version()}, cold page cache at the start of each run", "",
-             "| run | source GB | s | MB/s | x limit | peak RSS MB |", "|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        if name.startswith("setup"):
-            continue
-        mb_s = r["bytes"] / r["seconds"] / 1e6
-        lines.append(f"| {name} | {r['bytes'] / 1e9:.2f} | {r['seconds']:.1f} | {mb_s:.0f} | "
-                     f"{mb_s / limit:.2f} | {r['peak_rss_mb']:.0f} |")
-    lines.append("")
+             f"{'s3' if args.s3 else 'local'}, {args.workers} worker(s), {harness.machine_line()}, "
+             "cold page cache at the start of each run", "",
+             *harness.md_table([["run", "source GB", "s", "MB/s", "x limit", "peak RSS MB"],
+                                *body]),
+             ""]
     for name, r in rows.items():
         if "units" in r:
             lines.append(f"- {name}: {r['units']} units, {r['records']} clip records; Zarr "
@@ -162,54 +155,37 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--s3", action="store_true", help="ingest into the embedded S3 server")
     ap.add_argument("--workdir", default=None, help="where the temp files go")
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "deepcad.json"))
+    ap.add_argument("--json", default=str(harness.RESULTS / "deepcad.json"))
     args = ap.parse_args()
 
-    from cloudmic.storage import seaweed
-
-    work = Path(tempfile.mkdtemp(prefix="cloudmic-bench-deepcad-", dir=args.workdir))
-    server = None
     rows: dict[str, Any] = {}
-    try:
-        t0 = time.perf_counter()
-        srcs = make_sources(work, args.frames, args.size)
-        rows["setup: write sources"] = {"seconds": time.perf_counter() - t0,
+    with harness.Workspace("cloudmic-bench-deepcad-", args.workdir) as ws:
+        clock = harness.Stopwatch()
+        srcs = make_sources(ws.tmp, args.frames, args.size)
+        rows["setup: write sources"] = {"seconds": clock.s,
                                         "bytes": sum(os.path.getsize(p) for v in srcs.values()
                                                      for p in v)}
-        server = seaweed.up(work / "store") if args.s3 else None
-        opts = server.storage_options() if server else {}
-
-        def dest(tag: str) -> str:
-            return f"s3://bench-{tag}" if server else str(work / f"root-{tag}")
-
+        if args.s3:
+            ws.s3()
         one, two = srcs["1x"], srcs["2x"]
-        rows["limit: sequential read"] = run_isolated(_raw_read, one, evict=one)
-        rows["peer: tifffile.imread (DeepCAD's loader)"] = run_isolated(_imread, one,
-                                                                         evict=one)
-        rows["cloudmic scan (headers + sha256)"] = run_isolated(
-            _scan, str(work / "src-1x"), evict=one)
-        rows["cloudmic ingest 1x"] = run_isolated(
-            _ingest, str(work / "src-1x"), dest("1x"), opts, args.workers, evict=one)
-        if not server:
-            shutil.rmtree(work / "root-1x")  # keep the disk footprint to one copy
-        rows["limit: sequential read 2x"] = run_isolated(_raw_read, two, evict=two)
-        rows["cloudmic ingest 2x"] = run_isolated(
-            _ingest, str(work / "src-2x"), dest("2x"), opts, args.workers, evict=two)
-    finally:
-        if server:
-            seaweed.down(server.data_dir)
-        shutil.rmtree(work, ignore_errors=True)
+        rows["limit: sequential read"] = run_cold(_raw_read, one, evict=one)
+        rows["peer: tifffile.imread (DeepCAD's loader)"] = run_cold(_imread, one, evict=one)
+        rows["cloudmic scan (headers + sha256)"] = run_cold(
+            _scan, str(ws.tmp / "src-1x"), evict=one)
+        rows["cloudmic ingest 1x"] = run_cold(
+            _ingest, str(ws.tmp / "src-1x"), ws.dest("1x"), ws.opts, args.workers, evict=one)
+        if not ws.server:
+            shutil.rmtree(ws.tmp / "root-1x")  # keep the disk footprint to one copy
+        rows["limit: sequential read 2x"] = run_cold(_raw_read, two, evict=two)
+        rows["cloudmic ingest 2x"] = run_cold(
+            _ingest, str(ws.tmp / "src-2x"), ws.dest("2x"), ws.opts, args.workers, evict=two)
 
-    limit = rows["limit: sequential read"]
-    limit_mb_s = limit["bytes"] / limit["seconds"] / 1e6
-    table = _table(args, rows, limit_mb_s)
+    table = _table(args, rows, harness.mb_s(rows["limit: sequential read"]))
     print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows,
-                                           "cpus": os.cpu_count(),
-                                           "loadavg": os.getloadavg()}, indent=1))
-    Path(args.json).with_suffix(".md").write_text(table + "\n")
+    harness.write_results(args.json, {"args": vars(args), "rows": rows,
+                                      "cpus": os.cpu_count(), "loadavg": os.getloadavg()},
+                          table + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    harness.entry(main)

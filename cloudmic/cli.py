@@ -204,6 +204,19 @@ def cmd_info(args: argparse.Namespace) -> int:
           f"license {d['license']}, "
           f"stored {_human(d['stored_bytes'])}, raw {_human(d['raw_bytes'])}, "
           f"compression {d['compression_ratio']}x")
+    notes = d.get("provenance") or {}
+    if "license" in notes:
+        print(f"    ({notes['license']})")
+    for k, c in enumerate(d.get("citation") or []):
+        print(f"  cite: {c.get('text')}" + (f" doi:{c['doi']}" if c.get("doi") else ""))
+        for field in (f"citation.{k}.text", f"citation.{k}.doi"):
+            if field in notes:
+                print(f"    ({field.rpartition('.')[2]}: {notes[field]})")
+    rest = {k: v for k, v in notes.items() if k != "license" and not k.startswith("citation.")}
+    if rest:
+        print("  where other facts come from (not stated by the publisher as written):")
+        for field, label in rest.items():
+            print(f"    {field}: {label}")
     for gname, g in d["groups"].items():
         n = g.get("length")
         if "ngff_level" in g:

@@ -14,25 +14,22 @@ from typing import Any
 
 from tqdm import tqdm
 
-# dataset -> (synth sizes, PatchStream arguments): what the demo writes and streams
-DEMO_DATASETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "biosr": ({"train": 512, "validate": 32, "test": 4, "variant": "uint16"},
-              {"group": "train", "variables": ["wf", "gt"], "patch": {"y": 64, "x": 64}}),
-    "dl-smlm": ({"cells": 1, "frames": 50, "size": 128},
-                {"group": "*/cell*", "variables": ["wf", "sr"], "patch": {"y": 32, "x": 32},
-                 "patches_per_sample": 48}),
-    "sted-fm": ({"crops": 512, "unlabelled": 16, "variant": "uint8"},
-                {"group": "crop", "variables": ["image"], "patch": {"y": 128, "x": 128}}),
-    # level 0 of each volume (the NGFF image group's "0" child)
-    "platelet-em": ({"slices": 16, "size": 256},
-                    {"group": "*", "variables": {"image": "0/image",
-                                                 "semantic": "labels/semantic/0/semantic"},
-                     "patch": {"z": 4, "y": 64, "x": 64}, "patches_per_sample": 128}),
-    # clips of the low-SNR movie with the synchronous high-SNR frames
-    "deepcad": ({"recordings": 2, "frames": 128, "size": 128},
-                {"group": "*", "variables": {"low": "low/0/low", "high": "high/0/high"},
-                 "patch": {"t": 16, "y": 64, "x": 64}, "patches_per_sample": 128}),
-}
+from cloudmic.manifest import available, load_manifest
+from cloudmic.storage import root_layout as rl
+
+
+def demo_datasets() -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+    """dataset -> (synth sizes, PatchStream arguments): what the demo writes and streams, from
+    the ``example`` section of each shipped manifest that has demo sizes."""
+    out = {}
+    for name in available():
+        example = load_manifest(name).example
+        if example is not None and example.demo is not None:
+            out[name] = (example.demo_sizes(), example.stream.kwargs())
+    return out
+
+
+DEMO_DATASETS = demo_datasets()
 
 
 def _stream(url: str, args: dict[str, Any], batches: int, batch_size: int) -> dict[str, Any]:
@@ -71,7 +68,7 @@ def run_demo(workdir: Path, bucket: str = "cloudmic-demo", *, quiet: bool = Fals
         with tqdm(unit="unit", desc=f"[3/5] ingest {name}", disable=quiet or as_json) as bar:
             report = ingest(name, src, root, progress=lambda u, _b, bar=bar: bar.update(u),
                             on_plan=lambda n, bar=bar: setattr(bar, "total", n))
-        url = f"{root}/{name}.zarr"
+        url = f"{root}/{rl.zarr_name(name)}"
         tree = cloudmic.open(url)
         groups = [g for g in tree.subtree if g.ds.data_vars]
         say(f"[4/5] opened {url} with xarray: {len(groups)} group(s), e.g. {groups[0].path} "

@@ -25,6 +25,38 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Note(_Strict):
+    """Where one manifest fact comes from, when the publisher does not state it as written.
+
+    Exactly one of: ``source`` (where the publisher states it), ``assumed`` (ours: not
+    stated by the publisher) or ``derived`` (computed by cloudmic from stated facts). The
+    store's attributes, ``cloudmic info`` and the catalog page show it beside the value.
+    """
+
+    source: str | None = None
+    assumed: str | None = None
+    derived: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Note:
+        given = [k for k in NOTE_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a provenance note has exactly one of {', '.join(NOTE_KINDS)}; "
+                             f"got {', '.join(given) or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in NOTE_KINDS if getattr(self, k) is not None)
+
+    def label(self) -> str:
+        """``assumed: not stated by the publisher; ...``: what a reader sees beside the value."""
+        return f"{self.kind}: {getattr(self, self.kind)}"
+
+
+NOTE_KINDS = ("source", "assumed", "derived")
+
+
 class Citation(_Strict):
     text: str
     doi: str | None = None
@@ -112,6 +144,57 @@ class WebDatasetSpec(_Strict):
     fields: dict[str, str] = Field(description="record extension -> variable or 'json'")
 
 
+class ExampleStream(_Strict):
+    """``cloudmic.PatchStream`` arguments that suit this dataset's stores: what the catalog
+    page's snippet and ``cloudmic demo`` stream (the catalog shrinks the patch to a smaller
+    store and checks the arguments against it before showing them)."""
+
+    group: str | tuple[str, ...] = Field(description="group path or glob pattern(s), matched "
+                                         "per path segment: train, */cell*, *")
+    variables: tuple[str, ...] | dict[str, str] = Field(
+        description="variable names in the group, or {name: path under the group} for "
+        "variables in subgroups ({image: 0/image, semantic: labels/semantic/0/semantic})")
+    patch: dict[str, int] = Field(description="patch size per dim of the first variable, in "
+                                  "its pixels; the others get the same field of view")
+    patches_per_sample: int | None = Field(None, gt=0, description="patches cut per sample "
+                                           "and epoch (PatchStream's default: 1)")
+
+    @field_validator("variables", "patch")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if not v:
+            raise ValueError("name at least one")
+        return v
+
+    @field_validator("patch")
+    @classmethod
+    def _positive(cls, v: dict[str, int]) -> dict[str, int]:
+        bad = {d: n for d, n in v.items() if n < 1}
+        if bad:
+            raise ValueError(f"patch sizes are at least 1 pixel; got {bad}")
+        return v
+
+    def kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``cloudmic.PatchStream(url, **kwargs)``, as plain lists and
+        dicts (what a snippet prints)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Example(_Strict):
+    """cloudmic's own example for a dataset, not a fact about the data: how to stream it and
+    what ``cloudmic demo`` synthesises. Kept out of the manifest digest (it builds no store)."""
+
+    stream: ExampleStream
+    demo: dict[str, int | str | tuple[str, ...]] | None = Field(
+        None, description="keyword arguments of the dataset's synthetic generator (`cloudmic "
+        "synth`) for `cloudmic demo`: small sizes whose samples hold the stream's patch; "
+        "without it the demo leaves the dataset out")
+
+    def demo_sizes(self) -> dict[str, Any]:
+        """``demo`` as plain values (lists, not tuples) for the generator."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in (self.demo or {}).items()}
+
+
 class Manifest(_Strict):
     name: str
     title: str
@@ -129,6 +212,13 @@ class Manifest(_Strict):
     storage: Storage
     webdataset: WebDatasetSpec
     options: dict[str, Any] = Field(default_factory=dict, description="adapter-specific facts")
+    provenance: dict[str, Note] = Field(
+        default_factory=dict, description="notes on facts the publisher does not state as "
+        "written, keyed by the dotted path of the manifest field: {license: {assumed: ...}, "
+        "citation.0.text: {source: ...}, options.exposure_s: {source: ...}}")
+    example: Example | None = Field(
+        None, exclude=True, description="PatchStream arguments and demo sizes for this "
+        "dataset (the catalog page and `cloudmic demo` read them); not part of the digest")
 
     @field_validator("expected", mode="before")
     @classmethod
@@ -150,6 +240,24 @@ class Manifest(_Strict):
                                  "expected only")
         return self
 
+    @model_validator(mode="after")
+    def _notes_name_fields(self) -> Manifest:
+        dumped = self.model_dump(mode="json")
+        for path in self.provenance:
+            if _lookup(dumped, path) is _MISSING:
+                raise ValueError(f"provenance.{path}: no such manifest field (a note is keyed "
+                                 "by the dotted path of the field it explains, e.g. license, "
+                                 "citation.0.text, options.exposure_s)")
+        return self
+
+    def note(self, path: str) -> Note | None:
+        """The provenance note of one manifest field (dotted path), or None."""
+        return self.provenance.get(path)
+
+    def provenance_labels(self) -> dict[str, str]:
+        """Every note as ``{field path: "assumed: ..."}``: what stores and reports carry."""
+        return {path: n.label() for path, n in sorted(self.provenance.items())}
+
     def expected_counts(self) -> dict[str, Expected]:
         """The publisher's counts by split/group: ``expected``, plus the older
         ``splits.<name>.expected_samples`` of manifests written before it."""
@@ -161,6 +269,21 @@ class Manifest(_Strict):
         """A stable content hash: provenance records which manifest built a store."""
         blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+_MISSING = object()
+
+
+def _lookup(doc: Any, path: str) -> Any:
+    """``doc['a'][0]['b']`` for ``a.0.b``; ``_MISSING`` when a step does not exist."""
+    for step in path.split("."):
+        if isinstance(doc, dict) and step in doc:
+            doc = doc[step]
+        elif isinstance(doc, list) and step.isdigit() and int(step) < len(doc):
+            doc = doc[int(step)]
+        else:
+            return _MISSING
+    return doc
 
 
 def manifests_dir() -> Path:

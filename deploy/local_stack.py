@@ -42,7 +42,6 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -51,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
-from cloudmic.storage import seaweed
+from cloudmic.storage import process, seaweed
+from cloudmic.storage.process import group_alive, group_members
 
 STATE_FILE = "local-stack.json"
 SCHEDULER_FILE = "scheduler.json"
@@ -78,107 +78,29 @@ class Proc:
     killed: bool = False  # taken down on purpose by kill_worker()
 
 
-# Popen objects of the processes started by this interpreter, to reap them (a dead child
-# is a zombie that os.kill(pid, 0) still reports alive).
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-# --------------------------------------------------------------------------- processes
-
-
-def _reap(pid: int) -> None:
-    child = _CHILDREN.get(pid)
-    if child is not None and child.poll() is not None:
-        _CHILDREN.pop(pid, None)
-
-
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state, process group, session) of ``pid`` from /proc, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return fields[0], int(fields[2]), int(fields[3])
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of process group ``pgid``.
-
-    Linux never hands out a pid that is still some group's id, so while any member is
-    left the group is ours. Without /proc (macOS) a signal probe stands in for the scan.
-    """
-    _reap(pgid)
-    proc = Path("/proc")
-    if not proc.is_dir():  # pragma: no cover - no procfs
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    members = []
-    for entry in proc.iterdir():
-        if not entry.name.isdigit():
-            continue
-        stat = _proc_stat(int(entry.name))
-        if stat is not None and stat[1] == pgid and stat[0] not in ("Z", "X"):
-            members.append(int(entry.name))
-    return sorted(members)
-
-
 def _is_ours(pid: int, token: str) -> bool:
     """Whether group ``pid`` still belongs to the stack whose commands carry ``token``.
 
     The group leader's command line must name the stack's scheduler file; once the leader
     is gone, members still in the group are its children (the pid is not reusable).
     """
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return bool(group_members(pid))  # leader gone (or no procfs): its group, if any
-    stat = _proc_stat(pid)
+    argv = process.command_line(pid)
+    if argv is None:
+        return group_alive(pid)  # leader gone (or no procfs): its group, if any
+    stat = process.proc_stat(pid)
     if stat is not None and stat[0] in ("Z", "X"):
-        return bool(group_members(pid))
+        return group_alive(pid)
     return token.encode() in argv
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _wait_group_gone(pgid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        child = _CHILDREN.get(pgid)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=0.05)
-        if not group_members(pgid):
-            _CHILDREN.pop(pgid, None)
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
 
 
 def stop_group(pgid: int, timeout: float = 10.0) -> None:
     """SIGTERM process group ``pgid``, SIGKILL what is left after ``timeout`` seconds."""
-    _signal_group(pgid, signal.SIGTERM)
-    if _wait_group_gone(pgid, timeout):
-        return
-    _signal_group(pgid, signal.SIGKILL)
-    if not _wait_group_gone(pgid, 10.0):
+    if not process.terminate(pgid, timeout):
         raise StackError(f"process group {pgid} survives SIGKILL: see `ps -g {pgid}`")
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "    (no log)"
-    tail = [ln for ln in text.splitlines() if ln.strip()][-lines:]
-    return "\n".join("    " + ln for ln in tail) or "    (log is empty)"
+def _log_tail(path: Path) -> str:
+    return process.log_tail(path, lines=20)
 
 
 # --------------------------------------------------------------------------- the stack
@@ -292,23 +214,12 @@ class LocalStack:
             raise
         return self
 
-    def _popen(self, role: str, index: int, argv: list[str]) -> Proc:
+    def _popen(self, role: str, index: int, argv: list[str]) -> tuple[Proc, process.Child]:
         log = self.directory / (f"{role}.log" if role == "scheduler" else f"{role}-{index}.log")
-        with open(log, "ab") as fh:
-            fh.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n".encode())
-            fh.flush()
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                cwd=self.directory,
-                env=self._child_env(),
-                start_new_session=True,
-                close_fds=True,
-            )
-        _CHILDREN[proc.pid] = proc
-        return Proc(role, index, proc.pid, str(log))
+        child = process.spawn(
+            argv, log, cwd=self.directory, env=self._child_env(), log_mode=0o666,
+            header=f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(argv)}\n")
+        return Proc(role, index, child.pid, str(log)), child
 
     def _start_scheduler(self) -> None:
         argv = [
@@ -317,26 +228,27 @@ class LocalStack:
             "--dashboard-address", f"{HOST}:0",
             "--scheduler-file", str(self.scheduler_file),
         ]
-        self.scheduler = self._popen("scheduler", 0, argv)
+        self.scheduler, child = self._popen("scheduler", 0, argv)
         self._save()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            child = _CHILDREN.get(self.scheduler.pid)
-            if child is not None and child.poll() is not None:
-                raise StackError(
-                    f"the dask scheduler exited with code {child.returncode} while starting; "
-                    f"last lines of {self.scheduler.log}:\n{_log_tail(Path(self.scheduler.log))}")
+        log = Path(self.scheduler.log)
+
+        def written() -> dict[str, Any] | None:
             with contextlib.suppress(OSError, ValueError):
-                info = json.loads(self.scheduler_file.read_text())
-                self.scheduler_address = info["address"]
-                port = info.get("services", {}).get("dashboard")
-                self.dashboard = f"http://{HOST}:{port}/status" if port else None
-                return
-            if time.monotonic() >= deadline:
-                raise StackError(
-                    f"the dask scheduler wrote no {self.scheduler_file} within "
-                    f"{self.timeout:.0f} s; log:\n{_log_tail(Path(self.scheduler.log))}")
-            time.sleep(0.05)
+                return json.loads(self.scheduler_file.read_text())
+            return None
+
+        info = process.wait_ready(
+            child, written, self.timeout,
+            exited=lambda code: StackError(
+                f"the dask scheduler exited with code {code} while starting; "
+                f"last lines of {log}:\n{_log_tail(log)}"),
+            late=lambda: StackError(
+                f"the dask scheduler wrote no {self.scheduler_file} within "
+                f"{self.timeout:.0f} s; log:\n{_log_tail(log)}"))
+        assert info is not None
+        self.scheduler_address = info["address"]
+        port = info.get("services", {}).get("dashboard")
+        self.dashboard = f"http://{HOST}:{port}/status" if port else None
 
     def _spawn_worker(self) -> Proc:
         index = len(self.workers)
@@ -354,7 +266,7 @@ class LocalStack:
             "--no-dashboard",
             "--death-timeout", "60",  # a worker whose scheduler is gone exits by itself
         ]
-        proc = self._popen("worker", index, argv)
+        proc, _ = self._popen("worker", index, argv)
         self.workers.append(proc)
         return proc
 
@@ -412,11 +324,11 @@ class LocalStack:
         if proc.killed:
             raise StackError(f"worker {i} was already killed")
         expected = len(self.scheduler_workers()) - 1 if wait else 0
-        _signal_group(proc.pid, signal.SIGKILL)
+        process.signal_group(proc.pid, signal.SIGKILL)
         proc.killed = True
         self._save()
         if wait:
-            if not _wait_group_gone(proc.pid, 10.0):
+            if not process.wait_gone(proc.pid, process.KILL_TIMEOUT):
                 raise StackError(f"worker {i} (pid {proc.pid}) survives SIGKILL")
             self.wait_for_workers(max(expected, 0))
         return proc.pid
@@ -497,10 +409,10 @@ def _stop_procs(workers: Sequence[Proc], scheduler: Proc | None, token: str,
     """SIGTERM all worker groups at once, wait, SIGKILL the rest; then the scheduler."""
     groups = [w.pid for w in workers if _is_ours(w.pid, token)]
     for pgid in groups:
-        _signal_group(pgid, signal.SIGTERM)
+        process.signal_group(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     for pgid in groups:
-        if not _wait_group_gone(pgid, max(0.0, deadline - time.monotonic())):
+        if not process.wait_gone(pgid, max(0.0, deadline - time.monotonic())):
             stop_group(pgid, 0.0)
     if scheduler is not None and _is_ours(scheduler.pid, token):
         stop_group(scheduler.pid, timeout)

@@ -57,3 +57,25 @@ def test_not_a_mapping(tmp_path):
     p.write_text("- a\n- b\n")
     with pytest.raises(ManifestError, match="YAML mapping"):
         parse_manifest(p)
+
+
+def test_a_provenance_note_names_a_real_field_and_one_kind(tmp_path, biosr_raw):
+    raw = {**biosr_raw, "provenance": {"licence": {"assumed": "typo"}}}
+    with pytest.raises(ManifestError, match="provenance.licence: no such manifest field"):
+        parse_manifest(_write(tmp_path, raw))
+    raw["provenance"] = {"license": {"assumed": "a", "source": "b"}}
+    with pytest.raises(ManifestError, match="exactly one of source, assumed, derived"):
+        parse_manifest(_write(tmp_path, raw))
+    raw["provenance"] = {"citation.1.doi": {"source": "the README"}}
+    assert parse_manifest(_write(tmp_path, raw)).note("citation.1.doi").label() == (
+        "source: the README")
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_license_and_citation_says_where_it_comes_from(name):
+    """No license or citation without a note: a reader always sees whether the publisher
+    states it (source), we computed it (derived) or we assume it."""
+    m = load_manifest(name)
+    assert m.note("license") is not None, f"{name}: license has no provenance note"
+    for k in range(len(m.citation)):
+        assert m.note(f"citation.{k}.text") is not None, f"{name}: citation {k} has no note"

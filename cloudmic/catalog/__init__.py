@@ -1,5 +1,7 @@
 """``cloudmic catalog``: previews computed at ingest (``previews.py``) and a static HTML
-catalog of everything published under a root (``html.py``)."""
+catalog of everything published under a root: its facts (``facts.py``, with ``streams.py``
+and ``snippets.py``), their view (``view.py``) and the page (``html.py``, rendering the
+Jinja2 templates in ``templates/``)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ def _listing(root: Location, name: str, e: dict[str, Any], versions: list[str]) 
         "compression_ratio": round(e.get("array_bytes", 0) / max(e.get("zarr_bytes", 1), 1), 3),
         "published": e.get("published"),
         "license": e.get("license"),
+        "provenance": e.get("provenance", {}),
         "source_bytes": e.get("source_bytes"),
         "array_bytes": e.get("array_bytes"),
         "wds_bytes": e.get("wds_bytes"),
@@ -98,6 +99,7 @@ def info(url: str, version: str | None = None, **storage_options: Any) -> dict[s
             "compression_ratio": round(raw / stored, 3) if stored else None,
             "source": prov.get("source"), "records": prov.get("records"),
             "citation": prov.get("citation", []), "homepage": prov.get("homepage"),
+            "provenance": prov.get("provenance", {}),
             "manifest_digest": prov.get("manifest_digest"), "run_id": prov.get("run_id"),
             **source_links(prov.get("dataset"), prov.get("manifest_digest"), prov.get("homepage"))}
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import posixpath
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
@@ -22,9 +23,11 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from cloudmic.client.stream import distribute, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
+from cloudmic.client.stream.patch_stream import check_choice
+from cloudmic.client.stream.reader import is_transient
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
-from cloudmic.errors import GroupNotFoundError, StoreError, StoreNotFoundError
+from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve, version_of
@@ -113,8 +116,11 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
                  epoch: int = 0, buffer: int = 0, batch_size: int | None = None,
                  drop_last: bool = False, rank: int | None = None,
                  world_size: int | None = None, version: str | None = None,
+                 on_error: str = "raise",
                  storage_options: dict[str, Any] | None = None) -> None:
         super().__init__()
+        check_choice("on_error", on_error, ("raise", "skip"))
+        self.on_error = on_error
         loc, index = shard_index(url, version, **(storage_options or {}))
         self.version = version_of(loc)
         self.root, self.storage_options, self.split = loc.url, loc.storage_options, split
@@ -162,14 +168,35 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
             ahead: Future[IO[bytes]] | None = None
             try:
                 for k, take in enumerate(takes):
-                    stream = (ahead or ex.submit(self._open, take.block)).result()
+                    this = ahead or ex.submit(self._open, take.block)
                     nxt = takes[k + 1].block if k + 1 < len(takes) else None
                     ahead = None if nxt is None else ex.submit(self._open, nxt)
-                    with stream:
-                        yield from self._take(take, stream)
+                    try:
+                        with this.result() as stream:
+                            yield from self._take(take, stream)
+                    except Exception as exc:
+                        self._damaged(take.block, exc)  # raises, or warns and skips it
             finally:  # stopped early: close the shard fetched ahead
                 if ahead is not None:
                     ahead.add_done_callback(lambda f: f.exception() or f.result().close())
+
+    def _damaged(self, block: int, exc: Exception) -> None:
+        """A shard that cannot be read: the store not answering always raises; damaged
+        bytes raise, or with ``on_error="skip"`` warn and leave the rest of the shard out."""
+        url = posixpath.join(self.root, self.paths[block])
+        if is_transient(exc):
+            raise exc
+        if self.on_error == "skip":
+            warnings.warn(f"{url}: skipped the rest of this shard, unreadable "
+                          f"({type(exc).__name__}: {str(exc)[:200]}); run cloudmic verify on "
+                          "the dataset", RuntimeWarning, stacklevel=3)
+            return
+        if isinstance(exc, CloudmicError):
+            raise exc
+        raise StoreError(f"{url}: unreadable shard ({type(exc).__name__}: {str(exc)[:200]}). "
+                         "The stored bytes are damaged: run cloudmic verify on the dataset and "
+                         "ingest it again, or pass on_error='skip' to skip such shards with a "
+                         "warning") from exc
 
     def _open(self, block: int) -> IO[bytes]:
         """Shard ``block``, readable. On S3 its whole body comes in one GET (no HEAD, no
@@ -251,7 +278,7 @@ def collate(items: Sequence[Record]) -> Record:
 def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
            buffer: int = 0, batch_size: int | None = None, drop_last: bool = False,
            rank: int | None = None, world_size: int | None = None,
-           version: str | None = None,
+           version: str | None = None, on_error: str = "raise",
            storage_options: dict[str, Any] | None = None) -> ShardStream:
     """The records of ``split``'s WebDataset shards, ``*.npy`` decoded to numpy (never
     unpickled), ``json`` parsed; every record also has ``position`` (its place in the
@@ -273,8 +300,12 @@ def shards(url: str, split: str, *, shuffle: bool = False, seed: int = 0, epoch:
 
     The dataset's current version is resolved once, here (``version=`` pins another): a
     republish never changes what the stream reads, and ``state_dict()`` records the version.
+
+    ``on_error`` as in :class:`cloudmic.PatchStream`: a shard whose bytes are damaged raises
+    a ``StoreError`` naming it (``"raise"``), or is skipped from the damage on with a
+    warning (``"skip"``); a store that does not answer always raises.
     """
     return ShardStream(url, split, shuffle=shuffle, seed=seed, epoch=epoch, buffer=buffer,
                        batch_size=batch_size, drop_last=drop_last, rank=rank,
-                       world_size=world_size, version=version,
+                       world_size=world_size, version=version, on_error=on_error,
                        storage_options=storage_options)

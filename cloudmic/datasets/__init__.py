@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from importlib import import_module
+from pathlib import Path
 
 from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit, VarSpec
 from cloudmic.errors import ManifestError
@@ -18,7 +19,7 @@ ADAPTERS = {
 }
 
 
-def get_adapter(manifest: Manifest) -> Adapter:
+def get_adapter(manifest: Manifest, cache_dir: str | Path | None = None) -> Adapter:
     target = ADAPTERS.get(manifest.adapter)
     if target is None:
         raise ManifestError(
@@ -26,7 +27,7 @@ def get_adapter(manifest: Manifest) -> Adapter:
             f"known adapters: {', '.join(sorted(ADAPTERS))}"
         )
     module, cls = target.split(":")
-    return getattr(import_module(module), cls)(manifest)
+    return getattr(import_module(module), cls)(manifest, cache_dir)
 
 
 __all__ = ["ADAPTERS", "Adapter", "GroupSpec", "Inventory", "Unit", "VarSpec", "get_adapter"]

@@ -37,8 +37,18 @@ class Adapter(ABC):
     """Parses one published layout. Stateless apart from its manifest, so it pickles
     to dask workers."""
 
-    def __init__(self, manifest: Manifest) -> None:
+    def __init__(self, manifest: Manifest, cache_dir: str | Path | None = None) -> None:
         self.manifest = manifest
+        # where this dataset's downloaded and unpacked sources go (the CLI's --cache);
+        # None: the default cache's <dataset> folder
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+
+    def cache_folder(self) -> Path:
+        """This dataset's cache folder: ``cache_dir``, else the default cache's
+        ``<dataset>`` folder (the same place ``--fetch`` downloads to)."""
+        from cloudmic.sources import default_cache_dir
+
+        return self.cache_dir or default_cache_dir() / self.manifest.name
 
     @property
     def opts(self) -> dict[str, Any]:

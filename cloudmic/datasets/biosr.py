@@ -45,7 +45,7 @@ class BioSR(Adapter):
         if not source.is_dir():
             raise SourceError(source, "the source is not a folder", "pass the dataset folder")
         markers = {f"{s.source}_{k}" for s in self.manifest.splits.values() for k in ("wf", "gt")}
-        for cand in (source, source / "Microtubules", source / "BioSR" / "Microtubules"):
+        for cand in self._candidates(source):
             if cand.is_dir() and markers & {p.name for p in cand.iterdir()}:
                 return cand
         found = sorted(p.name for p in source.iterdir())[:8]
@@ -55,6 +55,16 @@ class BioSR(Adapter):
             f"{', '.join(sorted(markers))}; found {found or 'nothing: the folder is empty'})",
             f"pass the folder that holds BioSR/Microtubules, {SYNTH_HINT}",
         )
+
+    @staticmethod
+    def _candidates(source: Path) -> list[Path]:
+        """Where the tree may start: the folder itself, its Microtubules or
+        BioSR/Microtubules, or that one folder down (a repository archive unpacks into
+        ``biosr_dataset-main/``; a checkout is ``biosr_dataset/``)."""
+        tops = [source] + sorted(p for p in source.iterdir()
+                                 if p.is_dir() and not p.name.startswith("."))
+        return [c for top in tops for c in (top, top / "Microtubules",
+                                            top / "BioSR" / "Microtubules")]
 
     @staticmethod
     def list_tiffs(folder: Path, allow_dirs: bool = False) -> dict[str, Path]:

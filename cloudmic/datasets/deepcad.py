@@ -1,9 +1,10 @@
 """DeepCAD (datasets.md §4): paired low-SNR / 10x high-SNR two-photon movies, one Zenodo
 zip per recording (27 zips, listed in ``options.recordings`` of the manifest).
 
-Published tree, as unzipped (the file names inside the zips are unverified, so files are
-matched by ``lowSNR`` / ``highSNR`` in their names, any case; a low-only recording is
-accepted)::
+Published tree, as unzipped. The file names inside the zips are unverified: the paths are
+told apart by ``lowSNR`` / ``highSNR`` in their names (any case; the DeepCAD-RT convention),
+else two frame-synchronised movies by their signal (the high path collects 10x the photons);
+a low-only recording is accepted::
 
     DeepCAD/<zip stem>/<...>_lowSNR.tif     multipage TIFF (T, Y, X), uint16 or int16
     DeepCAD/<zip stem>/<...>_highSNR.tif    same frames, shape and dtype
@@ -15,7 +16,8 @@ Store (ADR 0004 option C), one group per recording, named by its manifest id
                                       structure, zip, Zenodo record) and the source files'
                                       names, sizes and sha256
       low/    NGFF image: 0/low(t,y,x), 1/low (y/x halved), each with pixel-centre
-              coordinates t (s), y, x (um)
+              coordinates t (s), y, x (um; pitch = the stated 550 x 575 um field of view
+              over the frame's rows and columns, marked as derived)
       high/   the same for the high-SNR path
     deepcad.wds/<rec>/<rec>-NNNNNN.tar   one record per clip of ``clip_frames`` full frames:
                                       low.npy, high.npy, json
@@ -50,11 +52,25 @@ PATHS = ("low", "high")  # detection paths, in the order they are stored and shi
 TAGS = {"low": "lowsnr", "high": "highsnr"}  # matched in lower-cased file names
 READ_BLOCK = 16  # frames per read: one inner chunk along t; bounds the float64 pyramid temp
 SKIP_DIRS = {"__MACOSX"}  # macOS zip resource forks: never data
+# unnamed pairs: the brighter movie must carry this many times the other's signal above its
+# baseline to be called high-SNR (published: 10x the photons; a lower bar leaves room for
+# gain and offset differences, a higher one than 1 refuses two copies of one path)
+MIN_HIGH_TO_LOW = 3.0
+SIGNAL_FRAMES = 16  # frames read to compare the two paths' signals
 
 
 def _hidden(p: Path) -> bool:
     return p.name.startswith(".") or p.name in SKIP_DIRS
 
+
+
+def _signal(info: MovieInfo) -> float:
+    """Mean signal above baseline (the 1st percentile: PMT offset) of a movie's first frames."""
+    _, block = next(iter_frame_blocks(info.path, SIGNAL_FRAMES, stop=min(SIGNAL_FRAMES,
+                                                                          info.frames),
+                                      info=info))
+    values = block.astype("float64")
+    return float(values.mean() - np.percentile(values, 1))
 
 
 class DeepCAD(Adapter):
@@ -132,29 +148,77 @@ class DeepCAD(Adapter):
                       if p.is_file() and is_tiff_name(p.name)
                       and not any(_hidden(Path(part)) for part in p.relative_to(folder).parts))
 
-    def movie_files(self, folder: Path) -> dict[str, Path]:
-        """``{"low": path, "high": path}`` (``high`` absent for a low-only recording)."""
-        found: dict[str, list[Path]] = {"low": [], "high": []}
-        for p in self._tiffs(folder):
+    def movie_files(self, folder: Path) -> tuple[dict[str, Path], str]:
+        """``({"low": path, "high": path}, how they were told apart)`` (``high`` absent for
+        a low-only recording).
+
+        By the published naming convention first (``..._lowSNR.tif`` / ``..._highSNR.tif``,
+        any case: the DeepCAD-RT example names). When no name carries it (the names inside
+        the DeepCAD zips are unverified), two frame-synchronised movies (same frames, shape
+        and dtype) are told apart by brightness: the high-SNR path collects 10x the photons.
+        Anything else is ambiguous and refused, naming the candidates.
+        """
+        tiffs = self._tiffs(folder)
+        tagged: dict[str, list[Path]] = {"low": [], "high": []}
+        untagged = []
+        for p in tiffs:
             name = p.name.lower()
             kinds = [k for k, tag in TAGS.items() if tag in name]
-            if len(kinds) != 1:
-                has = "both 'lowSNR' and 'highSNR'" if kinds else "neither 'lowSNR' nor 'highSNR'"
-                raise SourceError(p, f"its name has {has}: cannot tell which detection path "
-                                  "it is", "rename it to end in _lowSNR.tif or _highSNR.tif, "
-                                  "or move it out of the recording folder")
-            found[kinds[0]].append(p)
-        for kind, paths in found.items():
+            if len(kinds) > 1:
+                raise SourceError(p, "its name has both 'lowSNR' and 'highSNR': cannot tell "
+                                  "which detection path it is", "rename it to end in "
+                                  "_lowSNR.tif or _highSNR.tif, or move it out of the "
+                                  "recording folder")
+            (tagged[kinds[0]] if kinds else untagged).append(p)
+        if not any(tagged.values()):
+            return self._pair_by_frames(folder, untagged)
+        if untagged:
+            raise SourceError(untagged[0], "its name has neither 'lowSNR' nor 'highSNR', "
+                              "unlike the other movies of its recording: cannot tell which "
+                              "detection path it is", "rename it to end in _lowSNR.tif or "
+                              "_highSNR.tif, or move it out of the recording folder")
+        for kind, paths in tagged.items():
             if len(paths) > 1:
                 raise SourceError(folder, f"{len(paths)} {kind}-SNR movies in one recording: "
                                   + ", ".join(str(p.relative_to(folder)) for p in paths),
                                   "keep one movie per detection path in a recording folder")
-        if not found["low"]:
-            what = (f"a high-SNR movie ({found['high'][0].name}) but no low-SNR one"
-                    if found["high"] else "no TIFF movie")
-            raise SourceError(folder, f"recording folder has {what}",
+        if not tagged["low"]:
+            raise SourceError(folder, f"recording folder has a high-SNR movie "
+                              f"({tagged['high'][0].name}) but no low-SNR one",
                               "restore the *_lowSNR.tif movie from the recording's zip")
-        return {k: v[0] for k, v in found.items() if v}
+        return {k: v[0] for k, v in tagged.items() if v}, "names (lowSNR / highSNR)"
+
+    def _pair_by_frames(self, folder: Path, movies: list[Path]) -> tuple[dict[str, Path], str]:
+        """Low/high of a recording whose file names do not say which is which."""
+        fix = ("rename the movies to end in _lowSNR.tif and _highSNR.tif (the DeepCAD-RT "
+               "convention), or keep only the recording's pair in the folder")
+        names = ", ".join(str(p.relative_to(folder)) for p in movies)
+        if not movies:
+            raise SourceError(folder, "recording folder has no TIFF movie",
+                              "restore the recording's movies from its zip")
+        if len(movies) == 1:
+            return {"low": movies[0]}, ("the only movie of the recording, taken as the low-SNR "
+                                        "path (its name does not say)")
+        if len(movies) > 2:
+            raise SourceError(folder, f"{len(movies)} movies whose names do not say lowSNR or "
+                              f"highSNR ({names}): cannot tell which two are the pair", fix)
+        a, b = (movie_info(p) for p in movies)
+        if (a.frames, a.shape, a.dtype) != (b.frames, b.shape, b.dtype):
+            raise SourceError(folder, f"two movies whose names do not say lowSNR or highSNR "
+                              f"and that are not frame-synchronised ({a.path.name}: {a.frames} "
+                              f"x {a.shape} {a.dtype}; {b.path.name}: {b.frames} x {b.shape} "
+                              f"{b.dtype}): not a low/high pair", fix)
+        sa, sb = _signal(a), _signal(b)
+        lo, hi = (a, b) if sa < sb else (b, a)
+        ratio = max(sa, sb) / max(min(sa, sb), 1e-9)
+        if ratio < MIN_HIGH_TO_LOW:
+            raise SourceError(folder, f"two frame-synchronised movies ({names}) whose names do "
+                              f"not say lowSNR or highSNR, with signals only {ratio:.2f}x "
+                              f"apart (the high-SNR path collects ~10x the photons): cannot "
+                              "tell which is which", fix)
+        return {"low": lo.path, "high": hi.path}, (
+            f"frame-synchronised movies told apart by signal ({ratio:.1f}x brighter high-SNR "
+            "path); their names do not say lowSNR / highSNR")
 
     # ---- scan ---------------------------------------------------------------------------
 
@@ -183,31 +247,44 @@ class DeepCAD(Adapter):
         steps = self.steps
         checked = []
         for row, folder in recordings:
-            files = self.movie_files(folder)
+            files, paired_by = self.movie_files(folder)
             infos = {k: movie_info(p) for k, p in files.items()}
             self.check_pair(folder, infos)
-            checked.append((row, folder, infos))
+            checked.append((row, folder, infos, paired_by))
         # hash only once every header passed: a bad file fails fast, before GBs are read
-        paths = [info.path for _, _, infos in checked for info in infos.values()]
+        paths = [info.path for _, _, infos, _ in checked for info in infos.values()]
         with ThreadPoolExecutor(4) as pool:
             digests = dict(zip(paths, pool.map(sha256_file, paths), strict=True))
         groups, inv_files = [], {}
-        for row, folder, infos in checked:
-            groups.append(self._group(row, folder, infos, digests, steps))
+        for row, folder, infos, paired_by in checked:
+            groups.append(self._group(row, folder, infos, digests, steps, paired_by))
             inv_files[row["id"]] = infos  # units read frames at the offsets found here
         total = sum(p.stat().st_size for p in paths)
         root = recordings[0][1].parent
         return Inventory(self.manifest.name, root, tuple(groups), inv_files, total, len(paths))
 
-    def _axes(self, row: dict[str, Any]) -> list[Axis]:
-        px = float(self.opts["pixel_um"])
+    @staticmethod
+    def pitch_um(row: dict[str, Any], frame_shape: tuple[int, ...]) -> tuple[float, float]:
+        """(y, x) pixel pitch in um: the stated field of view (550 um vertical x 575 um
+        horizontal) over the rows and columns of the recording's own frames. The frame size
+        is not published, so the pitch is derived, never assumed."""
+        (fov_y, fov_x), (rows, cols) = row["fov_um"], frame_shape[-2:]
+        return float(fov_y) / rows, float(fov_x) / cols
+
+    def _axes(self, row: dict[str, Any], frame_shape: tuple[int, ...]) -> list[Axis]:
+        py, px = self.pitch_um(row, frame_shape)
+        fov_y, fov_x = row["fov_um"]
+        rows, cols = frame_shape[-2:]
         return [Axis("t", "time", "s", 1.0 / float(row["frame_rate_hz"])),
-                Axis("y", "space", "um", px), Axis("x", "space", "um", px)]
+                Axis("y", "space", "um", py, f"derived: {fov_y} um stated field of view "
+                     f"(vertical) / {rows} rows"),
+                Axis("x", "space", "um", px, f"derived: {fov_x} um stated field of view "
+                     f"(horizontal) / {cols} columns")]
 
     def _group(self, row: dict[str, Any], folder: Path, infos: dict[str, MovieInfo],
-               digests: dict[Path, str], steps: list[list[int]]) -> GroupSpec:
-        axes = self._axes(row)
+               digests: dict[Path, str], steps: list[list[int]], paired_by: str) -> GroupSpec:
         first = infos["low"]
+        axes = self._axes(row, first.shape)
         shape = (first.frames, *first.shape)
         variables: list[VarSpec] = []
         subgroups: dict[str, dict[str, Any]] = {}
@@ -227,11 +304,11 @@ class DeepCAD(Adapter):
         attrs = {"recording": row["id"], **{k: v for k, v in row.items() if k != "id"},
                  "url": f"https://zenodo.org/record/{row['zenodo_record']}/files/{row['zip']}"
                         "?download=1",
-                 "pixel_um": float(self.opts["pixel_um"]),
-                 "pixel_um_assumed": bool(self.opts.get("pixel_um_assumed", False)),
+                 "pixel_um_yx": [axes[1].scale, axes[2].scale],
+                 "pixel_um_provenance": f"{axes[1].note}; {axes[2].note}",
                  "frames": first.frames, "frame_shape": list(first.shape),
                  "dtype": first.dtype.name, "paths": list(infos), "source_folder": folder.name,
-                 "source_files": sources}
+                 "source_files": sources, "paths_told_apart_by": paired_by}
         return GroupSpec(row["id"], "t", first.frames, tuple(variables), attrs, subgroups)
 
     # ---- units --------------------------------------------------------------------------
@@ -275,7 +352,7 @@ class DeepCAD(Adapter):
         paths = list(inv.files[unit.group])
         key = self.manifest.webdataset.key
         meta = {"dataset": inv.dataset, "recording": unit.group, "zip": a["zip"],
-                "frame_rate_hz": hz, "pixel_um": a["pixel_um"], "fov_um": a["fov_um"],
+                "frame_rate_hz": hz, "pixel_um_yx": a["pixel_um_yx"], "fov_um": a["fov_um"],
                 "depth_um": a["depth_um"], "power_mw": a["power_mw"], "amp_gain": a["amp_gain"],
                 "structure": a["structure"], "dtype": a["dtype"]}
         for t0 in range(unit.start, unit.stop, clip):

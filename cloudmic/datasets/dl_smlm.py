@@ -26,7 +26,7 @@ from cloudmic.datasets.base import Adapter, GroupSpec, Inventory, Unit, VarSpec
 from cloudmic.errors import SourceError
 from cloudmic.formats.thunderstorm import read_thunderstorm
 from cloudmic.formats.tiff import TiffInfo, inspect_tiff, read_tiff
-from cloudmic.sources import ZipArchive, default_cache_dir
+from cloudmic.sources import ZipArchive
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class DLSMLM(Adapter):
         so a new download never mixes with the files of the old one."""
         st = zpath.stat()
         key = hashlib.sha256(f"{zpath.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
-        dest = default_cache_dir() / self.manifest.name / "unzipped" / key.hexdigest()[:16]
+        dest = self.cache_folder() / "unzipped" / key.hexdigest()[:16]
         with ZipArchive(zpath) as archive:
             files = [m for m in archive.members if not m.is_dir and not m.junk]
             tops = sorted({m.name.split("/", 1)[0] for m in files if "/" in m.name})
@@ -190,8 +190,12 @@ class DLSMLM(Adapter):
                     {"long_name": v["wf"].description, "units": v["wf"].units}),
             VarSpec("sr", ("y_sr", "x_sr"), (hs, ws), "float32",
                     {"long_name": v["sr"].description, "units": v["sr"].units}),
-            VarSpec("t", ("t",), (t,), "float64", {"units": "s", "long_name": "frame start"},
-                    data=np.arange(t) * o["frame_s"], coord=True),
+            # the frame interval is not published (only the 50 ms exposure): t is the index
+            VarSpec("t", ("t",), (t,), "int64",
+                    {"long_name": "frame index", "exposure_s": o["exposure_s"],
+                     "provenance": "no frame interval is published; the exposure per frame "
+                                   "is an attribute"},
+                    data=np.arange(t, dtype="int64"), coord=True),
             *(VarSpec(d, (d,), (n,), "float64", nm, data=centres(n, px), coord=True)
               for d, n, px in (("y", h, o["wf_pixel_nm"]), ("x", w, o["wf_pixel_nm"]),
                                ("y_sr", hs, o["sr_pixel_nm"]), ("x_sr", ws, o["sr_pixel_nm"]))),
@@ -207,7 +211,7 @@ class DLSMLM(Adapter):
                                       "long_name": f"ThunderSTORM column {col!r}"}))
         attrs = {"structure": structure, "source_folder": f"{folder}/cell{n}", "cell": n,
                  "wf_pixel_nm": o["wf_pixel_nm"], "sr_pixel_nm": o["sr_pixel_nm"],
-                 "frame_s": o["frame_s"], "localizations": len(table),
+                 "exposure_s": o["exposure_s"], "localizations": len(table),
                  "loc_columns": list(table.columns), "loc_header": list(table.source_header)}
         if archive is not None:
             attrs["source_archive"] = archive  # the zip the cell folder was unpacked from

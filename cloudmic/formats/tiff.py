@@ -124,11 +124,30 @@ def open_tiff(path: Path, *, index: bool = True) -> tifffile.TiffFile:
     except FileNotFoundError:
         raise
     except Exception as exc:  # tifffile raises a zoo of types for bad headers
+        if is_lfs_pointer(path):
+            raise SourceError(
+                path, "a Git LFS pointer (a small text file naming the image), not the image: "
+                "the repository archive or checkout did not include its LFS objects",
+                "clone the repository with git-lfs installed (git lfs install; git clone "
+                "URL; cd into it; git lfs pull) and pass that folder as --source",
+            ) from exc
         raise SourceError(
             path,
             f"not a readable TIFF ({type(exc).__name__}: {exc})",
             "check that the file is a TIFF from the published dataset and download it again",
         ) from exc
+
+
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+
+
+def is_lfs_pointer(path: Path) -> bool:
+    """A Git LFS pointer file (what a repository archive holds in place of an LFS object)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(LFS_POINTER)) == LFS_POINTER
+    except OSError:
+        return False
 
 
 def inspect_tiff(path: Path) -> TiffInfo:

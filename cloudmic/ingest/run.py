@@ -74,6 +74,8 @@ def _provenance(manifest: Manifest, inv: Inventory, run_id: str) -> dict[str, An
         "title": manifest.title,
         "license": manifest.license,
         "citation": [c.model_dump() for c in manifest.citation],
+        # facts the publisher does not state as written: {field path: "assumed: ..."}
+        "provenance": manifest.provenance_labels(),
         "homepage": manifest.source.homepage,
         "cloudmic_version": __version__,
         "manifest_digest": manifest.digest(),
@@ -167,7 +169,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     """
     t0 = time.perf_counter()
     manifest = load_manifest(str(dataset))
-    adapter = get_adapter(manifest)
+    adapter = get_adapter(manifest, cache_dir)
     # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
     source = resolve_source(manifest, source, cache_dir=cache_dir, progress=on_fetch)
     inv = adapter.scan(source)
@@ -213,6 +215,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         parts = [rl.zarr_name(manifest.name), rl.wds_name(manifest.name)]
         parts += [rl.previews_name(manifest.name)] if previews else []
         facts = {"title": manifest.title, "license": manifest.license,
+                 "provenance": manifest.provenance_labels(),
                  "published": datetime.now(UTC).isoformat(timespec="seconds"),
                  "run_id": run_id, "manifest_digest": manifest.digest(),
                  "groups": _split_sizes(inv), "records": prov["records"],

@@ -31,6 +31,7 @@ class Axis:
     kind: str  # "space" | "time"
     unit: str  # short form: nm, um, s
     scale: float  # level-0 pixel size in ``unit``
+    note: str | None = None  # where the pixel size comes from, when not stated as written
 
     def ome(self) -> dict[str, str]:
         return {"name": self.name, "type": self.kind, "unit": UNIT_NAMES[self.unit]}
@@ -161,8 +162,9 @@ def level_variables(prefix: str, array: str, axes: Sequence[Axis], shape: Sequen
                            {**attrs, "level": k, "downsample_factor": list(factor)},
                            factor=factor[unit_axis]))
         for ax, n, f in zip(axes, lshape, factor, strict=True):
+            note = {"provenance": ax.note} if ax.note else {}
             out.append(VarSpec(f"{base}/{ax.name}", (ax.name,), (n,), "float64",
                                {"units": ax.unit, "long_name": f"{ax.name} (pixel centres)",
-                                "pixel_size": ax.scale * f},
+                                "pixel_size": ax.scale * f, **note},
                                data=pixel_centres(n, ax.scale * f), coord=True))
     return out

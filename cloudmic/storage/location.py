@@ -53,7 +53,9 @@ class Location:
     @classmethod
     def parse(cls, url: str | os.PathLike[str], **storage_options: Any) -> Location:
         text = os.fspath(url)
-        scheme = urlparse(text).scheme
+        scheme = urlparse(text).scheme  # lower-cased: S3://b is s3://b
+        if scheme in ("s3", "http", "https"):
+            text = scheme + text[len(scheme):]
         if scheme == "s3":
             bucket = urlparse(text).netloc
             if not bucket:

@@ -19,7 +19,7 @@ used here and measured in ``tests/storage/test_store_security.py``:
   certificates are made with the ``openssl`` command line; without it the store still
   runs (JWT + ``-disableHttp``) with unauthenticated gRPC on 127.0.0.1, and says so;
 - ``-s3.iam=false`` (the embedded IAM API is unused), WebDAV, Iceberg, Lance and the admin
-  UI off (set in :mod:`cloudmic.storage.seaweed`);
+  UI off (set in :mod:`cloudmic.storage.seaweed_config`);
 - umask 077 for the server process: volume files, the filer store and weed's unix sockets
   in /tmp are owner-only; the data folder is 0700 and what an older run left is
   tightened (group/other bits removed) at every start.
@@ -69,7 +69,8 @@ def _toml_str(value: str | Path) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def _write_owner_only(path: Path, text: str) -> None:
+def write_owner_only(path: Path, text: str) -> None:
+    """Replace ``path`` atomically with ``text``, readable by the owner only (secrets)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -142,7 +143,7 @@ def write_security_config(root: Path, grpc_tls: bool = True) -> bool:
             lines += [f"[grpc.{component}]", f"cert = {cert}", f"key = {key}",
                       f"client_cert = {cert}", f"client_key = {key}", ""]
         lines += ["[grpc.client]", f"cert = {cert}", f"key = {key}", ""]
-    _write_owner_only(root / SECURITY_FILE, "\n".join(lines))
+    write_owner_only(root / SECURITY_FILE, "\n".join(lines))
     return tls is not None
 
 
@@ -229,5 +230,6 @@ __all__ = [
     "public_bucket_policy",
     "remove_security_config",
     "tighten_modes",
+    "write_owner_only",
     "write_security_config",
 ]

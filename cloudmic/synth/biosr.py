@@ -30,16 +30,15 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tifffile
 from numpy.typing import NDArray
 
+from cloudmic.synth.common import check_seed, is_int, stream_rng, write_tiff
 from cloudmic.synth.optics import (
     downsample,
     draw_paths,
@@ -140,7 +139,7 @@ def synth_biosr(
     files = nbytes = 0
     for paths, images in _samples(root, seed, train, validate, test, variant):
         for path, image in zip(paths, images, strict=True):
-            nbytes += _write_tiff(path, image)
+            nbytes += write_tiff(path, image)
         files += len(paths)
         if progress is not None:
             progress(len(paths))
@@ -164,7 +163,7 @@ def _check_args(
         ("validate", validate, MAX_TRAIN),
         ("test", test, MAX_TEST),
     ):
-        if not _is_int(value) or not 0 <= value <= limit:
+        if not is_int(value) or not 0 <= value <= limit:
             raise ValueError(
                 f"{name} must be a whole number of samples from 0 to {limit:_} "
                 f"(the published names have {len(str(limit))} digits), got {value!r}"
@@ -174,12 +173,7 @@ def _check_args(
             f"variant must be 'uint16' (DL-SR script: WF uint16 128x128, GT uint16 256x256) "
             f"or 'float32' (DeepTrack README: WF and GT float32 128x128), got {variant!r}"
         )
-    if not _is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    check_seed(seed)
 
 
 def _plan(root: Path, train: int, validate: int, test: int) -> dict[Path, tuple[int, int]]:
@@ -219,26 +213,22 @@ def _samples(
     for split, count in (("train", train), ("validate", validate)):
         folder, code, digits = _SPLITS[split]
         for i in range(1, count + 1):
-            scene = _scene(_rng(seed, code, i, 0))
-            noise = _rng(seed, code, i, 1)
+            scene = _scene(stream_rng(seed, code, i, 0))
+            noise = stream_rng(seed, code, i, 1)
             wf = _wf(noise, scene, _random_level(noise), variant)
             gt = _gt(noise, scene, variant)
             name = f"{i:0{digits}d}.tif"
             yield [root / f"{folder}_wf" / name, root / f"{folder}_gt" / name], [wf, gt]
     for i in range(1, test + 1):
         # One scene per test sample; the levels differ only in photons and noise draws.
-        scene = _scene(_rng(seed, _TEST_CODE, i, 0))
+        scene = _scene(stream_rng(seed, _TEST_CODE, i, 0))
         name = f"{i:03d}.tif"
         paths = [root / "test_gt" / name]
-        images = [_gt(_rng(seed, _TEST_CODE, i, 1), scene, variant)]
+        images = [_gt(stream_rng(seed, _TEST_CODE, i, 1), scene, variant)]
         for level, photons in enumerate(LEVEL_PHOTONS, start=1):
             paths.append(root / "test_wf" / f"level_{level:02d}" / name)
-            images.append(_wf(_rng(seed, _TEST_CODE, i, 1 + level), scene, photons, variant))
+            images.append(_wf(stream_rng(seed, _TEST_CODE, i, 1 + level), scene, photons, variant))
         yield paths, images
-
-
-def _rng(seed: int, split: int, index: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split, index, stream)))
 
 
 def _scene(rng: np.random.Generator) -> _Scene:
@@ -316,11 +306,3 @@ def _wf(rng: np.random.Generator, scene: _Scene, photons: float, variant: Varian
 def _random_level(rng: np.random.Generator) -> float:
     """A signal level drawn log-uniformly between the lowest and highest test levels."""
     return float(np.exp(rng.uniform(math.log(LEVEL_PHOTONS[0]), math.log(LEVEL_PHOTONS[-1]))))
-
-
-def _write_tiff(path: Path, image: NDArray) -> int:
-    """Write a single-page, uncompressed 2-D TIFF atomically; return its size in bytes."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tifffile.imwrite(tmp, image, photometric="minisblack", metadata=None, software=False)
-    os.replace(tmp, path)
-    return path.stat().st_size

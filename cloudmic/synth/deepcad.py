@@ -16,8 +16,10 @@ after the recording's "structure"), each with calcium transients (Poisson spikes
 rise/decay kernel at the recording's frame rate) over a smooth, slowly fluctuating neuropil.
 Both paths see the same underlying signal, frame by frame; the high-SNR path collects 10x
 the photons of the low one, and each has its own shot noise. Photons scale with the square
-of the excitation power (two-photon). Pixel sampling is the real one (550 um / 490 px),
-so ``size`` crops a part of the field of view.
+of the excitation power (two-photon). Each frame spans the whole stated field of view
+(550 um vertical x 575 um horizontal), as the real movies do, so a ``size`` x ``size`` frame
+samples 550/size um along y and 575/size um along x: the pitch the ingest derives. The scene
+is drawn on the y pitch (the 4.5% wider x pitch is not drawn).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import tifffile
 from numpy.typing import NDArray
 
+from cloudmic.synth.common import is_int, stream_rng
 from cloudmic.synth.optics import draw_paths, gaussian_blur, random_filaments
 
 __all__ = [
@@ -103,7 +106,7 @@ def _rows() -> list[dict]:
 RECORDINGS: tuple[dict, ...] = tuple(_rows())
 
 HIGH_TO_LOW = 10.0  # photon ratio of the two detection paths
-PIXEL_UM = 550.0 / 490.0  # assumed sampling: the 550 um FOV on datasets.md's 490 px example
+FOV_UM = (550.0, 575.0)  # stated field of view (vertical, horizontal): seed 003's zip names
 SOMA_RADIUS_UM = (5.0, 7.5)
 NUCLEUS_FRACTION = 0.55  # nucleus radius / soma radius (GCaMP is excluded from the nucleus)
 SOMA_DENSITY_PER_UM2 = 1.0 / 30.0**2
@@ -169,7 +172,7 @@ def synth_deepcad(
         ("size", size, 8, 65536),
         ("seed", seed, 0, 2**63 - 1),
     ):
-        if not _is_int(value) or not lo <= value <= hi:
+        if not is_int(value) or not lo <= value <= hi:
             raise ValueError(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
     root = Path(out) / "DeepCAD"
     files = nbytes = 0
@@ -177,10 +180,10 @@ def synth_deepcad(
     for k, rec in enumerate(RECORDINGS[:recordings]):
         folder, low_name, high_name = movie_names(rec["zip"])
         (root / folder).mkdir(parents=True, exist_ok=True)
-        scene = _scene(_rng(seed, k, 0), rec, frames, size)
+        scene = _scene(stream_rng(seed, k, 0), rec, frames, size)
         imagej = hyperstack and k == 1
         for path_name, ratio, stream in ((low_name, 1.0 / HIGH_TO_LOW, 1), (high_name, 1.0, 2)):
-            movie = _acquire(_rng(seed, k, stream), scene, rec, ratio, frames)
+            movie = _acquire(stream_rng(seed, k, stream), scene, rec, ratio, frames)
             nbytes += _write_movie(root / folder / path_name, movie, frames, size, imagej)
             files += 1
             if progress is not None:
@@ -209,22 +212,16 @@ def write_big_movie(
     content (``high`` picks the 10x path).
     """
     rec = RECORDINGS[0]
-    scene = _scene(_rng(seed, 0, 0), rec, frames, size)
-    movie = _acquire(_rng(seed, 0, 2 if high else 1), scene, rec, 1.0 if high else 0.1, frames)
+    scene = _scene(stream_rng(seed, 0, 0), rec, frames, size)
+    ratio = 1.0 if high else 1.0 / HIGH_TO_LOW
+    movie = _acquire(stream_rng(seed, 0, 2 if high else 1), scene, rec, ratio, frames)
     return _write_movie(Path(path), movie, frames, size, imagej=False)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
-
-
-def _rng(seed: int, recording: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(recording, stream)))
 
 
 def _scene(rng: np.random.Generator, rec: dict, frames: int, size: int) -> _Scene:
     shape = (size, size)
-    area_um2 = (size * PIXEL_UM) ** 2
+    pixel_um = FOV_UM[0] / size  # the frame is the whole field of view
+    area_um2 = FOV_UM[0] * FOV_UM[1]
     weight = np.zeros(shape)
     label = np.zeros(shape, dtype=np.intp)
     structure = rec["structure"].lower()
@@ -234,7 +231,7 @@ def _scene(rng: np.random.Generator, rec: dict, frames: int, size: int) -> _Scen
         yy, xx = np.mgrid[0:size, 0:size]
         for _ in range(count):
             cy, cx = rng.uniform(-4, size + 4, 2)
-            r = rng.uniform(*SOMA_RADIUS_UM) / PIXEL_UM
+            r = rng.uniform(*SOMA_RADIUS_UM) / pixel_um
             d = np.hypot(yy - cy, xx - cx)
             body = _soft_disk(d, r) - 0.7 * _soft_disk(d, NUCLEUS_FRACTION * r)
             body *= rng.uniform(0.6, 1.4)
@@ -247,8 +244,8 @@ def _scene(rng: np.random.Generator, rec: dict, frames: int, size: int) -> _Scen
             rng,
             shape,
             count,
-            persistence_px=(60 / PIXEL_UM, 200 / PIXEL_UM),
-            length_px=(20 / PIXEL_UM, 120 / PIXEL_UM),
+            persistence_px=(60 / pixel_um, 200 / pixel_um),
+            length_px=(20 / pixel_um, 120 / pixel_um),
             step_px=0.5,
         )
         for path in paths:
@@ -256,9 +253,9 @@ def _scene(rng: np.random.Generator, rec: dict, frames: int, size: int) -> _Scen
             n += 1
             own = line > np.maximum(weight, 0.05)
             weight[own], label[own] = line[own], n
-    sigma = PSF_SIGMA_UM / PIXEL_UM
+    sigma = PSF_SIGMA_UM / pixel_um
     weight = np.clip(gaussian_blur(weight, sigma), 0.0, None)
-    noise = gaussian_blur(rng.standard_normal(shape), 6.0 / PIXEL_UM)
+    noise = gaussian_blur(rng.standard_normal(shape), 6.0 / pixel_um)
     background = NEUROPIL * np.clip(1.0 + noise / max(float(noise.std()), 1e-12) * 0.3, 0.2, None)
     dff = np.zeros((n + 1, frames))
     dff[1:] = _calcium(rng, n, frames, rec["frame_rate_hz"])

@@ -29,17 +29,16 @@ shot-like noise.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import tifffile
 from numpy.typing import NDArray
 
 from cloudmic.formats.label_palette import encode_palette_labels
 from cloudmic.formats.label_rle import encode_rle
+from cloudmic.synth.common import check_seed, is_int, stream_rng, write_bytes, write_tiff
 from cloudmic.synth.optics import gaussian_blur, percentile_normalize, poisson_noise
 
 __all__ = ["IMAGE_DTYPES", "VOLUMES", "synth_platelet_em"]
@@ -97,16 +96,16 @@ def synth_platelet_em(
     for code, vol in enumerate(VOLUMES):
         z = slices if vol == "50" else max(1, round(slices * 24 / 50))
         shape = (z, size, size)
-        semantic, cell, organelle = _labels(_rng(seed, code, 0), shape)
-        image = _image(_rng(seed, code, 1), semantic, cell, organelle, image_dtype)
-        written = [_write_tiff(root / "images" / f"{vol}-images.tif", image)]
+        semantic, cell, organelle = _labels(stream_rng(seed, code, 0), shape)
+        image = _image(stream_rng(seed, code, 1), semantic, cell, organelle, image_dtype)
+        written = [_write_volume(root / "images" / f"{vol}-images.tif", image)]
         for folder, stem, lab in (
             ("labels-semantic", f"{vol}-semantic", semantic),
             ("labels-instance", f"{vol}-instance-cell", cell),
             ("labels-instance", f"{vol}-instance-organelle", organelle),
         ):
-            written.append(_write_bytes(root / folder / f"{stem}.json", encode_rle(lab)))
-            written.append(_write_tiff(root / folder / f"{stem}.tif", encode_palette_labels(lab)))
+            written.append(write_bytes(root / folder / f"{stem}.json", encode_rle(lab)))
+            written.append(_write_volume(root / folder / f"{stem}.tif", encode_palette_labels(lab)))
         files += len(written)
         nbytes += sum(written)
         shapes[vol], cells[vol], organelles[vol] = shape, int(cell.max()), int(organelle.max())
@@ -125,9 +124,6 @@ def synth_platelet_em(
 
 
 def _check_args(slices: object, size: object, seed: object, image_dtype: object) -> None:
-    def is_int(v: object) -> bool:
-        return isinstance(v, int | np.integer) and not isinstance(v, bool)
-
     if not is_int(slices) or not 2 <= slices <= 1000:
         raise ValueError(f"slices must be a whole number from 2 to 1000, got {slices!r}")
     if not is_int(size) or not 48 <= size <= 4096:
@@ -135,17 +131,12 @@ def _check_args(slices: object, size: object, seed: object, image_dtype: object)
             f"size must be a whole number from 48 to 4096 (room for cells with organelles), "
             f"got {size!r}"
         )
-    if not is_int(seed) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_seed(seed)
     if image_dtype not in IMAGE_DTYPES:
         raise ValueError(
             f"image_dtype must be 'uint16' (the site) or 'float32' (values 0..65535, the "
             f"example notebook), got {image_dtype!r}"
         )
-
-
-def _rng(seed: int, volume: int, stream: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(volume, stream)))
 
 
 def _ellipsoid(
@@ -269,21 +260,8 @@ def _image(
     return (norm * 65535).astype(np.float32)
 
 
-def _write_tiff(path: Path, data: NDArray) -> int:
-    """Multipage TIFF (one page per z; RGBA pages for colour labels), written atomically."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _write_volume(path: Path, data: NDArray) -> int:
+    """Multipage TIFF, one page per z; (z, y, x, 4) label colours become RGBA pages."""
     if data.ndim == 4:
-        tifffile.imwrite(
-            tmp, data, photometric="rgb", extrasamples=["unassalpha"], metadata=None, software=False
-        )
-    else:
-        tifffile.imwrite(tmp, data, photometric="minisblack", metadata=None, software=False)
-    os.replace(tmp, path)
-    return path.stat().st_size
-
-
-def _write_bytes(path: Path, blob: bytes) -> int:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(blob)
-    os.replace(tmp, path)
-    return len(blob)
+        return write_tiff(path, data, photometric="rgb", extrasamples=["unassalpha"])
+    return write_tiff(path, data)

@@ -25,6 +25,7 @@ from cloudmic.catalog.previews import PREVIEWS_JSON, make_previews
 from cloudmic.client.describe import info, list_root
 from cloudmic.client.metadata import read_store_metadata
 from cloudmic.ingest import ingest
+from cloudmic.manifest import load_manifest
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve
 from cloudmic.synth import get_generator
@@ -287,6 +288,19 @@ def test_snippets_run_as_written(published):
                 assert ns["ds"].data_vars
 
 
+def test_stream_args_come_from_the_manifest(published):
+    """The PatchStream snippet shows the manifest's example (what `cloudmic demo` streams),
+    its patch shrunk only where a small store needs it."""
+    facts = catalog_facts(str(published["root"]))["datasets"]
+    for name, d in facts.items():
+        example = load_manifest(name).example.stream.kwargs()
+        args = d["stream_args"]
+        assert {k: v for k, v in args.items() if k != "patch"} == {
+            k: v for k, v in example.items() if k != "patch"}, name
+        assert args["patch"].keys() == example["patch"].keys(), name
+        assert all(args["patch"][k] <= n for k, n in example["patch"].items()), name
+
+
 # ---- the page ----
 class _Page(html.parser.HTMLParser):
     def __init__(self) -> None:
@@ -360,7 +374,7 @@ def test_text_is_escaped_and_file_names_stay_inside(published, tmp_path):
     out = tmp_path / "html"
     page = build_catalog(str(copy), out).read_text()
     assert "<script>" not in page and "&lt;script&gt;alert(" in page and "&amp; co" in page
-    assert '<img src="x"' not in page and "&lt;img src=&quot;x&quot;" in page
+    assert '<img src="x"' not in page and "&lt;img src=&#34;x&#34;" in page
     assert "passwd" not in page
     pngs = list(out.rglob("*.png"))
     assert pngs and all(p.parent.parent == out and p.parent.name in published["names"]
@@ -389,6 +403,115 @@ def test_rebuild_reads_no_data_chunks(published, catalog_dir, tmp_path):
     rebuilt = build_catalog(str(copy), tmp_path / "html").read_text()
     original = (catalog_dir / "index.html").read_text()
     assert rebuilt.replace(str(copy), "ROOT") == original.replace(str(published["root"]), "ROOT")
+
+
+# ---- provenance notes ----
+class _Notes(html.parser.HTMLParser):
+    """The provenance notes of a page: (dataset section id, the facts row (dt) or the
+    section heading (h3) they stand under, data-field, text)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[list[str]] = []
+        self.section = self.row = ""
+        self._label: str | None = None  # collecting the text of a dt or h3
+        self._note: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "section":
+            self.section = a.get("id") or ""
+        elif tag in ("dt", "h3"):
+            self._label = ""
+        elif tag == "small" and a.get("class") == "note":
+            self._note = [self.section, self.row, a.get("data-field") or "", ""]
+            self.notes.append(self._note)
+
+    def handle_endtag(self, tag):
+        if tag in ("dt", "h3") and self._label is not None:
+            self.row, self._label = self._label.strip(), None
+        elif tag == "small":
+            self._note = None
+
+    def handle_data(self, data):
+        if self._label is not None:
+            self._label += data
+        if self._note is not None:
+            self._note[3] += data
+
+
+def _notes(page: str) -> list[list[str]]:
+    parser = _Notes()
+    parser.feed(page)
+    return parser.notes
+
+
+def _set_provenance(root: Path, name: str, provenance: Any, *, store: bool = True) -> None:
+    """Write ``provenance`` into the dataset's catalog entry and its version pointer (the
+    same facts; `ls` and the page read the pointer first); ``None`` removes it. With
+    ``store=False`` the store's attributes lose theirs too, as in a store ingested before
+    notes existed."""
+    catalog_path, pointer = root / "catalog.json", root / f"{name}.releases" / "current.json"
+    catalog, current = json.loads(catalog_path.read_text()), json.loads(pointer.read_text())
+    for entry in (catalog["datasets"][name], current):
+        entry.pop("provenance", None)
+        if provenance is not None:
+            entry["provenance"] = provenance
+    catalog_path.write_text(json.dumps(catalog))
+    pointer.write_text(json.dumps(current))
+    if not store:
+        meta = root / f"{name}.zarr" / "zarr.json"
+        doc = json.loads(meta.read_text())
+        doc["attributes"]["cloudmic"].pop("provenance", None)
+        meta.write_text(json.dumps(doc))
+
+
+def test_provenance_note_stands_beside_the_license(published, tmp_path):
+    copy = tmp_path / "root"
+    shutil.copytree(published["root"], copy, symlinks=True)
+    _set_provenance(copy, "biosr", {"license": "assumed: not stated by the publisher"})
+    page = build_catalog(str(copy), tmp_path / "html").read_text()
+    notes = _notes(page)
+    assert ["ds-biosr", "License", "license", "assumed: not stated by the publisher"] in notes
+    # in the same row as the license itself, after it
+    row = page[page.index('<section class="dataset" id="ds-biosr"'):]
+    row = row[row.index("<dt>License</dt>"):row.index("<dt>Citation</dt>")]
+    assert row.index("CC-BY-4.0") < row.index("assumed: not stated by the publisher")
+    assert [n for n in notes if n[0] == "ds-biosr"] == [
+        ["ds-biosr", "License", "license", "assumed: not stated by the publisher"]]
+
+
+def test_every_provenance_note_is_on_the_page(published, catalog_dir):
+    """Each note the store carries stands in its dataset's section: license and citation
+    notes in their rows, pixel sizes under Variables, the rest listed with the facts."""
+    facts = catalog_facts(str(published["root"]))["datasets"]
+    notes = _notes((catalog_dir / "index.html").read_text())
+    for name, d in facts.items():
+        for path, label in d["provenance"].items():
+            shown = [n for n in notes if n[0] == f"ds-{name}" and n[2] == path]
+            assert len(shown) >= 1 and shown[0][3].endswith(label), (name, path, shown)
+            if path.startswith("citation."):
+                assert shown[0][1] == "Citation"
+            elif path == "license":
+                assert shown[0][1] == "License"
+
+
+def test_stores_without_provenance_notes(published, tmp_path):
+    """Older stores have no notes; anyone's catalog.json may hold something else there."""
+    copy = tmp_path / "root"
+    shutil.copytree(published["root"], copy, symlinks=True)
+    _set_provenance(copy, "biosr", None, store=False)
+    _set_provenance(copy, "sted-fm", "not a mapping", store=False)
+    _set_provenance(copy, "platelet-em", {"license": {"assumed": "<b>a mapping</b>"},
+                                          "options.pixel_nm": "source: <i>seed</i>"})
+    page = build_catalog(str(copy), tmp_path / "html").read_text()
+    facts = catalog_facts(str(copy))["datasets"]
+    assert facts["biosr"]["provenance"] == {}
+    notes = _notes(page)
+    assert not [n for n in notes if n[0] in ("ds-biosr", "ds-sted-fm")]
+    assert ["ds-platelet-em", "License", "license", '{"assumed": "<b>a mapping</b>"}'] in notes
+    assert ["ds-platelet-em", "Variables", "options.pixel_nm", "source: <i>seed</i>"] in notes
+    assert "<b>a mapping" not in page and "<i>seed" not in page
 
 
 def _chromium() -> str:

@@ -45,7 +45,14 @@ def test_synth_ingest_ls_info_verify_on_s3(tmp_path, s3_env):
     wf = info["groups"]["train"]["variables"]["wf"]
     assert wf["dims"] == ["sample", "y", "x"] and wf["dtype"] == "uint16"
     assert info["groups"]["train"]["length"] == 20
-    assert "compression" in cli("info", f"{root}/biosr.zarr").stdout
+    text = cli("info", f"{root}/biosr.zarr").stdout
+    assert "compression" in text
+    # where each fact comes from, beside the value, in the store, info and the listing
+    assert info["provenance"]["license"].startswith("source: DeepTrackAI README")
+    assert "(source: DeepTrackAI README (seed 002), Original Source: CC BY 4.0)" in text
+    assert "cite: Qiao, Chang; Li, Di. BioSR" in text and "(text: source:" in text
+    assert "splits.test.level_photons: derived:" in text
+    assert ls_json["datasets"]["biosr"]["provenance"] == info["provenance"]
     verify = json.loads(cli("verify", f"{root}/biosr.zarr", "--json").stdout)
     assert verify["ok"], verify
 

@@ -211,3 +211,17 @@ def test_one_get_per_shard_read_on_s3(wds, everything, s3_env, monkeypatch):
         items = list(r)
         assert len(items) == 6 and calls == ["get_object"] * (2 + len(takes))
         assert np.all(np.diff([it["position"] for it in items if not it["pad"]]) == 1)
+
+
+def test_a_damaged_shard_raises_naming_it_or_is_skipped_with_on_error(wds, tmp_path):
+    copy = tmp_path / "biosr.wds"
+    shutil.copytree(wds, copy)
+    bad = next((copy / "train").glob("*000001.tar"))
+    bad.write_bytes(b"\x00garbage" * 256)
+    with pytest.raises(StoreError, match=rf"{bad.name}.*unreadable.*on_error='skip'"):
+        list(cloudmic.shards(str(copy), "train"))
+    with pytest.warns(RuntimeWarning, match=rf"{bad.name}: skipped"):
+        got = list(cloudmic.shards(str(copy), "train", on_error="skip"))
+    assert len(got) == RECORDS - 16  # shards 0 and 2 are read whole
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'skip'"):
+        cloudmic.shards(str(copy), "train", on_error="ignore")

@@ -26,7 +26,7 @@ from cloudmic.synth.deepcad import RECORDINGS, movie_names, synth_deepcad
 from fixtures_biosr import snapshot
 
 FRAMES, SIZE = 150, 65  # three units (64 + 64 + 22 frames), an odd side for partial 2x2 blocks
-PX = 550.0 / 490.0
+PY, PX = 550.0 / SIZE, 575.0 / SIZE  # the stated 550 x 575 um field of view over the frame
 RECS = [("n01_p66", RECORDINGS[0]), ("n01_p99", RECORDINGS[1])]  # the second is a hyperstack
 
 
@@ -104,7 +104,10 @@ def test_lossless_with_physical_coordinates_in_plain_xarray(published, source):
             assert (ds0["t"].attrs["units"], ds0["y"].attrs["units"]) == ("s", "um")
             assert ds1[path].shape == (FRAMES, 33, 33)
             assert np.array_equal(ds1[path].values, downsample_mean(want, (1, 2, 2)))
-            np.testing.assert_allclose(ds1["y"].values, (np.arange(33) + 0.5) * 2 * PX)
+            np.testing.assert_allclose(ds0["y"].values, (np.arange(SIZE) + 0.5) * PY)
+            np.testing.assert_allclose(ds1["y"].values, (np.arange(33) + 0.5) * 2 * PY)
+            assert "derived: 550 um" in ds0["y"].attrs["provenance"]
+            assert "575 um" in ds0["x"].attrs["provenance"]
             np.testing.assert_allclose(ds1["t"].values, ds0["t"].values)
             meta = g.attrs["source_files"][path]
             assert meta["sha256"] == _sha(src) and meta["bytes"] == src.stat().st_size
@@ -113,7 +116,9 @@ def test_lossless_with_physical_coordinates_in_plain_xarray(published, source):
         assert (a["zip"], a["depth_um"], a["power_mw"], a["amp_gain"], a["structure"]) == (
             rec["zip"], rec["depth_um"], rec["power_mw"], rec["amp_gain"], rec["structure"])
         assert a["fov_um"] == [550, 575] and a["frame_rate_hz"] == 30 and a["frames"] == FRAMES
-        assert a["pixel_um_assumed"] is True
+        assert a["pixel_um_yx"] == pytest.approx([PY, PX])
+        assert "derived" in a["pixel_um_provenance"]
+        assert a["paths_told_apart_by"] == "names (lowSNR / highSNR)"
     assert tree["n01_p99"].attrs["source_files"]["low"]["squeezed_axes"] == [1, 2]
     both = xr.merge([tree["n01_p66/low/0"].ds, tree["n01_p66/high/0"].ds])
     assert sorted(both.data_vars) == ["high", "low"]  # one grid: the paths align
@@ -306,7 +311,23 @@ def _tif_outside(src: Path) -> tuple[Path, str]:
 def _untagged(src: Path) -> tuple[Path, str]:
     p = _paths(src)[0].with_name("mean_image.tif")
     shutil.copy(_paths(src)[0], p)
-    return p, "neither 'lowSNR' nor 'highSNR'"
+    return p, "neither 'lowSNR' nor 'highSNR', unlike the other movies"
+
+
+def _three_unnamed(src: Path) -> tuple[Path, str]:
+    low, high = _paths(src)
+    low.rename(low.with_name("a.tif"))
+    high.rename(high.with_name("b.tif"))
+    shutil.copy(low.with_name("a.tif"), low.with_name("c.tif"))
+    return low.parent, "3 movies whose names do not say .*a.tif, b.tif, c.tif"
+
+
+def _unnamed_same_signal(src: Path) -> tuple[Path, str]:
+    low, high = _paths(src)
+    shutil.copy(low, high)  # two copies of one path: nothing tells them apart
+    low.rename(low.with_name("a.tif"))
+    high.rename(high.with_name("b.tif"))
+    return low.parent, "only 1.00x apart"
 
 
 def _high_only(src: Path) -> tuple[Path, str]:
@@ -328,7 +349,7 @@ def _empty(src: Path) -> tuple[Path, str]:
 
 
 @pytest.mark.parametrize("case", [_unknown_folder, _tif_outside, _untagged, _high_only,
-                                  _two_lows, _empty])
+                                  _two_lows, _empty, _three_unnamed, _unnamed_same_signal])
 def test_layout_errors_name_the_path(small, tmp_path, case):
     path, match = case(small)
     with pytest.raises(SourceError, match=match) as e:
@@ -368,3 +389,36 @@ def test_foreign_pair_written_with_tifffile_is_lossless(tmp_path):
     assert np.array_equal(g["high/0/high"][...], high[:, 0])
     assert g["high/0/high"].dtype == np.uint16
     assert 8 < g["high/0/high"][...].mean() / g["low/0/low"][...].mean() < 12
+
+
+def test_any_frame_shape_gets_its_pitch_from_the_stated_fov(tmp_path):
+    """A 40 x 48 frame: y = 550 um / 40 rows, x = 575 um / 48 columns, in the coordinates,
+    the NGFF scale and the WebDataset json, marked as derived."""
+    rec = RECORDINGS[0]
+    folder = tmp_path / "DeepCAD" / rec["zip"].removesuffix(".zip")
+    folder.mkdir(parents=True)
+    movie = np.random.default_rng(2).poisson(50, (8, 40, 48)).astype(np.uint16)
+    tifffile.imwrite(folder / "x_lowSNR.tif", movie)
+    root = tmp_path / "root"
+    ingest("deepcad", tmp_path, str(root))
+    ds = xr.open_datatree(root / "deepcad.zarr", engine="zarr")["n01_p66/low/0"].ds
+    assert float(ds["y"][1] - ds["y"][0]) == pytest.approx(550 / 40)
+    assert float(ds["x"][1] - ds["x"][0]) == pytest.approx(575 / 48)
+    g = zarr.open_group(root / "deepcad.zarr", path="n01_p66/low", mode="r")
+    scale = g.attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]
+    assert scale["scale"][1:] == pytest.approx([550 / 40, 575 / 48])
+
+
+def test_unnamed_pair_is_told_apart_by_its_signal(small, tmp_path):
+    """Names without lowSNR/highSNR (the names in the zips are unverified): the two
+    frame-synchronised movies are paired, the 10x brighter one as high-SNR, and the store
+    says how."""
+    low, high = _paths(small)
+    low.rename(low.with_name("ch1.tif"))
+    high.rename(high.with_name("ch0.tif"))  # the high path sorts first: order says nothing
+    root = tmp_path / "root"
+    ingest("deepcad", small, str(root))
+    g = zarr.open_group(root / "deepcad.zarr", mode="r")[RECS[0][0]]
+    assert g.attrs["source_files"]["low"]["name"] == "ch1.tif"
+    assert g.attrs["source_files"]["high"]["name"] == "ch0.tif"
+    assert "told apart by signal" in g.attrs["paths_told_apart_by"]

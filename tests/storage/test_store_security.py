@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import s3fs
 
-from cloudmic.storage import root_layout, seaweed
+from cloudmic.storage import root_layout, seaweed, seaweed_s3
 from cloudmic.storage import seaweed_security as security
 
 BUCKET = "pub"
@@ -299,7 +299,7 @@ def test_conditional_puts_are_honoured(store) -> None:
     """What weed 4.48 answers to If-None-Match / If-Match on PutObject (for catalog.json)."""
     from botocore.exceptions import ClientError
 
-    client = seaweed._s3_client(store, timeout=10.0)
+    client = seaweed_s3.s3_client(store, timeout=10.0)
 
     bodies = iter(range(100))
 

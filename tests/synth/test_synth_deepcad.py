@@ -79,13 +79,15 @@ def test_low_and_high_are_synchronous_and_10x(tree):
         # Same frame, same scene: strongly correlated pixels.
         same = [np.corrcoef(lo[t].ravel(), hi[t].ravel())[0, 1] for t in range(len(lo))]
         assert min(same) > 0.3, min(same)  # low-SNR: a few photons per pixel
-        # The calcium dynamics match frame by frame, not one frame off.
-        bright = (hi.mean(0) > np.percentile(hi.mean(0), 90)).ravel()  # neurons, not neuropil
-        dl = (lo - lo.mean(0)).reshape(len(lo), -1)[:, bright]
-        dh = (hi - hi.mean(0)).reshape(len(hi), -1)[:, bright]
-        trace_corr = np.corrcoef(dl.sum(1), dh.sum(1))[0, 1]
-        shifted = np.corrcoef(dl[:-8].sum(1), dh[8:].sum(1))[0, 1]
-        assert trace_corr > 0.8 and trace_corr > shifted + 0.2, (trace_corr, shifted)
+        # The calcium dynamics match frame by frame, not 8 frames off: each frame's change
+        # from the mean image correlates across the paths at the same t. (The frame is the
+        # whole 550 x 575 um field of view, so neurons are small and many: the correlation
+        # is per frame over pixels, not of a summed trace.)
+        dl = (lo - lo.mean(0)).reshape(len(lo), -1)
+        dh = (hi - hi.mean(0)).reshape(len(hi), -1)
+        same_t = np.mean([np.corrcoef(dl[t], dh[t])[0, 1] for t in range(len(lo))])
+        shifted = np.mean([np.corrcoef(dl[t], dh[t + 8])[0, 1] for t in range(len(lo) - 8)])
+        assert same_t > 0.1 and same_t > 2 * shifted, (same_t, shifted)
         # Low is noisier: relative frame-to-frame noise (10x fewer photons, ~sqrt(10)x SNR).
         snr_lo = lo.mean() / np.diff(lo, axis=0).std()
         snr_hi = hi.mean() / np.diff(hi, axis=0).std()

@@ -23,6 +23,7 @@ from cloudmic.synth.optics import gaussian_spots, sample_path, splat
 
 SIZE = 48
 FRAMES = 12
+TREE = {"frames": FRAMES, "size": SIZE, "seed": 5}  # the ``tree`` fixture's run, for variants
 BETA = "ER-sec61\u03b2"
 HEADER = (
     '"id","frame","x [nm]","y [nm]","sigma [nm]","intensity [photon]","offset [photon]",'
@@ -52,7 +53,7 @@ def _cells(root: Path):
 def tree(tmp_path_factory: pytest.TempPathFactory):
     out = tmp_path_factory.mktemp("dl_smlm")
     calls: list[int] = []
-    summary = synth_dl_smlm(out, cells=2, frames=FRAMES, size=SIZE, seed=5, progress=calls.append)
+    summary = synth_dl_smlm(out, cells=2, progress=calls.append, **TREE)
     return out, summary, calls
 
 
@@ -81,15 +82,7 @@ def test_tree_and_names(tree) -> None:
 
 def test_ascii_names_write_the_same_cells(tree, tmp_path: Path) -> None:
     out, _, _ = tree
-    summary = synth_dl_smlm(
-        tmp_path,
-        structures=("ER-sec61b",),
-        cells=2,
-        frames=FRAMES,
-        size=SIZE,
-        seed=5,
-        ascii_names=True,
-    )
+    summary = synth_dl_smlm(tmp_path, structures=("ER-sec61b",), cells=2, ascii_names=True, **TREE)
     assert [p.name for p in tmp_path.iterdir()] == ["ER-sec61b"]
     assert summary["structures"] == {"ER-sec61b": 2}
     assert _files(tmp_path / "ER-sec61b") == _files(out / BETA)
@@ -254,14 +247,7 @@ def test_render_rule_details() -> None:
 def test_csv_variant_without_chi2(tree, tmp_path: Path) -> None:
     out, _, _ = tree
     synth_dl_smlm(
-        tmp_path,
-        structures=("CCPs",),
-        cells=1,
-        frames=FRAMES,
-        size=SIZE,
-        seed=5,
-        uncertainty_name="uncertainty",
-        chi2=False,
+        tmp_path, structures=("CCPs",), cells=1, uncertainty_name="uncertainty", chi2=False, **TREE
     )
     path = tmp_path / "CCPs" / "cell1" / "SR_locs.csv"
     header, table = _read_csv(path)
@@ -285,16 +271,10 @@ def test_csv_variant_without_chi2(tree, tmp_path: Path) -> None:
         assert (path.parent / name).read_bytes() == (out / "CCPs" / "cell1" / name).read_bytes()
 
 
-def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path: Path) -> None:
-    kw = {"structures": ("CCPs", "Microtubules"), "cells": 1, "frames": 5, "size": 32}
-    a = _files(Path(synth_dl_smlm(tmp_path / "a", seed=3, **kw)["root"]))
-    b = _files(Path(synth_dl_smlm(tmp_path / "b", seed=3, **kw)["root"]))
-    c = _files(Path(synth_dl_smlm(tmp_path / "c", seed=4, **kw)["root"]))
-    assert a == b
-    assert a.keys() == c.keys()
-    assert all(a[k] != c[k] for k in a)
-    again = _files(Path(synth_dl_smlm(tmp_path / "a", seed=3, **kw)["root"]))
-    assert again == a  # idempotent rewrite
+def test_same_seed_same_bytes_other_seed_other_bytes(check_seeded_tree) -> None:
+    check_seeded_tree(
+        synth_dl_smlm, structures=("CCPs", "Microtubules"), cells=1, frames=5, size=32
+    )
 
 
 def test_cell_bytes_do_not_depend_on_what_else_is_written(tmp_path: Path) -> None:

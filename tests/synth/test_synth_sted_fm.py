@@ -339,10 +339,11 @@ def test_blank_source_images_are_skipped_like_the_writer_does(
 ) -> None:
     """An image with no contrast (0.001 and 0.999 quantiles equal) is skipped, as the
     writer's InvalidNormalizationError branch does; the quota comes from the next ones."""
-    import cloudmic.synth.sted_fm as sted
+    import cloudmic.synth.sted_fm_scenes as scenes
+    import cloudmic.synth.sted_fm_sources as sources
 
-    monkeypatch.setattr(sted, "BACKGROUND_PHOTONS", (0.0, 1e-12))  # blank means all zeros
-    real = sted._SCENES["puncta"]
+    monkeypatch.setattr(sources, "BACKGROUND_PHOTONS", (0.0, 1e-12))  # blank means all zeros
+    real = scenes.SCENES["puncta"]
     calls: list[str] = []
 
     def sometimes_blank(rng, shape, px_nm, protein):
@@ -350,13 +351,13 @@ def test_blank_source_images_are_skipped_like_the_writer_does(
         image = real(rng, shape, px_nm, protein)
         return image * 0 if len(calls) % 2 else image  # every other source: nothing labelled
 
-    monkeypatch.setitem(sted._SCENES, "puncta", sometimes_blank)
+    monkeypatch.setitem(scenes.SCENES, "puncta", sometimes_blank)
     summary = synth_sted_fm(tmp_path / "a", crops=24, unlabelled=0, seed=1)
     assert summary["members"] == 24  # the quota is met from the usable sources
     for _, data in _members(Path(summary["archive"])):
         assert _npz(data)["image"].max() > 0
 
-    monkeypatch.setitem(sted._SCENES, "puncta", lambda rng, shape, px_nm, protein: np.zeros(shape))
+    monkeypatch.setitem(scenes.SCENES, "puncta", lambda rng, shape, px_nm, protein: np.zeros(shape))
     with pytest.raises(RuntimeError, match="no usable crop"):
         synth_sted_fm(tmp_path / "b", crops=24, unlabelled=0, seed=1)
     assert list((tmp_path / "b").iterdir()) == []  # no archive, no temp file

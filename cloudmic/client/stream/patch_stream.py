@@ -101,8 +101,8 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         version: str | None = None,
     ) -> None:
         super().__init__()
-        _check_choice("sampling", sampling, ("random", "grid"))
-        _check_choice("on_error", on_error, ("raise", "skip"))
+        check_choice("sampling", sampling, ("random", "grid"))
+        check_choice("on_error", on_error, ("raise", "skip"))
         if not variables:
             raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
         if patches_per_sample < 1:
@@ -242,6 +242,6 @@ def _coord_reader(loc: Location) -> Any:
     return read
 
 
-def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be {' or '.join(map(repr, choices))}, got {value!r}")
