@@ -14,6 +14,7 @@ from typing import Any
 
 from cloudmic import __version__
 from cloudmic.errors import CloudmicError, one_line
+from cloudmic.humanize import human_bytes
 
 log = logging.getLogger("cloudmic")
 
@@ -39,14 +40,6 @@ AWS_ENDPOINT_URL); when they are unset, the running embedded store's are used.
 
 def _print_json(obj: Any) -> None:
     print(json.dumps(obj, indent=2, default=str))
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
 
 
 # ---- store ----
@@ -105,13 +98,26 @@ def cmd_synth(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary)
     else:
-        print(f"wrote {summary['files']} files ({_human(summary['bytes'])}) under "
+        print(f"wrote {summary['files']} files ({human_bytes(summary['bytes'])}) under "
               f"{summary['root']}")
     return 0
 
 
 # ---- ingest ----
+def cmd_ingest_dry_run(args: argparse.Namespace) -> int:
+    from cloudmic.ingest.dry_run import plan_ingest
+
+    plan = plan_ingest(args.dataset, None if args.fetch else args.source, cache_dir=args.cache)
+    if args.json:
+        _print_json(plan.as_dict())
+    else:
+        print(plan.describe(args.dest))
+    return 0
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return cmd_ingest_dry_run(args)
     from tqdm import tqdm
 
     from cloudmic.ingest import ingest
@@ -136,7 +142,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     def progress(units: int, nbytes: int) -> None:
         written[0] += nbytes
         bars[0].update(units)
-        bars[0].set_postfix_str(f"{_human(written[0])} written")
+        bars[0].set_postfix_str(f"{human_bytes(written[0])} written")
 
     def on_cluster(address: str, dashboard: str | None) -> None:
         if not args.quiet:
@@ -158,10 +164,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     print(f"published {report.dataset} to {report.dest}: "
           + ", ".join(f"{g} {n}" for g, n in report.groups.items())
           + f" samples, {report.records} records in {report.units} units\n"
-          f"  source {_human(report.source_bytes)} in {report.source_files} files; "
-          f"zarr {_human(report.zarr_bytes)} (compression {report.compression_ratio:.2f}x); "
-          f"webdataset {_human(report.wds_bytes)}; {report.seconds:.1f} s "
-          f"({_human(report.source_bytes / report.seconds)}/s)\n"
+          f"  source {human_bytes(report.source_bytes)} in {report.source_files} files; "
+          f"zarr {human_bytes(report.zarr_bytes)} (compression {report.compression_ratio:.2f}x); "
+          f"webdataset {human_bytes(report.wds_bytes)}; {report.seconds:.1f} s "
+          f"({human_bytes(report.source_bytes / report.seconds)}/s)\n"
           f"  version {report.version}; plain xarray opens {report.url}")
     for w in report.warnings:
         print(f"warn  {w}")
@@ -184,7 +190,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
         groups = ", ".join(f"{g} {n}" for g, n in d["groups"].items())
         if len(groups) > 38:  # many splits (one per structure): summarise, --json has them all
             groups = f"{len(d['groups'])} splits, {sum(d['groups'].values())} samples"
-        print(f"{name:<14}{groups:<40}{_human(d['stored_bytes']):>12}"
+        print(f"{name:<14}{groups:<40}{human_bytes(d['stored_bytes']):>12}"
               f"{d['compression_ratio']:>7.2f}x  {d['url']}")
         if d["versions"]:
             older = [v for v in d["versions"] if v != d["version"]]
@@ -202,7 +208,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return 0
     print(f"{d['url']}: {d['title']}\n  version {d['version']}, published {d['published']}, "
           f"license {d['license']}, "
-          f"stored {_human(d['stored_bytes'])}, raw {_human(d['raw_bytes'])}, "
+          f"stored {human_bytes(d['stored_bytes'])}, raw {human_bytes(d['raw_bytes'])}, "
           f"compression {d['compression_ratio']}x")
     notes = d.get("provenance") or {}
     if "license" in notes:
@@ -228,7 +234,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  group {gname}: {kind}")
         for vname, v in g["variables"].items():
             dims = ", ".join(f"{dim}: {n}" for dim, n in zip(v["dims"], v["shape"], strict=True))
-            print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {_human(v['stored_bytes'])}"
+            print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {human_bytes(v['stored_bytes'])}"
                   f" ({v['compression_ratio']}x)")
         print(f"    coordinates: {', '.join(g['coordinates'])}")
     return 0
@@ -294,7 +300,7 @@ def cmd_catalog(args: argparse.Namespace) -> int:
     for name, d in facts["datasets"].items():
         figures = (d.get("previews") or {}).get("figures", [])
         print(f"{name:<14}{d.get('title') or ''}\n{'':<14}{d.get('license')}; source "
-              f"{_human(d.get('source_bytes') or 0)}, stored {_human(d['stored_bytes'])} "
+              f"{human_bytes(d.get('source_bytes') or 0)}, stored {human_bytes(d['stored_bytes'])} "
               f"({d['compression_ratio']}x); {len(d['splits'])} split(s); "
               f"{sum(len(f['panels']) for f in figures)} preview(s)")
         for p in d.get("problems", []):
@@ -397,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "$CLOUDMIC_SCHEDULER, else a local cluster)")
     i.add_argument("--in-process", action="store_true",
                    help="run units on --workers threads in this process, without dask")
+    i.add_argument("--dry-run", action="store_true", help="scan the source, print the plan "
+                   "(units, bytes in and out) and the time and memory the rates measured by "
+                   "bench/ predict; write nothing, download nothing")
     i.add_argument("--strict", action="store_true",
                    help="refuse a partial copy: fewer (or more) samples than the publisher's "
                    "counts in the manifest is an error, and nothing is written (default: a "

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "cloudmic"
 
 # bottom to top; a module may import its own layer and those below it
 LAYERS: list[set[str]] = [
-    {"errors", "_version", "manifest", "formats", "storage"},
+    {"errors", "_version", "humanize", "manifest", "formats", "storage"},
     {"layout"},
     {"sources", "datasets", "synth"},
     {"client"},

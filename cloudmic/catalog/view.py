@@ -9,20 +9,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from cloudmic.humanize import human_bytes
+
 # the manifest fields whose notes stand beside the value on the page (the rest are listed)
 BESIDE = ("license", "license_url", "source.homepage", "source.original")
 CITATION = re.compile(r"citation\.(\d+)\.(\w+)")
 
 
-def human(n: Any) -> str:
-    """Bytes for people: ``12.3 MB``; ``?`` when unknown."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
-        return "?"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} TB"
+human = human_bytes  # the templates' name for it
 
 
 def anchor(name: str) -> str:

@@ -26,7 +26,7 @@ from typing import Any
 
 from cloudmic.errors import StoreError
 from cloudmic.storage import root_layout as rl
-from cloudmic.storage.catalog_json import update_catalog
+from cloudmic.storage.catalog_json import CatalogEntry, update_catalog
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import new_version_id, pointer_location
 
@@ -81,13 +81,13 @@ def _link(root: Path, name: str, version: str, parts: list[str]) -> None:
 
 
 def publish(staging: Location, root: Location, name: str, parts: list[str],
-            facts: dict[str, Any]) -> dict[str, Any]:
+            facts: dict[str, Any]) -> CatalogEntry:
     """Publish the staged ``parts`` (``biosr.zarr``, ``biosr.wds``, ...) as a new version of
     ``name``; returns its catalog entry (``facts`` plus the version and its URLs)."""
     version = new_version_id()
     base = rl.version_dir(name, version)
-    entry = {**facts, "version": version, "zarr": f"{base}/{rl.zarr_name(name)}",
-             "webdataset": f"{base}/{rl.wds_name(name)}/{rl.INDEX}"}
+    entry = CatalogEntry(**facts, version=version, zarr=f"{base}/{rl.zarr_name(name)}",
+                         webdataset=f"{base}/{rl.wds_name(name)}/{rl.INDEX}")
     if rl.previews_name(name) in parts:
         entry["previews"] = f"{base}/{rl.previews_name(name)}/{rl.PREVIEWS_INDEX}"
     for part in parts:

@@ -10,7 +10,7 @@ ingests into one root lose no entry. The per-dataset pointers
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from cloudmic.errors import StoreError
 from cloudmic.storage import root_layout as rl
@@ -18,6 +18,30 @@ from cloudmic.storage.atomic_json import update_json
 from cloudmic.storage.location import Location
 
 CATALOG_VERSION = 1
+
+
+class CatalogEntry(TypedDict, total=False):
+    """One dataset's entry: in ``catalog.json``, in its version's ``version.json`` and in
+    ``current.json``. Written by ``ingest.publish``; read by ``client.describe`` and
+    ``catalog.facts`` (``tests/client/test_fields_written.py`` holds both to this list).
+    URLs are relative to the root."""
+
+    title: str
+    license: str
+    provenance: dict[str, str]  # {manifest field path: "assumed: ..."}
+    published: str  # ISO 8601, UTC, seconds
+    run_id: str
+    manifest_digest: str
+    groups: dict[str, int]  # split or group -> samples
+    records: dict[str, int]  # split -> WebDataset records
+    source_bytes: int
+    array_bytes: int
+    zarr_bytes: int
+    wds_bytes: int
+    version: str
+    zarr: str
+    webdataset: str
+    previews: str  # absent when no preview could be drawn
 
 
 def empty_catalog() -> dict[str, Any]:

@@ -10,6 +10,9 @@ import pytest
 from cloudmic.catalog import facts as catalog_facts_module
 from cloudmic.client import describe
 from cloudmic.ingest import ingest
+from cloudmic.storage.catalog_json import CatalogEntry
+from cloudmic.storage.location import Location
+from cloudmic.storage.versions import read_pointer
 
 # fields a reader may ask for that a fresh publish need not write: absent on purpose
 OPTIONAL = {
@@ -67,3 +70,10 @@ def test_readers_ask_only_for_fields_the_writer_writes(published, monkeypatch):
     catalog_facts_module.catalog_facts(published)
     assert Watched.misses <= OPTIONAL, (
         f"readers ask for fields no writer writes: {sorted(Watched.misses - OPTIONAL)}")
+
+
+def test_the_written_entry_is_the_declared_one(published):
+    """What publish writes is exactly CatalogEntry's fields: nothing undeclared, nothing
+    declared left out (a fresh publish has previews)."""
+    entry = read_pointer(Location.parse(published), "biosr")
+    assert set(entry) == set(CatalogEntry.__annotations__)

@@ -1,0 +1,126 @@
+"""``cloudmic ingest --dry-run``: the plan of an ingest and what it will cost, before any work.
+
+The source is scanned as a real ingest scans it (every header checked), the units are cut
+as a real ingest cuts them, and nothing is written to the destination. Time and memory are
+estimated from the rates ``bench/`` measured on a 2-core machine with the CLI defaults (a
+dask LocalCluster of 2 worker processes); ``tests/ingest/test_dry_run.py`` keeps each rate
+equal to the bench result it names. A dataset without a measured rate gets no estimate,
+never an invented one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudmic.datasets import get_adapter
+from cloudmic.datasets.base import Inventory
+from cloudmic.errors import SourceError
+from cloudmic.humanize import human_bytes
+from cloudmic.ingest.plan import plan_units
+from cloudmic.manifest import load_manifest
+from cloudmic.sources import resolve_source
+
+
+@dataclass(frozen=True)
+class Rate:
+    """One dataset's ingest as measured: end to end, CLI defaults, 2 cores."""
+
+    source_mb_s: float  # source MB (1e6 B) per second, start-up included
+    peak_mb: float  # peak RSS, flat in the dataset's size ...
+    peak_of: str  # ... of what: the process tree, or the main process only
+    compression: float | None  # array bytes / Zarr bytes, when measured
+    measured: str  # the bench result file and row it comes from
+
+
+RATES: dict[str, Rate] = {
+    "biosr": Rate(7.66, 1434, "the process tree", None,
+                  "bench/results/ingest_scaling.json: dask LocalCluster, 2 workers"),
+    "sted-fm": Rate(16.5, 699, "the main process; workers not counted", 2.27,
+                    "bench/results/sted_fm.json: cloudmic ingest, 2 worker(s)"),
+    "deepcad": Rate(47.7, 693, "the main process; workers not counted", 2.99,
+                    "bench/results/deepcad.json: cloudmic ingest 1x"),
+}
+
+
+@dataclass(frozen=True)
+class IngestPlan:
+    dataset: str
+    source: str
+    units: int
+    groups: dict[str, int]  # group -> samples
+    source_files: int
+    source_bytes: int
+    array_bytes: int  # every stored array, all levels, uncompressed
+    zarr_bytes_estimate: int | None
+    wds_bytes_estimate: int  # level-0 arrays of the WebDataset fields
+    seconds_estimate: float | None
+    peak_mb_estimate: float | None
+    peak_of: str | None
+    rate: str | None  # where the estimate's rate was measured
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self, dest: str) -> str:
+        """The plan for people, as ``cloudmic ingest --dry-run`` prints it."""
+        zarr = (f"~{human_bytes(self.zarr_bytes_estimate)}" if self.zarr_bytes_estimate
+                else "(compression not measured for this dataset)")
+        lines = [f"dry run: {self.dataset} from {self.source} to {dest}; nothing written",
+                 f"  {self.units} units; groups: "
+                 + ", ".join(f"{g} {n}" for g, n in self.groups.items()),
+                 f"  in: {self.source_files} files, {human_bytes(self.source_bytes)}",
+                 f"  out: arrays {human_bytes(self.array_bytes)} uncompressed -> Zarr {zarr}; "
+                 f"WebDataset ~{human_bytes(self.wds_bytes_estimate)}"]
+        if self.seconds_estimate is None:
+            lines.append("  time and memory: no rate measured for this dataset yet (bench/); "
+                         "none estimated")
+        else:
+            lines.append(f"  estimate with the CLI defaults on a 2-core machine: "
+                         f"{self.seconds_estimate / 60:.1f} min, peak "
+                         f"{self.peak_mb_estimate:.0f} MB for {self.peak_of} "
+                         f"(measured: {self.rate})")
+        return "\n".join(lines)
+
+
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return math.prod(shape) * (np.dtype(dtype).itemsize if dtype != "str" else 0)
+
+
+def _array_bytes(inv: Inventory) -> int:
+    return sum(_nbytes(v.shape, v.dtype) for g in inv.groups for v in g.variables)
+
+
+def _wds_bytes(inv: Inventory, fields: dict[str, str]) -> int:
+    wanted = set(fields.values())
+    return sum(_nbytes(v.shape, v.dtype) for g in inv.groups for v in g.variables
+               if not v.coord and v.basename in wanted and v.attrs.get("level", 0) == 0)
+
+
+def plan_ingest(dataset: str, source: str | Path, *,
+                cache_dir: str | Path | None = None) -> IngestPlan:
+    """Scan ``source`` and cut the units as ``cloudmic.ingest`` would; write nothing."""
+    if source is None:
+        raise SourceError(dataset, "--dry-run never downloads", "pass the downloaded "
+                          "dataset as --source (or run --fetch without --dry-run)")
+    manifest = load_manifest(str(dataset))
+    adapter = get_adapter(manifest, cache_dir)
+    inv = adapter.scan(resolve_source(manifest, source, cache_dir=cache_dir))
+    units = plan_units(inv, manifest)
+    arrays = _array_bytes(inv)
+    rate = RATES.get(manifest.name)
+    return IngestPlan(
+        dataset=manifest.name, source=str(source), units=len(units),
+        groups={g.name: g.length for g in inv.groups}, source_files=inv.file_count,
+        source_bytes=inv.source_bytes, array_bytes=arrays,
+        zarr_bytes_estimate=(round(arrays / rate.compression)
+                             if rate and rate.compression else None),
+        wds_bytes_estimate=_wds_bytes(inv, manifest.webdataset.fields),
+        seconds_estimate=inv.source_bytes / 1e6 / rate.source_mb_s if rate else None,
+        peak_mb_estimate=rate.peak_mb if rate else None,
+        peak_of=rate.peak_of if rate else None,
+        rate=rate.measured if rate else None)

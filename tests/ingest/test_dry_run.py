@@ -1,0 +1,57 @@
+"""`cloudmic ingest --dry-run`: the plan a real ingest follows, nothing written, and
+estimates whose rates are the measured ones."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cloudmic.ingest import ingest
+from cloudmic.ingest.dry_run import RATES, plan_ingest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def test_the_plan_is_the_ingest_and_nothing_is_written(tmp_path, biosr_sources,
+                                                        small_manifest):
+    src = biosr_sources["uint16"]
+    plan = plan_ingest(str(small_manifest), src)
+    assert not (tmp_path / "root").exists()
+    report = ingest(str(small_manifest), src, str(tmp_path / "root"))
+    assert plan.units == report.units and plan.groups == report.groups
+    assert plan.source_bytes == report.source_bytes
+    # every stored array, uncompressed: what the ingest reports as array bytes, give or
+    # take the small coordinate and label arrays
+    assert 0.9 < plan.array_bytes / report.array_bytes < 1.1
+
+
+def test_cli_prints_the_plan_and_refuses_to_download(tmp_path, biosr_sources):
+    dest = tmp_path / "root"
+    run = [sys.executable, "-m", "cloudmic.cli", "ingest", "biosr", "--dest", str(dest),
+           "--dry-run"]
+    out = subprocess.run([*run, "--source", str(biosr_sources["uint16"])],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "nothing written" in out.stdout and "units" in out.stdout
+    assert "ingest_scaling.json" in out.stdout  # where the estimate comes from
+    assert not dest.exists()
+    out = subprocess.run([*run, "--fetch"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "never downloads" in out.stderr
+
+
+@pytest.mark.parametrize("dataset", sorted(RATES))
+def test_each_rate_is_the_bench_result_it_names(dataset):
+    rate = RATES[dataset]
+    path, row = re.fullmatch(r"(bench/results/\S+\.json): (.+)", rate.measured).groups()
+    measured = json.loads((BENCH.parent / path).read_text())["rows"][row]
+    assert rate.source_mb_s == pytest.approx(measured["bytes"] / measured["seconds"] / 1e6,
+                                             rel=0.01)
+    assert rate.peak_mb == pytest.approx(measured["peak_rss_mb"], abs=1)
+    if rate.compression is not None:
+        arrays = measured.get("array_bytes") or measured["crops"] * 224 * 224  # uint8 crops
+        assert rate.compression == pytest.approx(arrays / measured["zarr_bytes"], rel=0.01)
