@@ -33,7 +33,7 @@ from cloudmic.formats.label_palette import (
     jet_colours,
     jet_palette,
 )
-from cloudmic.formats.label_rle import decode_rle
+from cloudmic.formats.label_rle import RleRuns, parse_rle
 from cloudmic.formats.tiff_pages import iter_frame_blocks, movie_info
 from cloudmic.layout import label_stats, ngff
 
@@ -137,42 +137,74 @@ class PlateletEM(Adapter):
                           f"{tif_path.name}{also}", f"add the {name} labels of the release, {HINT}")
 
     def _check_label(self, root: Path, vol: str, name: str, shape: tuple[int, ...]) -> dict:
-        """Decode once at scan: shape, runs, overlaps and id ranges are checked before any
-        write; only the facts are kept."""
+        """Check a label file once at scan: shape, runs, overlaps and id ranges, before any
+        write; only the facts are kept. JSON labels are checked on their runs, without
+        building the volume."""
         path = self._label_path(root, vol, name)
         if path.suffix == ".tif":
             log.warning("%s: no JSON labels for volume %s; decoding the colour TIF through its "
                         "palette (lossy for instance ids: colours can collide)", path, vol)
-        arr = self.load_label(path, name, shape, max_id=None, cast=False)
-        top = int(arr.max()) if arr.size else 0
-        return {"path": str(path), "format": path.suffix[1:], "bytes": path.stat().st_size,
-                "sha256": sha256_file(path), "max_id": top, "source_dtype": str(arr.dtype)}
-
-    def load_label(self, path: Path, name: str, shape: tuple[int, ...],
-                   max_id: int | None, cast: bool = True) -> np.ndarray:
-        """The whole label volume, ids checked against the class list (semantic) or the
-        store dtype (instances); in the store dtype unless ``cast`` is False."""
-        if path.suffix == ".json":
-            arr = decode_rle(path, expected_shape=shape,
-                             max_voxels=int(self.opts["max_label_voxels"]))
+            arr = self._decode_tif(path, name, shape, max_id=None)
+            lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+            source_dtype = str(arr.dtype)
+            del arr
         else:
-            arr = self._decode_tif(path, name, shape, max_id)
+            runs = self._runs(path, shape)
+            (lo, hi), source_dtype = runs.value_range(), str(runs.dtype)
+        self._check_ids(path, name, lo, hi)
+        return {"path": str(path), "format": path.suffix[1:], "bytes": path.stat().st_size,
+                "sha256": sha256_file(path), "max_id": hi, "source_dtype": source_dtype}
+
+    def load_label(self, path: Path, name: str, shape: tuple[int, ...], max_id: int | None,
+                   start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Slices ``start:stop`` (default: all) of a label volume in the store dtype, ids
+        checked against the class list (semantic) or the store dtype (instances).
+
+        Only those slices are decoded, so memory follows the slab, not the volume: JSON
+        labels build the slab from their runs (every run of the file is still checked),
+        colour TIFs read its pages only."""
+        stop = shape[0] if stop is None else stop
         store = np.dtype(STORE_DTYPES[name])
-        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if path.suffix == ".json":
+            runs = self._runs(path, shape)
+            self._check_ids(path, name, *runs.value_range())
+            return runs.slab(start, stop, dtype=store)
+        arr = self._decode_tif(path, name, shape, max_id, start, stop)
+        self._check_ids(path, name, *((int(arr.min()), int(arr.max())) if arr.size else (0, 0)))
+        return arr.astype(store, copy=False)
+
+    def _runs(self, path: Path, shape: tuple[int, ...]) -> RleRuns:
+        """The checked runs of a JSON label file. Parsed again by every unit: at full size
+        that takes 4-40 ms a file (issue 16), too little to be worth a per-process cache."""
+        return parse_rle(path, expected_shape=shape,
+                         max_voxels=int(self.opts["max_label_voxels"]))
+
+    def _check_ids(self, path: Path, name: str, lo: int, hi: int) -> None:
+        store = np.dtype(STORE_DTYPES[name])
         top = len(self.opts["classes"]) - 1 if name == "semantic" else np.iinfo(store).max
         if lo < 0 or hi > top:
             what = f"class ids 0..{top}" if name == "semantic" else f"ids 0..{top}"
             raise SourceError(path, f"{name} labels hold values {lo}..{hi}, outside {what}",
                               "pass the platelet-em labels of this volume")
-        return arr.astype(store, copy=False) if cast else arr
 
-    def _decode_tif(self, path: Path, name: str, shape: tuple[int, ...],
-                    max_id: int | None) -> np.ndarray:
-        rgb = tifffile.imread(path)
-        if rgb.ndim != 4 or rgb.shape[:3] != shape:
+    def _decode_tif(self, path: Path, name: str, shape: tuple[int, ...], max_id: int | None,
+                    start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Slices ``start:stop`` (default: all, and then the whole file is checked) of a
+        colour label TIF, decoded through its palette."""
+        stop = shape[0] if stop is None else stop
+        with tifffile.TiffFile(path) as tif:
+            # one page per slice: a slab reads its own pages (the scan checked the whole file)
+            paged = len(tif.pages) == shape[0] and 0 < stop - start < shape[0]
+            rgb = tif.asarray(key=range(start, stop)) if paged else tif.asarray()
+        if paged and rgb.ndim == 3 and stop - start == 1:
+            rgb = rgb[np.newaxis]  # tifffile gives one page without the page axis
+        want = (stop - start, *shape[1:]) if paged else shape
+        if rgb.ndim != 4 or rgb.shape[:3] != want:
             raise SourceError(path, f"label volume shape {rgb.shape[:3]} (colours "
-                              f"{rgb.shape[3:]}) differs from its image {shape}",
+                              f"{rgb.shape[3:]}) differs from its image {shape}"
+                              + (f" (slices {start}:{stop})" if paged else ""),
                               "pass the label TIF that belongs to this image volume")
+        rgb = rgb if paged else rgb[start:stop]
         channels = rgb.shape[-1]
         if name == "semantic":
             palette = OLD_RGB_SEMANTIC if channels == 3 else JET_RGBA_SEMANTIC
@@ -234,11 +266,9 @@ class PlateletEM(Adapter):
                                           start=unit.start, stop=unit.stop))
         out = {f"{k}/image": lev
                for k, lev in enumerate(ngff.pyramid(image, self.steps, labels=False))}
-        for name in LABELS:
-            full = self.load_label(Path(files[name]["path"]), name, shape,
-                                   max_id=files[name]["max_id"])
-            slab = np.ascontiguousarray(full[unit.start:unit.stop])
-            del full
+        for name in LABELS:  # only this unit's slices are decoded (issue 16)
+            slab = self.load_label(Path(files[name]["path"]), name, shape,
+                                   files[name]["max_id"], unit.start, unit.stop)
             for k, lev in enumerate(ngff.pyramid(slab, self.steps, labels=True)):
                 out[f"labels/{name}/{k}/{name}"] = lev
         return out

@@ -12,22 +12,29 @@ The layout, as ``shared/datasets.md`` section 5 records it from the authors' cod
 - the authors paint labels in key order (``label_img[mask] = int(key)``), so an overlap
   would silently be resolved by the later key. Here it is an error instead.
 
-Decoding never allocates more than the output volume: runs are checked (inside the volume,
-positive lengths, no two labels on one voxel) on the run lists, which are proportional to
-the file, before the volume is built in one ``np.repeat``.
+Parsing (:func:`parse_rle`) checks every run (inside the volume, positive lengths, no two
+labels on one voxel) on the run lists, which are proportional to the file, and keeps them
+sorted (:class:`RleRuns`); a range of the volume is then built in one ``np.repeat`` of the
+runs that touch it (found by ``np.searchsorted``), clipped at its edges. So a reader that
+needs slices ``z0:z1`` (an ingest work unit) pays for those slices, not for the volume;
+:func:`decode_rle` is the same with the whole volume (or one slab) as the range.
 
-Memory bound: the volume (``expected_shape`` when the caller knows the image, else at most
-``max_voxels`` voxels, 2**28 by default; times the dtype's itemsize), plus the parsed JSON
-and the run arrays, which are proportional to the file: each start/length pair takes at
-least 4 bytes of text and costs ~100 bytes of int64 arrays, so ~25x the file size.
+Memory bound: the decoded range (at most the volume: ``expected_shape`` when the caller knows
+the image, else at most ``max_voxels`` voxels, 2**28 by default; times the dtype's itemsize),
+plus the parsed JSON and the run arrays, which are proportional to the file: each
+start/length pair takes at least 4 bytes of text and costs ~100 bytes of int64 arrays while
+parsing, so ~25x the file size; the kept :class:`RleRuns` cost 16 bytes per run plus the
+label's itemsize.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,7 @@ import numpy as np
 
 from cloudmic.errors import SourceError
 
-__all__ = ["DEFAULT_MAX_VOXELS", "decode_rle", "encode_rle"]
+__all__ = ["DEFAULT_MAX_VOXELS", "RleRuns", "decode_rle", "encode_rle", "parse_rle"]
 
 log = logging.getLogger(__name__)
 
@@ -62,35 +69,101 @@ _FIX_REEXPORT = (
 )
 
 
-def decode_rle(
+@dataclass(frozen=True, eq=False)
+class RleRuns:
+    """The checked runs of one label file: any part of its volume, decoded on demand.
+
+    ``start`` (0-based) and ``end`` (exclusive) are flat C-order indices, ascending and
+    disjoint (overlaps were refused), and ``value`` is each run's label (all read-only); so
+    the runs that touch a range are found by ``np.searchsorted``, and a range costs its own
+    voxels only.
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype  # the '.info' dtype, native byte order
+    start: np.ndarray
+    end: np.ndarray
+    value: np.ndarray
+
+    @property
+    def size(self) -> int:
+        """Voxels in the whole volume."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """What the parsed runs hold in memory (proportional to the runs, not the volume)."""
+        return self.start.nbytes + self.end.nbytes + self.value.nbytes
+
+    def value_range(self) -> tuple[int, int]:
+        """``(min, max)`` of the decoded volume, without decoding it (0 is the background)."""
+        covered = int((self.end - self.start).sum())
+        found = [int(self.value.min()), int(self.value.max())] if len(self.value) else []
+        if covered < self.size:
+            found.append(0)
+        return min(found), max(found)
+
+    def flat(self, start: int, stop: int, dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Voxels ``start:stop`` of the C-order flattened volume (1-D).
+
+        A run crossing either edge is clipped to the range. ``dtype`` (default: the
+        ``.info`` dtype) must hold every label in the range, else ValueError.
+        """
+        if not 0 <= start <= stop <= self.size:
+            raise ValueError(f"flat range {start}:{stop} is not inside 0:{self.size}")
+        out_dtype = self.dtype if dtype is None else np.dtype(dtype)
+        if out_dtype.kind not in "iu":
+            raise ValueError(f"dtype must be an integer dtype, got {out_dtype}")
+        # Runs touching [start, stop): those ending after start and starting before stop.
+        i0 = int(np.searchsorted(self.end, start, side="right"))
+        i1 = int(np.searchsorted(self.start, stop, side="left"))
+        s = np.maximum(self.start[i0:i1], start) - start
+        e = np.minimum(self.end[i0:i1], stop) - start
+        vals = self.value[i0:i1]
+        if dtype is not None and len(vals):
+            bounds, lo, hi = np.iinfo(out_dtype), int(vals.min()), int(vals.max())
+            if lo < bounds.min or hi > bounds.max:
+                raise ValueError(f"labels {lo}..{hi} in this range do not fit {out_dtype}")
+        # Gaps and runs alternate: gap0 run0 gap1 run1 ... gapN. One allocation: the range.
+        n = len(s)
+        seg_len = np.empty(2 * n + 1, dtype=np.int64)
+        seg_val = np.zeros(2 * n + 1, dtype=out_dtype)
+        seg_len[0:-1:2] = s - np.concatenate(([0], e[:-1]))
+        seg_len[1::2] = e - s
+        seg_len[-1] = (stop - start) - (int(e[-1]) if n else 0)
+        seg_val[1::2] = vals
+        return np.repeat(seg_val, seg_len)
+
+    def slab(self, start: int = 0, stop: int | None = None,
+             dtype: np.dtype | str | None = None) -> np.ndarray:
+        """Slices ``start:stop`` along the first axis (z of a 3-D volume), shaped
+        ``(stop - start, *shape[1:])``; see :meth:`flat` for ``dtype``."""
+        stop = self.shape[0] if stop is None else stop
+        if not 0 <= start <= stop <= self.shape[0]:
+            raise ValueError(f"slices {start}:{stop} are not inside 0:{self.shape[0]}")
+        plane = self.size // self.shape[0]
+        return self.flat(start * plane, stop * plane, dtype).reshape(
+            (stop - start, *self.shape[1:]))
+
+
+def parse_rle(
     path_or_bytes: str | os.PathLike[str] | bytes,
     *,
     name: str | None = None,
     expected_shape: tuple[int, ...] | None = None,
     max_voxels: int = DEFAULT_MAX_VOXELS,
-) -> np.ndarray:
-    """Decode a platelet-em RLE JSON label file into an integer volume.
+) -> RleRuns:
+    """Parse and check a platelet-em RLE JSON label file, without building the volume.
 
-    Args:
-        path_or_bytes: a path, or the file's bytes.
-        name: how errors name the source (default: the path, or ``"<bytes>"``).
-        expected_shape: the shape of the image the labels belong to; a different ``.info``
-            shape is refused before anything is allocated.
-        max_voxels: refuse a ``.info`` shape with more voxels than this.
-
-    Returns:
-        An array of ``.info``'s shape and dtype (native byte order), 0 where no label runs.
-
-    Raises:
-        SourceError: malformed JSON or runs, unknown dtype, a shape too large or different
-            from ``expected_shape``, runs outside the volume, zero or negative lengths, a
-            label value the dtype cannot hold, or two labels claiming one voxel.
+    Every check of :func:`decode_rle` happens here (the arguments are the same); the
+    result decodes any z-range (:meth:`RleRuns.slab`) or flat range (:meth:`RleRuns.flat`).
     """
     if isinstance(path_or_bytes, bytes | bytearray | memoryview):
         raw, src = bytes(path_or_bytes), name or "<bytes>"
     else:
         raw, src = Path(path_or_bytes).read_bytes(), name or str(path_or_bytes)
     doc = _load_json(raw, src)
+    del raw
     shape, dtype = _parse_info(doc, src, expected_shape, max_voxels)
     total = int(np.prod(shape, dtype=object))
     labels = [(key, _parse_label(key, dtype, src)) for key in doc if key != _INFO]
@@ -102,9 +175,11 @@ def decode_rle(
         starts.append(s)
         lengths.append(n)
         owners.append(np.full(len(s), k, dtype=np.int64))
+    del doc
     start = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
     owner = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+    del starts, lengths, owners
 
     order = np.argsort(start, kind="stable")
     start, length, owner = start[order], length[order], owner[order]
@@ -121,19 +196,47 @@ def decode_rle(
             f"(flat index {int(start[i + 1]) + 1}, 1-based); each voxel has one label",
             _FIX_REEXPORT,
         )
-
-    values = np.array([lab for _, lab in labels], dtype=dtype)[owner] if labels else None
-    # Gaps and runs alternate: gap0 run0 gap1 run1 ... gapN. One allocation: the volume.
-    seg_len = np.empty(2 * len(start) + 1, dtype=np.int64)
-    seg_val = np.zeros(2 * len(start) + 1, dtype=dtype)
-    seg_len[0:-1:2] = start - np.concatenate(([0], end[:-1]))
-    seg_len[1::2] = length
-    seg_len[-1] = total - (end[-1] if len(end) else 0)
-    if values is not None:
-        seg_val[1::2] = values
-    out = np.repeat(seg_val, seg_len).reshape(shape)
+    values = np.array([lab for _, lab in labels], dtype=dtype)[owner]
     log.debug("%s: %d labels, %d runs, shape %s %s", src, len(labels), len(start), shape, dtype)
-    return out
+    for arr in (start, end, values):
+        arr.flags.writeable = False  # shared by every range decoded from them
+    return RleRuns(shape, dtype, start, end, values)
+
+
+def decode_rle(
+    path_or_bytes: str | os.PathLike[str] | bytes,
+    *,
+    name: str | None = None,
+    expected_shape: tuple[int, ...] | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    start: int = 0,
+    stop: int | None = None,
+) -> np.ndarray:
+    """Decode a platelet-em RLE JSON label file into an integer volume, or a slab of it.
+
+    Args:
+        path_or_bytes: a path, or the file's bytes.
+        name: how errors name the source (default: the path, or ``"<bytes>"``).
+        expected_shape: the shape of the image the labels belong to; a different ``.info``
+            shape is refused before anything is allocated.
+        max_voxels: refuse a ``.info`` shape with more voxels than this.
+        start, stop: slices along the first axis (z of a 3-D volume) to decode; default,
+            all of them. Runs crossing the slab's edges are clipped; the whole file is
+            still checked.
+
+    Returns:
+        An array of ``.info``'s dtype (native byte order) and shape (with the first axis
+        ``stop - start`` long), 0 where no label runs.
+
+    Raises:
+        SourceError: malformed JSON or runs, unknown dtype, a shape too large or different
+            from ``expected_shape``, runs outside the volume, zero or negative lengths, a
+            label value the dtype cannot hold, or two labels claiming one voxel.
+        ValueError: ``start:stop`` is not inside the first axis.
+    """
+    runs = parse_rle(path_or_bytes, name=name, expected_shape=expected_shape,
+                     max_voxels=max_voxels)
+    return runs.slab(start, stop)
 
 
 def encode_rle(volume: np.ndarray, *, dtype: str | np.dtype | None = None) -> bytes:

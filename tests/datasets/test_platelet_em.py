@@ -353,3 +353,74 @@ def test_patch_stream_pairs_image_and_labels_across_levels(pe_root):
     with pytest.raises(KeyError, match="no variable 'labels/nuclei/0/nuclei'.*0/image"):
         cloudmic.PatchStream(url, "50", {"n": "labels/nuclei/0/nuclei"}, {"z": 4, "y": 8,
                                                                             "x": 8})
+
+
+# --- a unit decodes only its own slices of the labels (issue 16) -----------------------------
+def _scan(source: Path):
+    """The adapter, its inventory of ``source`` and the planned units, as ingest makes them."""
+    from cloudmic.datasets import get_adapter
+    from cloudmic.ingest.plan import plan_units
+    from cloudmic.manifest import load_manifest
+
+    manifest = load_manifest("platelet-em")
+    adapter = get_adapter(manifest)
+    inv = adapter.scan(source)
+    return adapter, inv, plan_units(inv, manifest)
+
+
+def test_units_decode_only_their_slab_of_the_labels(pe_source, monkeypatch):
+    from cloudmic.formats.label_rle import RleRuns
+
+    ranges: list[tuple[int, int]] = []
+    flat = RleRuns.flat
+
+    def spy(self, start, stop, dtype=None):
+        ranges.append((start, stop))
+        return flat(self, start, stop, dtype)
+
+    monkeypatch.setattr(RleRuns, "flat", spy)
+    adapter, inv, units = _scan(pe_source.parent)
+    assert ranges == []  # the scan checks runs and ids without building a volume
+    assert inv.files["50"]["semantic"]["max_id"] == 6
+    assert inv.files["50"]["cell"]["source_dtype"] == "uint16"
+    assert sorted((u.group, u.start, u.stop) for u in units) == [("24", 0, 10), ("50", 0, 16),
+                                                                 ("50", 16, 20)]
+    for unit in units:
+        ranges.clear()
+        data = adapter.read_unit(inv, unit)
+        plane = 96 * 96
+        assert ranges == [(unit.start * plane, unit.stop * plane)] * len(LABELS)
+        truth = _source_labels(pe_source, unit.group)
+        for name in LABELS:
+            got = data[f"labels/{name}/0/{name}"]
+            assert got.dtype == ("uint8" if name == "semantic" else "uint32")
+            assert np.array_equal(got, truth[name][unit.start:unit.stop]), (unit, name)
+
+
+def test_colour_tif_units_read_their_own_pages(pe_source, tmp_path, monkeypatch):
+    src = tmp_path / "platelet-em"
+    shutil.copytree(pe_source, src)
+    truth = {v: _source_labels(src, v) for v in ("50", "24")}
+    for path in src.glob("labels-*/*.json"):
+        path.unlink()
+    adapter, inv, units = _scan(src)
+    keys: list[object] = []
+    asarray = tifffile.TiffFile.asarray
+
+    def spy(self, key=None, **kwargs):
+        keys.append(key)
+        return asarray(self, key=key, **kwargs)
+
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", spy)
+    unit = next(u for u in units if (u.group, u.start) == ("50", 16))
+    data = adapter.read_unit(inv, unit)
+    assert keys == [range(16, 20)] * len(LABELS)  # the unit's pages, not the volume
+    for u in units:
+        data = adapter.read_unit(inv, u)
+        for name in LABELS:
+            got = data[f"labels/{name}/0/{name}"]
+            assert np.array_equal(got, truth[u.group][name][u.start:u.stop]), name
+        cell, shape = inv.files[u.group]["cell"], inv.group(u.group).var("0/image").shape
+        one = adapter.load_label(Path(cell["path"]), "cell", shape, cell["max_id"],
+                                 u.start, u.start + 1)  # one page: tifffile drops its axis
+        assert np.array_equal(one, truth[u.group]["cell"][u.start:u.start + 1])

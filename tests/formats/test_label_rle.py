@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes, arrays
 
 from cloudmic.errors import SourceError
-from cloudmic.formats.label_rle import decode_rle, encode_rle
+from cloudmic.formats.label_rle import decode_rle, encode_rle, parse_rle
 
 # The docstring example of bio3d_vision convert.indexed_to_dict (datasets.md section 5).
 EXAMPLE = {
@@ -214,3 +214,172 @@ def test_runs_are_parsed_without_a_token_list():
     assert np.array_equal(decode_rle(encode_rle(vol)), vol)
     doc = {"1": "1 2\n 5\t1", ".info": {"shape": [1, 2, 4], "dtype": "uint8"}}
     assert decode_rle(json.dumps(doc).encode()).reshape(-1).tolist() == [1, 1, 0, 0, 1, 0, 0, 0]
+
+
+# --- ranged decode: a slab of the volume, for one ingest work unit (issue 16) ----------------
+@settings(max_examples=150, deadline=None)
+@given(volumes(), st.data())
+def test_every_slab_and_flat_range_equals_the_whole_decode(vol: np.ndarray, data) -> None:
+    blob = encode_rle(vol)
+    runs = parse_rle(blob, name="rt.json", expected_shape=vol.shape)
+    z = vol.shape[0]
+    for a in range(z + 1):
+        for b in range(a, z + 1):
+            got = runs.slab(a, b)
+            assert got.dtype == vol.dtype and got.shape == (b - a, *vol.shape[1:])
+            np.testing.assert_array_equal(got, vol[a:b])
+    a = data.draw(st.integers(0, z))
+    b = data.draw(st.integers(a, z))
+    np.testing.assert_array_equal(decode_rle(blob, start=a, stop=b), vol[a:b])
+    flat = vol.reshape(-1)
+    a = data.draw(st.integers(0, flat.size))
+    b = data.draw(st.integers(a, flat.size))
+    np.testing.assert_array_equal(runs.flat(a, b), flat[a:b])
+    assert runs.value_range() == (int(vol.min()), int(vol.max()))
+
+
+def test_a_run_crossing_slab_edges_is_clipped_not_lost() -> None:
+    # (4, 3, 4): 12 voxels per slice; run "5 30" covers flat 4..33 (0-based), so it starts
+    # inside slice 0, fills slice 1 and ends inside slice 2
+    doc = {"3": "5 30", "9": "45 4", ".info": _info((4, 3, 4), "uint8")}
+    whole = decode_rle(_blob(doc), name="x")
+    flat = whole.reshape(-1)
+    assert (flat[4:34] == 3).all() and (flat[44:48] == 9).all()
+    assert np.count_nonzero(flat) == 34
+    for a, b in [(0, 1), (1, 2), (2, 3), (3, 4), (0, 2), (1, 3), (2, 4)]:
+        slab = decode_rle(_blob(doc), name="x", start=a, stop=b)
+        np.testing.assert_array_equal(slab, whole[a:b])
+    assert decode_rle(_blob(doc), start=0, stop=1).reshape(-1).tolist() == [0] * 4 + [3] * 8
+    assert (decode_rle(_blob(doc), start=1, stop=2) == 3).all()
+    assert decode_rle(_blob(doc), start=2, stop=3).reshape(-1).tolist() == [3] * 10 + [0] * 2
+    # flat ranges cut inside a run, at its first and last voxel, and just outside it
+    runs = parse_rle(_blob(doc))
+    for a, b in [(4, 5), (33, 34), (3, 5), (33, 35), (10, 20), (34, 44), (0, 48), (47, 48)]:
+        np.testing.assert_array_equal(runs.flat(a, b), flat[a:b])
+
+
+def test_every_label_value_lands_in_its_slab() -> None:
+    rng = np.random.default_rng(4)
+    vol = np.zeros((9, 5, 7), np.int32)
+    values = [1, 2, 255, 256, 70000, -5, 2**31 - 1]
+    for k, v in enumerate(values):
+        vol[k, k % 5, :] = v  # one row each, in its own slice
+    vol[7:9] = np.where(rng.random((2, 5, 7)) < 0.5, 11, 0)  # short runs, slab by slab
+    blob = encode_rle(vol)
+    seen: set[int] = set()
+    for a in range(0, 9, 2):
+        slab = decode_rle(blob, start=a, stop=min(a + 2, 9))
+        np.testing.assert_array_equal(slab, vol[a:a + 2])
+        seen |= set(np.unique(slab).tolist())
+    assert seen == {0, 11, *values}
+
+
+def test_empty_slabs_and_slabs_without_runs() -> None:
+    doc = {"1": "1 3", ".info": _info((3, 2, 2), "uint16")}
+    empty = decode_rle(_blob(doc), start=2, stop=2)
+    assert empty.shape == (0, 2, 2) and empty.dtype == np.uint16
+    nothing = decode_rle(_blob(doc), start=1, stop=3)
+    assert nothing.shape == (2, 2, 2) and not nothing.any()
+    zeros = parse_rle(_blob({".info": _info((3, 2, 2), "int64")}))
+    assert zeros.value_range() == (0, 0) and not zeros.slab(1, 2).any()
+    assert zeros.flat(5, 5).shape == (0,)
+    full = parse_rle(_blob({"4": "1 12", ".info": _info((3, 2, 2), "int64")}))
+    assert full.value_range() == (4, 4)
+
+
+@pytest.mark.parametrize(("start", "stop"), [(-1, 2), (2, 1), (0, 4), (4, 4)])
+def test_slab_outside_the_volume_is_a_caller_error(start: int, stop: int) -> None:
+    with pytest.raises(ValueError, match="not inside"):
+        decode_rle(_blob({"1": "1 3", ".info": _info((3, 2, 2))}), start=start, stop=stop)
+    runs = parse_rle(_blob({"1": "1 3", ".info": _info((3, 2, 2))}))
+    with pytest.raises(ValueError, match="not inside"):
+        runs.flat(-1, 3)
+    with pytest.raises(ValueError, match="not inside"):
+        runs.flat(0, 13)
+
+
+def test_slab_in_another_dtype_checks_the_labels_it_holds() -> None:
+    doc = {"300": "1 4", "5": "9 4", ".info": _info((3, 2, 2), "int64")}
+    runs = parse_rle(_blob(doc))
+    out = runs.slab(2, 3, dtype="uint8")  # only label 5 lives there
+    assert out.dtype == np.uint8 and out.reshape(-1).tolist() == [5] * 4
+    with pytest.raises(ValueError, match="300..300 in this range do not fit uint8"):
+        runs.slab(0, 1, dtype="uint8")
+    with pytest.raises(ValueError, match="integer dtype"):
+        runs.slab(0, 1, dtype="float32")
+    assert runs.slab(0, 3, dtype="uint32").tolist() == decode_rle(_blob(doc)).tolist()
+
+
+@pytest.mark.parametrize(
+    ("doc", "match"),
+    [
+        ({"1": "1 5", "2": "20 3 5 3", ".info": _info()}, "overlapping runs"),  # in slice 0
+        ({"1": "1 2", "2": "23 3", ".info": _info()}, "outside the volume"),  # in slice 1
+        ({"1": "1 2", "01": "20 1", ".info": _info()}, "same label 1"),
+        ({"1": "13 0", ".info": _info()}, "lengths must be >= 1"),
+        ({"300": "13 1", ".info": _info(dtype="uint8")}, "does not fit"),
+        ({"1": "13 1", ".info": _info(dtype="np.float")}, "not an integer numpy dtype"),
+    ],
+)
+def test_a_slab_still_checks_the_whole_file(doc, match: str) -> None:
+    # the bad run lies in the other slice: a slab decode refuses the file all the same
+    for start, stop in ((0, 1), (1, 2)):
+        _refuse(doc, match, start=start, stop=stop)
+        with pytest.raises(SourceError, match=match):
+            parse_rle(_blob(doc), name="labels/50-instance-cell.json")
+
+
+def test_np_int_slab_is_int64() -> None:
+    doc = {**EXAMPLE, ".info": {"dtype": "np.int", "shape": [10, 10]}}
+    slab = decode_rle(_blob(doc), name="example.json", start=3, stop=5)
+    assert slab.dtype == np.int64 and np.array_equal(slab, decode_rle(_blob(EXAMPLE))[3:5])
+
+
+def _big_labels(tmp_path, shape=(50, 800, 800)):
+    """RLE JSON of a published-size int64 volume, written as text (never built in memory):
+    a run of 300 voxels on every fourth row, each slice its own label, plus one run from
+    the end of slice 15 through the first row of slice 16 (across the edge of a 16-slice
+    unit)."""
+    z, y, x = shape
+    rows = np.arange(1, y, 4)
+    docs: dict[str, str] = {}
+    for k in range(z):
+        starts = k * y * x + rows * x + 100 + 1
+        docs[str(k + 1)] = " ".join(f"{s} 300" for s in starts.tolist())
+    edge = 15 * y * x + 799 * x + 500  # (15, 799, 500), 0-based
+    docs["999"] = f"{edge + 1} {300 + x}"  # to the end of (16, 0, :)
+    docs[".info"] = {"shape": list(shape), "dtype": "int64"}  # type: ignore[assignment]
+    path = tmp_path / "50-semantic.json"
+    path.write_text(json.dumps(docs))
+    return path
+
+
+def test_a_slab_of_a_published_size_volume_allocates_about_the_slab(tmp_path) -> None:
+    import tracemalloc
+
+    path = _big_labels(tmp_path)
+    volume_bytes = 50 * 800 * 800 * 8  # 256 MB of int64
+    slab_bytes = 16 * 800 * 800 * 8
+    runs = parse_rle(path)
+    assert runs.nbytes < volume_bytes / 100  # ~O(runs): worth keeping between units
+    tracemalloc.start()
+    try:
+        slab = runs.slab(16, 32)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        del slab
+        parsed_and_decoded = decode_rle(path, start=16, stop=32)
+        _, peak_with_parse = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < slab_bytes * 1.05 + 2**20, (peak, slab_bytes)
+    assert peak_with_parse < slab_bytes * 1.1 + 2**24, (peak_with_parse, slab_bytes)
+    assert peak_with_parse < volume_bytes * 0.4
+    got = parsed_and_decoded
+    assert got.shape == (16, 800, 800) and got.dtype == np.int64
+    assert (got[0, 0] == 999).all()  # the run's tail, clipped at the slab's first voxel
+    assert (got[0, 1, 100:400] == 17).all() and got[0, 1, 99] == 0 and got[0, 1, 400] == 0
+    assert got[0, 2].max() == 0 and (got[15, 797, 100:400] == 32).all()
+    head = runs.slab(15, 16)  # the run's head, clipped at the slab's last voxel
+    assert (head[0, 799, 500:] == 999).all() and (head[0, 799, :500] == 0).all()
+    assert int(np.count_nonzero(head == 999)) + int(np.count_nonzero(got == 999)) == 1100
