@@ -12,7 +12,10 @@ invents an id.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import itertools
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,41 +56,256 @@ def pixel_centres(n: int, scale: float) -> np.ndarray:
     return (np.arange(n, dtype="float64") + 0.5) * scale
 
 
+# Downsampling works box by box: per axis the full blocks and the one partial edge block, so
+# every block of a box has the same pixel count and is summed from strided views of the box (one
+# view per offset in the block), level rows a chunk at a time so temporaries stay small. The
+# results are bit-identical to the reference definitions (tests/layout/test_downsample.py):
+# a float64 block mean taken axis by axis in axis order, each axis summed as numpy's
+# ``add.reduceat`` does and divided by its pixel count, then rounded half to even and clipped
+# for integers; and the mode of the block padded by repeating its edge, ties to the smaller id.
+_CHUNK = 1 << 17  # level pixels per pass
+# reduceat adds the pixels after a block's first one left to right when there are fewer than
+# this many, else pairwise with 8 accumulators (numpy's pairwise_sum)
+_PAIRWISE_FROM = 8
+
+
+def _boxes(shape: Sequence[int], step: Sequence[int]) -> Iterator[
+        tuple[tuple[slice, ...], tuple[slice, ...], tuple[int, ...]]]:
+    """(source box, level box, pixels per block along each axis) of every non-empty box."""
+    per_axis = []
+    for n, f in zip(shape, step, strict=True):
+        full, rest = divmod(n, f)
+        parts = [(slice(0, full * f), slice(0, full), f)] if full else []
+        if rest:
+            parts.append((slice(full * f, n), slice(full, full + 1), rest))
+        per_axis.append(parts)
+    for parts in itertools.product(*per_axis):
+        yield (tuple(p[0] for p in parts), tuple(p[1] for p in parts),
+               tuple(p[2] for p in parts))
+
+
+def _chunks(level: np.ndarray, block: Sequence[int]) -> Iterator[tuple[slice, slice]]:
+    """(source rows, level rows) along axis 0, about ``_CHUNK`` level pixels at a time."""
+    rows = max(1, _CHUNK // max(1, math.prod(level.shape[1:])))
+    for i in range(0, level.shape[0], rows):
+        j = min(i + rows, level.shape[0])
+        yield slice(i * block[0], j * block[0]), slice(i, j)
+
+
+def _offset_views(x: np.ndarray, block: Sequence[int]) -> Iterator[np.ndarray]:
+    """One strided view per offset in the block (C order), each shaped like the level."""
+    for offset in np.ndindex(*block):
+        yield x[tuple(slice(d, None, f) for d, f in zip(offset, block, strict=True))]
+
+
+def _exact_accumulator(dtype: np.dtype, pixels: int) -> np.dtype | None:
+    """An integer dtype that holds block sums (plus the rounding offset) when the float64 mean
+    is exact: integers of at most 32 bits and a power-of-two pixel count, so every partial mean
+    is a dyadic fraction float64 holds exactly and the result is the sum rounded half to even."""
+    if not np.issubdtype(dtype, np.integer) or pixels & (pixels - 1):
+        return None
+    bits, k = dtype.itemsize * 8, pixels.bit_length() - 1
+    if bits > 32 or bits + 2 * k > 53:
+        return None
+    signed = dtype.kind == "i"
+    need = (1 << (bits - 1) if signed else (1 << bits) - 1) * pixels + pixels
+    for size in (2, 4):
+        acc = np.dtype(f"{'i' if signed else 'u'}{size}")
+        if size >= dtype.itemsize and need <= np.iinfo(acc).max:
+            return acc
+    return np.dtype("i8" if signed else "u8")
+
+
+def _mean_exact(x: np.ndarray, block: Sequence[int], out: np.ndarray, acc: np.dtype) -> None:
+    total = np.empty(out.shape, dtype=acc)
+    views = _offset_views(x, block)
+    np.copyto(total, next(views))
+    for view in views:
+        np.add(total, view, out=total)
+    k = math.prod(block).bit_length() - 1
+    if k:  # floor(sum / 2**k) rounded half to even: add the parity of the floor, then the half
+        odd = np.right_shift(total, k)
+        np.bitwise_and(odd, 1, out=odd)
+        total += odd
+        if k > 1:
+            total += (1 << (k - 1)) - 1
+        total >>= k
+    out[...] = total
+
+
+def _axis_mean(x: np.ndarray, axis: int, f: int) -> np.ndarray:
+    """float64 block means of ``f`` pixels along one axis, summed as ``add.reduceat`` sums a
+    block: the first pixel plus the left-to-right sum of the others (pairwise from 8 on)."""
+    def part(j: int) -> np.ndarray:
+        return x[(slice(None),) * axis + (slice(j, None, f),)]
+
+    if f - 1 >= _PAIRWISE_FROM:
+        sums = np.add.reduceat(x.astype("float64", copy=False),
+                               np.arange(0, x.shape[axis], f), axis=axis)
+    else:
+        # the running sum is the first operand, so that of two NaNs it is its NaN that stays,
+        # as in reduceat; never in place: numpy adds a 1-element array into itself as a
+        # reduction, which keeps the other NaN
+        sums = part(1)
+        for j in [*range(2, f), 0]:
+            sums = np.add(sums, part(j), dtype="float64")
+    sums /= f
+    return sums
+
+
+def _mean_float(x: np.ndarray, block: Sequence[int], out: np.ndarray) -> None:
+    mean = x
+    for axis, f in enumerate(block):
+        if f > 1:
+            mean = _axis_mean(mean, axis, f)
+    mean = mean.astype("float64", copy=False)
+    if np.issubdtype(out.dtype, np.integer):
+        info = np.iinfo(out.dtype)
+        mean = np.clip(np.rint(mean), info.min, info.max)
+    else:
+        nan = np.isnan(mean)
+        if nan.any():
+            mean[nan] = _reduceat_mean(x, block, np.nonzero(nan))
+    out[...] = mean
+
+
+def _reduceat_mean(x: np.ndarray, block: Sequence[int],
+                   where: tuple[np.ndarray, ...]) -> np.ndarray:
+    """The means of the blocks at ``where``, summed by ``add.reduceat`` itself: which of two NaNs
+    an add keeps depends on numpy's vector loop (and on the element's position in it), so NaN
+    signs and payloads stay those of the reference only when its own per-block loop sums."""
+    blocks = np.stack([view[where] for view in _offset_views(x, block)], axis=-1)
+    sums = blocks.reshape(-1, *block).astype("float64")
+    for axis, f in enumerate(block, start=1):
+        if f > 1:
+            sums = np.add.reduceat(sums, [0], axis=axis) / f
+    return sums.reshape(-1)
+
+
 def downsample_mean(a: np.ndarray, step: Sequence[int]) -> np.ndarray:
-    """Block mean with partial edge blocks averaged over the pixels they have."""
-    out = a.astype("float64")
+    """Block mean with partial edge blocks averaged over the pixels they have: float64 means
+    taken axis by axis, rounded half to even (and clipped) into integer dtypes."""
+    if a.ndim == 0:
+        return downsample_mean(a.reshape(1), (1,)).reshape(())
+    out = np.empty(level_shape(a.shape, step), dtype=a.dtype)
+    for src, dst, block in _boxes(a.shape, step):
+        x, level = a[src], out[dst]
+        acc = _exact_accumulator(a.dtype, math.prod(block))
+        for rows, level_rows in _chunks(level, block):
+            if acc is not None:
+                _mean_exact(x[rows], block, level[level_rows], acc)
+            else:
+                _mean_float(x[rows], block, level[level_rows])
+    return out
+
+
+@functools.cache
+def _sorting_network(k: int) -> list[tuple[int, int]]:
+    """Batcher's odd-even merge sort of ``k`` items: compare-exchange pairs (lower index first),
+    those of the next power of two with both items present."""
+    n = 1 << max(0, k - 1).bit_length()
+    pairs, p = [], 1
+    while p < n:
+        d = p
+        while d >= 1:
+            for j in range(d % p, n - d, 2 * d):
+                for i in range(min(d, n - j - d)):
+                    if (i + j) // (2 * p) == (i + j + d) // (2 * p) and i + j + d < k:
+                        pairs.append((i + j, i + j + d))
+            d //= 2
+        p *= 2
+    return pairs
+
+
+_NETWORK_UP_TO = 32  # block sizes sorted by a network of vector min/max; larger ones by np.sort
+
+
+def _sorted_columns(w: np.ndarray) -> list[np.ndarray]:
+    """The columns of ``w`` (k, s) sorted, as its k rows: min/max networks for integers."""
+    k = w.shape[0]
+    if w.dtype.kind not in "biu" or k > _NETWORK_UP_TO:
+        return list(np.sort(w, axis=0))
+    rows, spare = list(w), np.empty_like(w[0])
+    for i, j in _sorting_network(k):
+        np.minimum(rows[i], rows[j], out=spare)
+        np.maximum(rows[i], rows[j], out=rows[j])
+        rows[i], spare = spare, rows[i]
+    return rows
+
+
+def _mode_of_columns(w: np.ndarray) -> np.ndarray:
+    """The most frequent value of each column of ``w`` (ties to the smaller value; NaN never
+    counts, as it equals nothing): in the sorted column, the start of the longest run, the
+    first one among equally long runs. Overwrites ``w``."""
+    k, s = w.shape
+    rows = _sorted_columns(w)
+    nan = np.isnan if w.dtype.kind in "fc" else None
+    # key of a position: the length of the run ending there, then earlier positions first
+    bits = max(1, (k - 1).bit_length())
+    low = (1 << bits) - 1
+    run = np.ones(s, dtype=np.min_scalar_type(k))
+    if nan is not None:
+        run[nan(rows[0])] = 0
+    best = np.left_shift(run, bits, dtype=np.min_scalar_type((k + 1) << bits))
+    best |= low
+    same, key = np.empty(s, bool), np.empty_like(best)
+    for j in range(1, k):
+        np.equal(rows[j], rows[j - 1], out=same)
+        run *= same.view(np.uint8)
+        run += 1
+        if nan is not None:
+            run[nan(rows[j])] = 0
+        np.left_shift(run, bits, out=key, dtype=key.dtype)
+        key |= low - j
+        np.maximum(best, key, out=best)
+    length = best >> bits
+    start = low - (best & low)
+    start -= length
+    start += length > 0  # a NaN (length 0) is its own start
+    flat = start.astype(np.intp)
+    flat *= s
+    flat += np.arange(s)
+    return np.stack(rows).reshape(-1).take(flat)
+
+
+def _mode_box(x: np.ndarray, step: Sequence[int], out: np.ndarray) -> None:
+    w = np.stack(list(_offset_views(x, step))).reshape(math.prod(step), -1)
+    first = w[0]
+    if len(w) > 1:
+        # most blocks of a label image hold one id: only the others need counting
+        mixed = np.not_equal(w[1], first)
+        other = np.empty_like(mixed)
+        for row in w[2:]:
+            mixed |= np.not_equal(row, first, out=other)
+        where = np.flatnonzero(mixed)
+        if where.size > len(first) // 2:  # noise more than labels: no gathering
+            first = _mode_of_columns(w)
+        elif where.size:
+            first[where] = _mode_of_columns(np.take(w, where, axis=1))
+    out[...] = first.reshape(out.shape)
+
+
+def _edge_padded(x: np.ndarray, step: Sequence[int]) -> np.ndarray:
+    """``x`` padded to whole blocks by repeating its last pixel along each axis."""
     for axis, f in enumerate(step):
-        if f == 1:
-            continue
-        starts = np.arange(0, out.shape[axis], f)
-        counts = np.diff(np.append(starts, out.shape[axis])).astype("float64")
-        shape = [1] * out.ndim
-        shape[axis] = len(counts)
-        out = np.add.reduceat(out, starts, axis=axis) / counts.reshape(shape)
-    if np.issubdtype(a.dtype, np.integer):
-        info = np.iinfo(a.dtype)
-        return np.clip(np.rint(out), info.min, info.max).astype(a.dtype)
-    return out.astype(a.dtype)
+        n = x.shape[axis]
+        if n % f:
+            x = x.take(np.minimum(np.arange(n + f - n % f), n - 1), axis=axis)
+    return x
 
 
 def downsample_mode(a: np.ndarray, step: Sequence[int]) -> np.ndarray:
     """Block mode (ties to the smaller id); edge blocks are padded by repeating their edge,
     so a result is always an id present in its block."""
-    pad = [(0, (-n) % f) for n, f in zip(a.shape, step, strict=True)]
-    p = np.pad(a, pad, mode="edge") if any(w for _, w in pad) else a
-    split = []
-    for n, f in zip(p.shape, step, strict=True):
-        split += [n // f, f]
-    blocks = p.reshape(split)
-    nd = a.ndim
-    blocks = blocks.transpose(*range(0, 2 * nd, 2), *range(1, 2 * nd, 2))
-    flat = np.sort(blocks.reshape(*blocks.shape[:nd], -1), axis=-1)
-    k = flat.shape[-1]
-    counts = np.zeros(flat.shape, dtype=np.int32)
-    for j in range(k):  # k = prod(step) is small (4 or 8): O(k^2) compares stay cheap
-        counts[..., j] = (flat == flat[..., j : j + 1]).sum(-1)
-    best = np.argmax(counts, axis=-1)  # first maximum: the smallest id among ties
-    return np.take_along_axis(flat, best[..., None], axis=-1)[..., 0]
+    out = np.empty(level_shape(a.shape, step), dtype=a.dtype)
+    # a small array is padded whole, a large one box by box, so only its edges are copied
+    parts = ([(a, out)] if a.size <= _CHUNK else
+             [(a[src], out[dst]) for src, dst, _ in _boxes(a.shape, step)])
+    for x, level in parts:
+        x = _edge_padded(x, step)
+        for rows, level_rows in _chunks(level, step):
+            _mode_box(x[rows], step, level[level_rows])
+    return out
 
 
 def pyramid(level0: np.ndarray, steps: Sequence[Sequence[int]], *,
