@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import random
 import tarfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,23 +37,78 @@ class VerifyReport:
                 "problems": self.problems, "warnings": self.warnings}
 
 
-def _hash_file(loc: Location) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
+class _HashingReader:
+    """A read-only file that hashes what is read through it."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.size, self.h = f, 0, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n)
+        self.h.update(chunk)
+        self.size += len(chunk)
+        return chunk
+
+
+def _read_shard(loc: Location, records: bool = False,
+                ) -> tuple[int, str, dict[str, dict[str, bytes]] | None]:
+    """Size and sha256 of a shard in one sequential read, and with ``records`` its records
+    (key -> extension -> bytes), parsed from the same read."""
     with loc.fs.open(loc.path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+        src = _HashingReader(f)
+        out: dict[str, dict[str, bytes]] | None = None
+        if records:
+            out = {}
+            with tarfile.open(fileobj=src, mode="r|") as tar:
+                for m in tar:
+                    if m.isfile():
+                        key, _, ext = m.name.partition(".")
+                        out.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        while src.read(8 << 20):  # the rest (the tar's end blocks), or all of it
+            pass
+    return src.size, src.h.hexdigest(), out
 
 
-def _tar_records(loc: Location) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    with loc.fs.open(loc.path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
-        for m in tar:
-            if m.isfile():
-                key, _, ext = m.name.partition(".")
-                out.setdefault(key, {})[ext] = tar.extractfile(m).read()
-    return out
+def _stored(wloc: Location) -> dict[str, dict[str, Any]]:
+    """What the store holds under ``wloc``: path -> listing entry (size; ETag on S3), from
+    one listing (a LIST per 1000 objects on S3), never from a cached one."""
+    wloc.fs.invalidate_cache(wloc.path)
+    try:
+        found = wloc.fs.find(wloc.path, detail=True)
+    except FileNotFoundError:
+        return {}
+    return {p.rstrip("/"): info for p, info in found.items()}
+
+
+def _check_stored(report: VerifyReport, wloc: Location, shards: list[tuple[str, dict]],
+                  listed_in: str, etags: Mapping[str, str]) -> tuple[set[int], set[int]]:
+    """Check every shard without reading it: its size in the store's listing, and on S3 its
+    ETag against the one its upload must have (``etags``, by shard URL: what
+    :func:`cloudmic.ingest.wds_writer.write_shard` computed from the bytes it sent). Returns
+    the shards found wrong (reported) and those whose ETag could not be checked (none known,
+    or one that differs: a changed object, or a store whose ETags are not md5s, e.g. with
+    SSE-KMS): only a read decides those."""
+    stored = _stored(wloc)
+    unchecked: set[int] = set()
+    bad: set[int] = set()
+    for i, (_split, s) in enumerate(shards):
+        shard = wloc.inside(s["url"], listed_in)
+        info = stored.get(shard.path)
+        if info is None:
+            report.problems.append(f"{shard.url}: missing (index.json lists it)")
+            bad.add(i)
+        elif int(info["size"]) != s["bytes"]:
+            report.problems.append(f"{shard.url}: {info['size']} bytes stored, index.json "
+                                   f"says {s['bytes']}")
+            bad.add(i)
+        elif shard.is_s3:
+            want = etags.get(s["url"])
+            if not want or str(info.get("ETag", "")).strip('"') != want:
+                unchecked.add(i)
+    what = "size and ETag (from the md5 of the bytes sent)" if wloc.is_s3 else "size"
+    report.checks.append(f"{len(shards) - len(unchecked | bad)} of {len(shards)} shard(s): "
+                         f"{what} as written")
+    return bad, unchecked
 
 
 def open_zarr_root(loc: Location) -> zarr.Group:
@@ -87,7 +144,8 @@ def _region(arr: zarr.Array, region: dict[str, int | list[int]]) -> np.ndarray:
 
 def verify_dataset(root: Location, dataset: str, *, records: int = 16,
                    seed: int = 0, expected: dict[str, Any] | None = None,
-                   strict: bool = False) -> VerifyReport:
+                   strict: bool = False, full: bool = True, sample: float = 0.05,
+                   etags: Mapping[str, str] | None = None) -> VerifyReport:
     """Check ``root/<dataset>.zarr`` against ``root/<dataset>.wds`` (of the current version
     when ``root`` has versions of it); never raises on a problem it can describe (it is
     reported), only when nothing is published there.
@@ -95,7 +153,16 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     The samples found per split are compared with the publisher's counts: ``expected``
     (split -> :class:`cloudmic.manifest.Expected`), or by default those of the manifest the
     store names in its provenance. A partial copy is a warning, or a problem with
-    ``strict``."""
+    ``strict``.
+
+    ``full`` (the default, and ``cloudmic verify``) reads every shard back and checks its
+    size and sha256 against index.json. ``full=False`` is the ingest's pre-publish check of
+    shards it has just written: every shard's size, and on S3 its ETag, from a listing
+    (``etags``: shard URL -> the ETag its upload must have, see
+    :func:`~cloudmic.ingest.wds_writer.write_shard`), and reads back
+    only a seeded sample (``sample`` of the shards, at least two) plus every shard whose
+    ETag could not be checked. Either way the records compared with Zarr come from shards
+    that are read (and hashed) once."""
     ds = resolve(root.child(rl.zarr_name(dataset)))
     zloc, wloc = ds.zarr, ds.wds
     report = VerifyReport(zloc.url)
@@ -120,21 +187,37 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
             report.problems.append(f"{split}: Zarr has {length} along {info['zarr_dim']}, "
                                    f"index.json says {info['zarr_length']}")
     listed_in = wloc.child(rl.INDEX).url
-    for _split, s in shards:
+    order = rng.sample(range(len(shards)), len(shards))  # a seeded shuffle
+    picked = set(order[:max(1, records // 4)])  # shards whose records are compared with Zarr
+    if full:
+        reread = set(range(len(shards)))
+    else:
+        bad, unchecked = _check_stored(report, wloc, shards, listed_in, etags or {})
+        reread = (unchecked | set(order[:max(len(picked), 2, math.ceil(sample * len(shards)))])
+                  ) - bad
+    compared = 0
+    for i in sorted(reread):
+        s = shards[i][1]
         shard = wloc.inside(s["url"], listed_in)
-        size, digest = _hash_file(shard)
+        try:
+            size, digest, recs = _read_shard(shard, records=i in picked)
+        except FileNotFoundError:
+            report.problems.append(f"{shard.url}: missing (index.json lists it)")
+            continue
+        except tarfile.TarError as exc:
+            report.problems.append(f"{shard.url}: not a readable tar ({exc})")
+            continue
         if (size, digest) != (s["bytes"], s["sha256"]):
             report.problems.append(f"{shard.url}: size/sha256 differ from index.json")
-    report.checks.append(f"{len(shards)} shard(s): size and sha256 match index.json")
-    picked = rng.sample(shards, min(len(shards), max(1, records // 4)))
-    compared = 0
-    for _split, s in picked:
-        recs = _tar_records(wloc.inside(s["url"], listed_in))
-        for key in rng.sample(sorted(recs), min(len(recs), max(1, records // len(picked)))):
+            continue
+        for key in rng.sample(sorted(recs), min(len(recs), max(1, records // len(picked)))
+                              ) if recs else []:
             problem = _compare_record(zroot, recs[key], f"{s['url']}:{key}")
             compared += 1
             if problem:
                 report.problems.append(problem)
+    report.checks.append(f"{len(reread)} of {len(shards)} shard(s) read back: size and sha256 "
+                         "match index.json")
     report.checks.append(f"{compared} record(s) equal to their Zarr regions")
     images, ngff_problems = _check_ngff(zroot)
     report.problems.extend(ngff_problems)
