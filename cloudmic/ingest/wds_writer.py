@@ -1,8 +1,9 @@
 """WebDataset tar shards: written to a local temp file, hashed as they are written, then moved
 or uploaded.
 
-Writing locally first avoids webdataset's writer leaving an S3 upload to the garbage
-collector (STACK-NOTES "WebDataset"); a fixed mtime makes re-runs byte-identical.
+Writing locally first avoids an S3 upload left to the garbage collector (STACK-NOTES
+"WebDataset"); the tar is WebDataset's format with a fixed mtime, so re-runs are
+byte-identical (``cloudmic.ingest.tar_writer``: webdataset's bytes without its torch import).
 
 The bytes are hashed on their way to the temp file (no second read): sha256 for
 index.json and, for an S3 destination, md5, which is what the store reports as the
@@ -22,8 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import webdataset as wds
-
+from cloudmic.ingest.tar_writer import TarWriter
 from cloudmic.storage.location import Location
 
 # the part size of a multipart upload (s3fs's default, passed explicitly: the ETag depends
@@ -105,7 +105,7 @@ def write_shard(records: Iterable[dict[str, Any]], dest: Location) -> dict[str, 
         count = 0
         with os.fdopen(fd, "wb") as f:
             out = HashingWriter(f, etag=dest.is_s3)
-            writer = wds.TarWriter(out, mtime=0)
+            writer = TarWriter(out)
             for rec in records:
                 writer.write(rec)
                 count += 1
