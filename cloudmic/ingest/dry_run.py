@@ -38,11 +38,11 @@ class Rate:
 
 
 RATES: dict[str, Rate] = {
-    "biosr": Rate(7.66, 1434, "the process tree", None,
+    "biosr": Rate(10.12, 958, "the process tree", None,
                   "bench/results/ingest_scaling.json: dask LocalCluster, 2 workers"),
-    "sted-fm": Rate(16.5, 699, "the main process; workers not counted", 2.27,
+    "sted-fm": Rate(17.4, 533, "the main process; workers not counted", 2.26,
                     "bench/results/sted_fm.json: cloudmic ingest, 2 worker(s)"),
-    "deepcad": Rate(47.7, 693, "the main process; workers not counted", 2.99,
+    "deepcad": Rate(77.43, 638, "the main process; workers not counted", 2.98,
                     "bench/results/deepcad.json: cloudmic ingest 1x"),
 }
 
