@@ -101,7 +101,7 @@ def _wds_bytes(inv: Inventory, fields: dict[str, str]) -> int:
                if not v.coord and v.basename in wanted and v.attrs.get("level", 0) == 0)
 
 
-def plan_ingest(dataset: str, source: str | Path, *,
+def plan_ingest(dataset: str, source: str | Path | None, *,
                 cache_dir: str | Path | None = None) -> IngestPlan:
     """Scan ``source`` and cut the units as ``cloudmic.ingest`` would; write nothing."""
     if source is None:
