@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import IO, Any
@@ -24,7 +23,7 @@ from webdataset.tariterators import group_by_keys, tar_file_expander
 from cloudmic.client.stream import distribute, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.patch_stream import check_choice
-from cloudmic.client.stream.reader import is_transient
+from cloudmic.client.stream.reader import is_transient, unreadable
 from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
@@ -181,22 +180,11 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
                     ahead.add_done_callback(lambda f: f.exception() or f.result().close())
 
     def _damaged(self, block: int, exc: Exception) -> None:
-        """A shard that cannot be read: the store not answering always raises; damaged
-        bytes raise, or with ``on_error="skip"`` warn and leave the rest of the shard out."""
-        url = posixpath.join(self.root, self.paths[block])
-        if is_transient(exc):
+        """A shard that cannot be read: the store not answering and our own errors (a
+        missing or short shard) raise as they are; damaged bytes as ``on_error`` says."""
+        if is_transient(exc) or (isinstance(exc, CloudmicError) and self.on_error == "raise"):
             raise exc
-        if self.on_error == "skip":
-            warnings.warn(f"{url}: skipped the rest of this shard, unreadable "
-                          f"({type(exc).__name__}: {str(exc)[:200]}); run cloudmic verify on "
-                          "the dataset", RuntimeWarning, stacklevel=3)
-            return
-        if isinstance(exc, CloudmicError):
-            raise exc
-        raise StoreError(f"{url}: unreadable shard ({type(exc).__name__}: {str(exc)[:200]}). "
-                         "The stored bytes are damaged: run cloudmic verify on the dataset and "
-                         "ingest it again, or pass on_error='skip' to skip such shards with a "
-                         "warning") from exc
+        unreadable(posixpath.join(self.root, self.paths[block]), exc, self.on_error, "shards")
 
     def _open(self, block: int) -> IO[bytes]:
         """Shard ``block``, readable. On S3 its whole body comes in one GET (no HEAD, no

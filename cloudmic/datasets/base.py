@@ -39,16 +39,13 @@ class Adapter(ABC):
 
     def __init__(self, manifest: Manifest, cache_dir: str | Path | None = None) -> None:
         self.manifest = manifest
-        # where this dataset's downloaded and unpacked sources go (the CLI's --cache);
-        # None: the default cache's <dataset> folder
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.cache_dir = cache_dir  # the CLI's --cache; None: the default cache
 
     def cache_folder(self) -> Path:
-        """This dataset's cache folder: ``cache_dir``, else the default cache's
-        ``<dataset>`` folder (the same place ``--fetch`` downloads to)."""
-        from cloudmic.sources import default_cache_dir
+        """This dataset's cache folder, where ``--fetch`` downloads too."""
+        from cloudmic.sources import dataset_cache_dir
 
-        return self.cache_dir or default_cache_dir() / self.manifest.name
+        return dataset_cache_dir(self.manifest.name, self.cache_dir)
 
     @property
     def opts(self) -> dict[str, Any]:

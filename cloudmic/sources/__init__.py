@@ -17,6 +17,7 @@ from cloudmic.sources.byte_ranges import RangeNotSupportedError
 from cloudmic.sources.download import fetch
 from cloudmic.sources.file_checks import DEFAULT_MAX_BYTES, name_from_url
 from cloudmic.sources.materialization import (
+    dataset_cache_dir,
     default_cache_dir,
     materialize,
     materialize_manifest,
@@ -32,6 +33,7 @@ __all__ = [
     "RangeNotSupportedError",
     "ZipArchive",
     "ZipLimits",
+    "dataset_cache_dir",
     "default_cache_dir",
     "extract_members",
     "fetch",

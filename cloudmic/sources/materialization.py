@@ -237,6 +237,12 @@ def _is_zip_url(source: str) -> bool:
     return path.lower().endswith(".zip")
 
 
+def dataset_cache_dir(dataset: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """One dataset's cache folder: ``cache_dir`` (the CLI's ``--cache``) as given, else
+    :func:`default_cache_dir` ``/<dataset>``. Downloads and unpacked archives go there."""
+    return Path(cache_dir) if cache_dir is not None else default_cache_dir() / dataset
+
+
 def resolve_source(manifest: Any, source: str | os.PathLike[str] | None, *,
                    cache_dir: str | os.PathLike[str] | None = None,
                    **kwargs: Any) -> str | Path:
@@ -247,7 +253,7 @@ def resolve_source(manifest: Any, source: str | os.PathLike[str] | None, *,
     checksums, under ``cache_dir`` (default :func:`default_cache_dir` ``/<dataset>``). A
     folder, a tar or an ``s3://`` prefix is returned unchanged: the adapters read those.
     """
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir() / manifest.name
+    folder = dataset_cache_dir(manifest.name, cache_dir)
     if source is None:
         return materialize_manifest(manifest, folder, **kwargs)
     text = os.fspath(source)

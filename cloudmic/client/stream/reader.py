@@ -35,6 +35,19 @@ _TRANSIENT = re.compile(r"error sending request|connection|timed? ?out|service u
                         r"slow ?down|broken pipe|reset by peer|status(?: code)?:? 5\d\d", re.I)
 
 
+def unreadable(where: str, exc: Exception, on_error: str, what: str) -> None:
+    """Damaged stored bytes at ``where`` (PatchStream's blocks, shards' tars): with
+    ``on_error="skip"`` a warning and the caller skips them, else a StoreError with the fix."""
+    why = f"{type(exc).__name__}: {str(exc)[:200]}"
+    if on_error == "skip":
+        warnings.warn(f"{where}: skipped, unreadable ({why}); run cloudmic verify on the "
+                      "dataset", RuntimeWarning, stacklevel=3)
+        return
+    raise StoreError(f"{where}: unreadable ({why}). The stored bytes are damaged: run "
+                     "cloudmic verify on the dataset and ingest it again, or pass "
+                     f"on_error='skip' to skip such {what} with a warning") from exc
+
+
 def is_transient(exc: BaseException) -> bool:
     """A read error worth retrying (the store is unreachable or overloaded), as opposed to
     bad data (a checksum or decode error), which fails the same way every time."""
@@ -175,15 +188,8 @@ class BlockReader:
                                  f"{self.spec.retry_seconds:.0f} s "
                                  f"({str(exc).splitlines()[0][:200]}); check that it runs, "
                                  "or raise retry_seconds") from exc
-            if self.spec.on_error == "skip":
-                warnings.warn(f"{where}: skipped, unreadable ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}); run cloudmic verify on the dataset",
-                              RuntimeWarning, stacklevel=2)
-                return None
-            raise StoreError(f"{where}: unreadable ({type(exc).__name__}: {str(exc)[:200]}). "
-                             "The stored bytes are damaged: run cloudmic verify on the dataset "
-                             "and ingest it again, or pass on_error='skip' to skip such blocks "
-                             "with a warning") from exc
+            unreadable(where, exc, self.spec.on_error, "blocks")  # raises unless skipping
+            return None
         return self.cut(take, epoch, data, *labels)
 
     def _labels(self, block: Block) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
