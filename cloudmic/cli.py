@@ -220,7 +220,7 @@ def cmd_info(args: argparse.Namespace) -> int:
                 print(f"    ({field.rpartition('.')[2]}: {notes[field]})")
     rest = {k: v for k, v in notes.items() if k != "license" and not k.startswith("citation.")}
     if rest:
-        print("  where other facts come from (not stated by the publisher as written):")
+        print("  where other facts come from:")
         for field, label in rest.items():
             print(f"    {field}: {label}")
     for gname, g in d["groups"].items():

@@ -137,7 +137,9 @@ def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) ->
                          and v.factor == 1 and v.shape == (g.length,)), g.unit_dim)
             entry.update(zarr_dim=g.unit_dim, zarr_length=g.length, zarr_axis=axis)
     for r in results:
-        splits[r["split"]]["shards"].append(r["shard"])
+        # the ETag an upload must have is for the pre-publish verify, not a fact of the data
+        # (a server-side copy may give the published object another one)
+        splits[r["split"]]["shards"].append({k: v for k, v in r["shard"].items() if k != "etag"})
         splits[r["split"]]["records"] += r["shard"]["samples"]
     return {"dataset": manifest.name, "format": "webdataset", "fields": manifest.webdataset.fields,
             "splits": splits}
@@ -270,10 +272,7 @@ def _seal(adapter: Adapter, manifest: Manifest, inv: Inventory, results: list[di
     """After the units: dataset-level attributes, index.json, sizes, consolidated metadata."""
     remove_partials(wds_loc)
     adapter.finalize(inv, zroot)
-    # the ETag an upload must have is for the pre-publish verify, not a fact of the data
-    # (a server-side copy may give the published object another one)
-    index = _index(manifest, inv, [{**r, "shard": {k: v for k, v in r["shard"].items()
-                                                   if k != "etag"}} for r in results])
+    index = _index(manifest, inv, results)
     wds_loc.child(rl.INDEX).write_bytes(json.dumps(index, indent=1, sort_keys=True).encode())
     sizes = {"array_bytes": sum(r["array_bytes"] for r in results),
              "zarr_bytes": _stored_bytes(zarr_loc),
