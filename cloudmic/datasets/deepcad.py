@@ -148,9 +148,9 @@ class DeepCAD(Adapter):
                       if p.is_file() and is_tiff_name(p.name)
                       and not any(_hidden(Path(part)) for part in p.relative_to(folder).parts))
 
-    def movie_files(self, folder: Path) -> tuple[dict[str, Path], str]:
-        """``({"low": path, "high": path}, how they were told apart)`` (``high`` absent for
-        a low-only recording).
+    def movie_infos(self, folder: Path) -> tuple[dict[str, MovieInfo], str]:
+        """``({"low": header, "high": header}, how they were told apart)`` (``high`` absent
+        for a low-only recording); each header is read once.
 
         By the published naming convention first (``..._lowSNR.tif`` / ``..._highSNR.tif``,
         any case: the DeepCAD-RT example names). When no name carries it (the names inside
@@ -186,9 +186,11 @@ class DeepCAD(Adapter):
             raise SourceError(folder, f"recording folder has a high-SNR movie "
                               f"({tagged['high'][0].name}) but no low-SNR one",
                               "restore the *_lowSNR.tif movie from the recording's zip")
-        return {k: v[0] for k, v in tagged.items() if v}, "names (lowSNR / highSNR)"
+        return ({k: movie_info(v[0]) for k, v in tagged.items() if v},
+                "names (lowSNR / highSNR)")
 
-    def _pair_by_frames(self, folder: Path, movies: list[Path]) -> tuple[dict[str, Path], str]:
+    def _pair_by_frames(self, folder: Path, movies: list[Path]
+                        ) -> tuple[dict[str, MovieInfo], str]:
         """Low/high of a recording whose file names do not say which is which."""
         fix = ("rename the movies to end in _lowSNR.tif and _highSNR.tif (the DeepCAD-RT "
                "convention), or keep only the recording's pair in the folder")
@@ -197,8 +199,8 @@ class DeepCAD(Adapter):
             raise SourceError(folder, "recording folder has no TIFF movie",
                               "restore the recording's movies from its zip")
         if len(movies) == 1:
-            return {"low": movies[0]}, ("the only movie of the recording, taken as the low-SNR "
-                                        "path (its name does not say)")
+            return {"low": movie_info(movies[0])}, ("the only movie of the recording, taken "
+                                                    "as the low-SNR path (its name does not say)")
         if len(movies) > 2:
             raise SourceError(folder, f"{len(movies)} movies whose names do not say lowSNR or "
                               f"highSNR ({names}): cannot tell which two are the pair", fix)
@@ -216,7 +218,7 @@ class DeepCAD(Adapter):
                               f"not say lowSNR or highSNR, with signals only {ratio:.2f}x "
                               f"apart (the high-SNR path collects ~10x the photons): cannot "
                               "tell which is which", fix)
-        return {"low": lo.path, "high": hi.path}, (
+        return {"low": lo, "high": hi}, (
             f"frame-synchronised movies told apart by signal ({ratio:.1f}x brighter high-SNR "
             "path); their names do not say lowSNR / highSNR")
 
@@ -247,8 +249,7 @@ class DeepCAD(Adapter):
         steps = self.steps
         checked = []
         for row, folder in recordings:
-            files, paired_by = self.movie_files(folder)
-            infos = {k: movie_info(p) for k, p in files.items()}
+            infos, paired_by = self.movie_infos(folder)
             self.check_pair(folder, infos)
             checked.append((row, folder, infos, paired_by))
         # hash only once every header passed: a bad file fails fast, before GBs are read
