@@ -187,7 +187,7 @@ def obstore_fetcher(root_url: str, storage_options: dict[str, Any], paths: dict[
 
     from cloudmic.storage.location import Location
 
-    store = Location.parse(root_url, **storage_options)._obstore()
+    store = Location.parse(root_url, **storage_options).object_store()
     keys = [p.split("/", 1)[1] for p in sorted(paths)]
     total = sum(paths.values())
 

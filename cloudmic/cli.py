@@ -200,7 +200,9 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    from cloudmic.catalog.snippets import xarray_snippet
     from cloudmic.client.describe import info
+    from cloudmic.storage.location import Location
 
     d = info(args.url, version=args.version)
     if args.json:
@@ -237,6 +239,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {human_bytes(v['stored_bytes'])}"
                   f" ({v['compression_ratio']}x)")
         print(f"    coordinates: {', '.join(g['coordinates'])}")
+    snippet = xarray_snippet(Location.parse(d["root"]), d["url"])
+    print("  open it in plain xarray:")
+    print("\n".join(f"    {line}" for line in snippet.splitlines()))
     return 0
 
 

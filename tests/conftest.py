@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import pytest
 
+import emulators
 from cloudmic.storage import seaweed
 
 
@@ -23,12 +26,9 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[seaweed.Serv
 pytest_plugins = ["fixtures_biosr"]
 
 
-@pytest.fixture(scope="session")
-def s3_env(s3_server: seaweed.ServerInfo) -> Iterator[dict[str, str]]:
-    """AWS_* variables pointing at the session's server, as a user would export them."""
-    import os
-
-    env = s3_server.env()
+@contextlib.contextmanager
+def exported(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """``env`` in os.environ while the block runs, as a user would export it."""
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
@@ -39,3 +39,44 @@ def s3_env(s3_server: seaweed.ServerInfo) -> Iterator[dict[str, str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def s3_env(s3_server: seaweed.ServerInfo) -> Iterator[dict[str, str]]:
+    """AWS_* variables pointing at the session's server, as a user would export them."""
+    with exported(s3_server.env()) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def az_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Server]:
+    """Azurite, Microsoft's Azure Blob emulator, for the whole session."""
+    server = emulators.start_azurite(tmp_path_factory.mktemp("azurite"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def az_env(az_server: emulators.Server) -> Iterator[dict[str, str]]:
+    """AZURE_STORAGE_CONNECTION_STRING for the session's Azurite."""
+    with exported(az_server.env) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Server]:
+    """fake-gcs-server, a GCS emulator, for the whole session."""
+    server = emulators.start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_env(gcs_server: emulators.Server) -> Iterator[dict[str, str]]:
+    """STORAGE_EMULATOR_HOST for the session's fake-gcs-server."""
+    with exported(gcs_server.env) as env:
+        yield env

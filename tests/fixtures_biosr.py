@@ -54,13 +54,26 @@ def small_manifest(tmp_path_factory) -> Path:
     return p
 
 
-@pytest.fixture(params=["local", "s3"])
+def new_bucket(request, kind: str) -> str:
+    """A fresh, empty bucket (container) on the session's server of ``kind``."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    if kind == "s3":
+        request.getfixturevalue("s3_env")  # SeaweedFS makes a bucket on its first PUT
+        return f"s3://{name}"
+    request.getfixturevalue({"az": "az_env", "gs": "gcs_env"}[kind])
+    url = f"{kind}://{name}"
+    loc = Location.parse(url)
+    loc.fs.mkdir(loc.path)  # Azure and GCS need the container (bucket) made first
+    return url
+
+
+@pytest.fixture(params=["local", "s3", "az"])
 def root_url(request, tmp_path) -> str:
-    """An empty publishing root: a local folder, or a fresh bucket on the real S3 server."""
+    """An empty publishing root: a local folder, or a fresh bucket on a real server
+    (SeaweedFS for S3, Azurite for Azure)."""
     if request.param == "local":
         return str(tmp_path / "root")
-    request.getfixturevalue("s3_env")
-    return f"s3://t-{uuid.uuid4().hex[:12]}"
+    return new_bucket(request, request.param)
 
 
 def snapshot(root_url: str) -> dict[str, str]:

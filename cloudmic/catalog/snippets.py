@@ -13,17 +13,20 @@ from cloudmic.storage.location import Location
 
 def _storage_lines(root: Location) -> list[str]:
     """How the snippets reach the store: never with a credential in the text."""
-    if not root.is_s3:
-        return []
-    endpoint = (root.storage_options.get("client_kwargs") or {}).get("endpoint_url")
-    kwargs = (f", \"client_kwargs\": {{\"endpoint_url\": {json.dumps(endpoint)}}}"
-              if endpoint else "")
-    if root.storage_options.get("anon"):
-        return [f"storage_options = {{\"anon\": True{kwargs}}}"]
-    return ["# keys from the environment (or your AWS profile); a public bucket: {\"anon\": True}",
-            "storage_options = {\"key\": os.environ.get(\"AWS_ACCESS_KEY_ID\"),",
-            "                   \"secret\": os.environ.get(\"AWS_SECRET_ACCESS_KEY\")"
-            + kwargs.replace(", ", ",\n                   ", 1) + "}"]
+    return [] if root.caps.folders else root.backend.snippet_lines(root.storage_options)
+
+
+def xarray_snippet(root: Location, zarr_url: str, example: str = "", names: str = "") -> str:
+    """Plain xarray on the store at ``zarr_url`` (under ``root``), with the
+    ``storage_options`` its kind of store takes (the catalog page and ``cloudmic info``)."""
+    opts = _storage_lines(root)
+    imp_os = ["import os"] if any("os.environ" in line for line in opts) else []
+    return "\n".join([
+        *imp_os, "import xarray as xr", *opts,
+        f"tree = xr.open_datatree({json.dumps(zarr_url)}, engine=\"zarr\", consolidated=True"
+        + (",\n                        storage_options=storage_options)" if opts else ")"),
+        *([f"ds = tree[{json.dumps(example)}].ds   # {names}"] if example else []),
+    ])
 
 
 def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]:
@@ -43,16 +46,12 @@ def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]
     names = ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
     out: dict[str, str] = {}
     imp_os = ["import os"] if any("os.environ" in line for line in opts) else []
-    out["xarray"] = "\n".join([
-        *imp_os, "import xarray as xr", *opts,
-        f"tree = xr.open_datatree({json.dumps(zarr_url)}, engine=\"zarr\", consolidated=True"
-        + (",\n                        storage_options=storage_options)" if opts else ")"),
-        *([f"ds = tree[{json.dumps(example)}].ds   # {names}"] if example else []),
-    ])
+    out["xarray"] = xarray_snippet(root, zarr_url, example, names)
     out["cloudmic.open"] = "\n".join([
         "import cloudmic",
         f"tree = cloudmic.open({json.dumps(stable_zarr)})"
-        + ("   # S3 keys: AWS_* variables or the running embedded store" if root.is_s3 else ""),
+        + ("" if root.caps.folders or root.is_http
+           else f"   # credentials: {root.backend.credentials_hint}"),
         *([f"ds = tree[{json.dumps(example)}].ds   # dask-backed, shard-sized chunks"]
           if example else []),
     ])
@@ -84,20 +83,21 @@ def snippets(root: Location, name: str, facts: dict[str, Any]) -> dict[str, str]
         ])
         load = (f"    arr = np.load(io.BytesIO(rec[{json.dumps(fields[0])}]), "
                 "allow_pickle=False)") if fields else "    meta = json.loads(rec[\"json\"])"
-        if root.is_s3:
-            wds_path = wds_url.removeprefix("s3://")
+        if not root.caps.folders:
+            wds_loc = Location(wds_url, root.storage_options)
+            fs_args = json.dumps(root.backend.protocol) + (", **storage_options" if opts else "")
             out["webdataset"] = "\n".join([
                 "import io, json" + (", os" if imp_os else ""),
                 "import fsspec, numpy as np, webdataset as wds",
                 "from webdataset.tariterators import group_by_keys, tar_file_expander", *opts,
-                "fs = fsspec.filesystem(\"s3\", **storage_options)",
-                f"index = json.loads(fs.cat({json.dumps(f'{wds_path}/{rl.INDEX}')}))",
+                f"fs = fsspec.filesystem({fs_args})",
+                f"index = json.loads(fs.cat({json.dumps(wds_loc.child(rl.INDEX).path)}))",
                 f"urls = [{json.dumps(wds_url + '/')} + s[\"url\"] for s in "
                 f"index[\"splits\"][{json.dumps(split)}][\"shards\"]]",
                 "streams = lambda srcs: ({**s, \"stream\": fs.open(s[\"url\"], \"rb\")} "
                 "for s in srcs)",
-                "# with the AWS CLI instead: wds.WebDataset([f\"pipe:aws s3 cp {u} -\" "
-                "for u in urls])",
+                *([f"# with the cloud's CLI instead: wds.WebDataset([f\"pipe:{pipe}\" "
+                   "for u in urls])"] if (pipe := root.backend.pipe_command) else []),
                 "pipeline = wds.DataPipeline(wds.SimpleShardList(urls), streams, "
                 "tar_file_expander, group_by_keys)",
                 "for rec in pipeline:", load, "    break",

@@ -93,8 +93,9 @@ def info(url: str, version: str | None = None, **storage_options: Any) -> dict[s
             g["ngff_level"] = meta.attrs["level"]
     raw = sum(v["raw_bytes"] for g in groups.values() for v in g["variables"].values())
     stored = sum(sizes.values())
-    return {"url": loc.url, "dataset": prov.get("dataset"), "title": prov.get("title"),
-            "version": ds.version, "license": prov.get("license"), "published": published,
+    return {"url": loc.url, "root": ds.base.url, "dataset": prov.get("dataset"),
+            "title": prov.get("title"), "version": ds.version, "license": prov.get("license"),
+            "published": published,
             "groups": groups, "stored_bytes": stored, "raw_bytes": raw,
             "compression_ratio": round(raw / stored, 3) if stored else None,
             "source": prov.get("source"), "records": prov.get("records"),

@@ -100,7 +100,7 @@ def collect(root_url: str, *, keep: int = 3, grace: timedelta = timedelta(hours=
 
 
 def _remove(loc: Location) -> None:
-    if not loc.is_s3 and Path(loc.path).is_symlink():  # rm would refuse (or follow) it
+    if loc.caps.folders and Path(loc.path).is_symlink():  # rm would refuse (or follow) it
         Path(loc.path).unlink()
     else:
         loc.fs.rm(loc.path, recursive=True)
@@ -124,9 +124,9 @@ def _leftovers(root: Location, versioned: set[str], cutoff: datetime) -> list[Lo
     out = []
     for entry in _children(root):
         part = rl.split_part(entry)
-        if root.is_s3 and part and part[0] in versioned:
+        if not root.caps.folders and part and part[0] in versioned:
             out.append(root.child(entry))
-        elif not root.is_s3 and entry.startswith(".") and (".old-" in entry
+        elif root.caps.folders and entry.startswith(".") and (".old-" in entry
                                                             or ".link-" in entry):
             changed = Path(root.child(entry).path).lstat().st_mtime
             if datetime.fromtimestamp(changed, UTC) < cutoff:

@@ -100,7 +100,7 @@ class Ledger:
 
 def remove_partials(wds_loc: Location) -> None:
     """Temp tars a killed unit left behind (``*.tar.part``): never published."""
-    if wds_loc.is_s3 or not Path(wds_loc.path).exists():
+    if not wds_loc.caps.folders or not Path(wds_loc.path).exists():
         return
     for p in Path(wds_loc.path).rglob("*.part"):
         p.unlink(missing_ok=True)

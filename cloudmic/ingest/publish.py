@@ -46,13 +46,13 @@ def check_writable(dest: Location) -> None:
     except Exception as exc:  # PermissionError, botocore ClientError, ...
         raise StoreError(
             f"{dest.url}: cannot write there ({type(exc).__name__}: {exc}). Use credentials "
-            "that may write (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or another --dest."
+            f"that may write ({dest.backend.credentials_hint}), or another --dest."
         ) from exc
 
 
 def _place(staged: Location, final: Location) -> None:
     """Put one staged part at its place in the new version."""
-    if not staged.is_s3:
+    if staged.caps.folders:
         Path(final.path).parent.mkdir(parents=True, exist_ok=True)
         os.rename(staged.path, final.path)
         return
@@ -95,7 +95,7 @@ def publish(staging: Location, root: Location, name: str, parts: list[str],
     facts_json = json.dumps(entry, indent=2, sort_keys=True).encode()
     root.child(base, rl.VERSION_FACTS).write_bytes(facts_json)
     pointer_location(root, name).write_bytes(facts_json)  # one atomic write: readers switch
-    if not root.is_s3:
+    if root.caps.folders:
         _link(Path(root.path), name, version, parts)
     update_catalog(root, name, entry)
     log.info("published %s version %s under %s", name, version, root.url)

@@ -70,8 +70,9 @@ def _read_shard(loc: Location, records: bool = False,
 
 
 def _stored(wloc: Location) -> dict[str, dict[str, Any]]:
-    """What the store holds under ``wloc``: path -> listing entry (size; ETag on S3), from
-    one listing (a LIST per 1000 objects on S3), never from a cached one."""
+    """What the store holds under ``wloc``: path -> listing entry (size; on object stores
+    the checksum, :meth:`Location.stored_md5`), from one listing (a LIST per 1000 objects),
+    never from a cached one."""
     wloc.fs.invalidate_cache(wloc.path)
     try:
         found = wloc.fs.find(wloc.path, detail=True)
@@ -82,12 +83,14 @@ def _stored(wloc: Location) -> dict[str, dict[str, Any]]:
 
 def _check_stored(report: VerifyReport, wloc: Location, shards: list[tuple[str, dict]],
                   listed_in: str, etags: Mapping[str, str]) -> tuple[set[int], set[int]]:
-    """Check every shard without reading it: its size in the store's listing, and on S3 its
-    ETag against the one its upload must have (``etags``, by shard URL: what
+    """Check every shard without reading it: its size in the store's listing, and on an
+    object store its checksum (S3 ETag, Azure Content-MD5, GCS md5Hash) against the one its
+    upload must have (``etags``, by shard URL: what
     :func:`cloudmic.ingest.wds_writer.write_shard` computed from the bytes it sent). Returns
     the shards found wrong (reported) and those whose ETag could not be checked (none known,
-    or one that differs: a changed object, or a store whose ETags are not md5s, e.g. with
-    SSE-KMS): only a read decides those."""
+    or one that differs: a changed object, a store whose ETags are not md5s, e.g. with
+    SSE-KMS, an Azure blob put in blocks, which has no Content-MD5): only a read decides
+    those."""
     stored = _stored(wloc)
     unchecked: set[int] = set()
     bad: set[int] = set()
@@ -101,11 +104,12 @@ def _check_stored(report: VerifyReport, wloc: Location, shards: list[tuple[str, 
             report.problems.append(f"{shard.url}: {info['size']} bytes stored, index.json "
                                    f"says {s['bytes']}")
             bad.add(i)
-        elif shard.is_s3:
+        elif wloc.caps.checksum:
             want = etags.get(s["url"])
-            if not want or str(info.get("ETag", "")).strip('"') != want:
+            if not want or wloc.stored_md5(info) != want:
                 unchecked.add(i)
-    what = "size and ETag (from the md5 of the bytes sent)" if wloc.is_s3 else "size"
+    what = ("size and checksum (from the md5 of the bytes sent)" if wloc.caps.checksum
+            else "size")
     report.checks.append(f"{len(shards) - len(unchecked | bad)} of {len(shards)} shard(s): "
                          f"{what} as written")
     return bad, unchecked

@@ -6,11 +6,12 @@ Writing locally first avoids an S3 upload left to the garbage collector (STACK-N
 byte-identical (``cloudmic.ingest.tar_writer``: webdataset's bytes without its torch import).
 
 The bytes are hashed on their way to the temp file (no second read): sha256 for
-index.json and, for an S3 destination, md5, which is what the store reports as the
-object's ETag, so that the pre-publish verify checks every uploaded shard with a listing
-instead of a download (``cloudmic.ingest.verify``). A multipart upload's ETag is the md5 of
-its parts' md5s followed by ``-<parts>``: the part size is fixed here (:data:`PART_BYTES`)
-so that it can be computed too (SeaweedFS 4.48 and AWS S3 both follow that rule).
+index.json and, for an object store, md5, which is what the store reports of the object (S3:
+its ETag; Azure: Content-MD5; GCS: md5Hash), so that the pre-publish verify checks every
+uploaded shard with a listing instead of a download (``cloudmic.ingest.verify``). An S3
+multipart upload's ETag is the md5 of its parts' md5s followed by ``-<parts>``: the part size
+is fixed (:data:`cloudmic.storage.backends.S3_PART_BYTES`) so that it can be computed too
+(SeaweedFS 4.48 and AWS S3 both follow that rule).
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from cloudmic.ingest.tar_writer import TarWriter
+from cloudmic.storage.backends import S3_PART_BYTES as PART_BYTES
 from cloudmic.storage.location import Location
 
-# the part size of a multipart upload (s3fs's default, passed explicitly: the ETag depends
-# on it); s3fs sends a file smaller than two parts in one PUT
-PART_BYTES = 50 << 20
+WHOLE = 1 << 62  # a part size no file reaches: one part, the md5 of the whole
 
 
 def _md5(data: bytes = b"") -> Any:
@@ -48,7 +48,9 @@ class HashingWriter:
     first part's md5 is the whole md5's state at its end, and the whole md5 stops at two
     parts (from there the upload is multipart)."""
 
-    def __init__(self, out: Any, part_bytes: int = PART_BYTES, etag: bool = True) -> None:
+    def __init__(self, out: Any, part_bytes: int | None = PART_BYTES,
+                 etag: bool = True) -> None:
+        part_bytes = part_bytes or WHOLE  # None: the md5 of the whole (Azure, GCS)
         self.out, self.part_bytes, self.size = out, part_bytes, 0
         self._sha = hashlib.sha256()
         self._md5 = _md5() if etag else None
@@ -87,7 +89,7 @@ class HashingWriter:
         for one PUT, else the md5 of the parts' md5s and ``-<number of parts>``."""
         if self._md5 is None:
             raise ValueError("HashingWriter(etag=False) computes no ETag")
-        if single_put(self.size, self.part_bytes):
+        if self.part_bytes == WHOLE or single_put(self.size, self.part_bytes):
             return self._md5.hexdigest()
         parts = self._parts + ([self._part.digest()] if self._filled else [])
         return f"{_md5(b''.join(parts)).hexdigest()}-{len(parts)}"
@@ -95,27 +97,29 @@ class HashingWriter:
 
 def write_shard(records: Iterable[dict[str, Any]], dest: Location) -> dict[str, Any]:
     """Write records to the tar at ``dest``; return its index entry (samples, bytes and
-    sha256 of the bytes written) and, on S3, the ``etag`` the stored object must have (for
-    the pre-publish verify, not for index.json)."""
-    tmp_dir = None if dest.is_s3 else Path(dest.path).parent
+    sha256 of the bytes written) and, on an object store, the ``etag`` (the checksum a
+    listing must report, :attr:`Capabilities.checksum`) for the pre-publish verify, not
+    for index.json."""
+    folders = dest.caps.folders
+    tmp_dir = Path(dest.path).parent if folders else None
     if tmp_dir is not None:
         tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".tar.part", dir=tmp_dir)
     try:
         count = 0
         with os.fdopen(fd, "wb") as f:
-            out = HashingWriter(f, etag=dest.is_s3)
+            out = HashingWriter(f, dest.backend.part_bytes, etag=dest.caps.checksum is not None)
             writer = TarWriter(out)
             for rec in records:
                 writer.write(rec)
                 count += 1
             writer.close()
-            if not dest.is_s3:  # locally, the size and a durable write are the check
+            if folders:  # locally, the size and a durable write are the check
                 f.flush()
                 os.fsync(f.fileno())
         entry = {"samples": count, "bytes": out.size, "sha256": out.sha256}
-        if dest.is_s3:
-            dest.fs.put_file(tmp, dest.path, chunksize=PART_BYTES)
+        if not folders:
+            dest.backend.upload(dest.fs, tmp, dest.path)
             entry["etag"] = out.etag
         else:
             os.replace(tmp, dest.path)

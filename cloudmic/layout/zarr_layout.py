@@ -24,6 +24,19 @@ def compressors(storage: Storage) -> tuple:
     return ()
 
 
+# The shard index at the start of each shard: a reader finds it with a plain byte range.
+# At the end (zarr's default) it takes a suffix range, which Azure Blob does not serve and
+# adlfs does not translate (plain xarray on az:// could not read a chunk), nor do some
+# HTTP servers; zarr-python and zarrs read either layout.
+SHARD_INDEX_LOCATION = "start"
+
+
+def shard_config(shards: tuple[int, ...] | None) -> dict | None:
+    """zarr's ``shards=`` argument for a shard shape (None: no sharding)."""
+    return None if shards is None else {"shape": shards,
+                                        "index_location": SHARD_INDEX_LOCATION}
+
+
 def chunking(spec: VarSpec, storage: Storage) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """(inner chunk shape, shard shape or None) for one array.
 
@@ -69,7 +82,7 @@ def create_group(root: zarr.Group, group: GroupSpec, storage: Storage) -> zarr.G
             shape=spec.shape,
             dtype=str if is_str else spec.dtype,
             chunks=chunks,
-            shards=shards,
+            shards=shard_config(shards),
             compressors="auto" if is_str else compressors(storage),
             fill_value="" if is_str else 0,
             dimension_names=spec.dims,

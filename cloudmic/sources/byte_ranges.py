@@ -1,4 +1,4 @@
-"""Random reads of one local, HTTP(S) or ``s3://`` file, and a seekable file over them.
+"""Random reads of one local, HTTP(S) or object-store file, and a seekable file over them.
 
 Zips are read in place through these: a remote zip costs one request to list (the last
 64 KiB, which holds the central directory of archives with up to a few hundred members),
@@ -155,7 +155,8 @@ def _read_body(resp: Any, want: int) -> bytes:
 
 
 class FsspecSource(ByteSource):
-    """An ``s3://`` object read by ranged GETs through s3fs."""
+    """An object-store object (``s3://``, ``az://``, ``gs://``) read by ranged GETs through
+    its fsspec filesystem."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None,
                  policy: RetryPolicy = DEFAULT_POLICY) -> None:
@@ -170,9 +171,10 @@ class FsspecSource(ByteSource):
             except FileNotFoundError:
                 raise SourceError(self.url, "no such object", "check the URL") from None
             except PermissionError as exc:
+                from cloudmic.storage.backends import backend_for
+
                 raise SourceError(self.url, f"access denied ({exc})", "check the credentials "
-                                  "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
-                                  "AWS_ENDPOINT_URL)") from None
+                                  f"({backend_for(self.url).credentials_hint})") from None
             except OSError as exc:
                 raise TransientError(describe_error(exc)) from None
 
@@ -192,7 +194,7 @@ def open_source(url: str | os.PathLike[str], storage_options: dict[str, Any] | N
     scheme = url_scheme(url)
     if scheme in ("http", "https"):
         return HttpSource(url, policy)
-    if scheme == "s3":
+    if scheme != "file":
         return FsspecSource(url, storage_options, policy)
     return LocalSource(Path(url.removeprefix("file://")).expanduser())
 

@@ -4,8 +4,8 @@ byte range and an ``If-Range`` validator), and the retry policy around every req
 Both the download (:mod:`cloudmic.sources.download`) and the range reads of archives read in
 place (:mod:`cloudmic.sources.byte_ranges`) go through here, so that they agree on what a
 transient failure is and how long to wait. HTTP is spoken with the standard library only;
-``s3://`` goes through s3fs with the credentials :class:`cloudmic.storage.location.Location`
-resolves.
+object stores (``s3://``, ``az://``, ``gs://``) go through fsspec with the credentials
+:class:`cloudmic.storage.location.Location` resolves.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 from cloudmic import __version__
-from cloudmic.errors import SourceError
+from cloudmic.errors import SourceError, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -46,22 +46,26 @@ T = TypeVar("T")
 
 # ---- URLs -----------------------------------------------------------------------------------
 def url_scheme(url: str) -> str:
+    """``http``, ``https``, ``file``, or the scheme of an object store (``s3``, ``az``, ``gs``)."""
+    from cloudmic.storage.backends import SUPPORTED, backend_for
+
     scheme = urlparse(url).scheme.lower()
-    if scheme in ("http", "https", "s3", "file"):
-        return scheme
     if scheme == "" or (len(scheme) == 1 and os.name == "nt"):
         return "file"
-    raise SourceError(url, f"unsupported URL scheme {scheme!r}",
-                      "use http(s)://, s3:// or a local path")
+    try:
+        backend_for(url)
+    except StoreError:
+        raise SourceError(url, f"unsupported URL scheme {scheme!r}", f"use {SUPPORTED}") from None
+    return scheme
 
 
 def filesystem_for(url: str, storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    """The fsspec filesystem and path of an ``s3://`` or local source."""
-    # imported here: fsspec (and s3fs) load only when a source is not served over HTTP
+    """The fsspec filesystem and path of an object-store (``s3://``, ``az://``, ``gs://``) or
+    local source."""
+    # imported here: fsspec (and its cloud clients) load only when a source is not on HTTP
     from cloudmic.storage.location import Location
 
-    scheme = urlparse(url).scheme  # lower case: Location matches "s3://" as written
-    where = Location.parse(scheme + url[len(scheme):], **(storage_options or {}))
+    where = Location.parse(url, **(storage_options or {}))
     return where.fs, where.path
 
 

@@ -1,8 +1,8 @@
 """Read-modify-write of one small JSON object that concurrent writers share, losing no update.
 
 Object stores: a conditional PUT (``If-Match`` on the ETag read, ``If-None-Match: *`` when
-the object is new), retried on a lost race. SeaweedFS 4.48 honours both (412 on a stale
-ETag, ADR 0007). Local folders: an exclusive ``flock`` around read, change and an atomic
+the object is new), retried on a lost race. SeaweedFS 4.48 and Azurite honour both (412 on
+a stale ETag, ADR 0007). Local folders: an exclusive ``flock`` around read, change and an atomic
 rename. ``change`` may run several times (once per attempt): it must only depend on its input.
 """
 
@@ -40,8 +40,11 @@ def _encode(value: Any) -> bytes:
 
 def update_json(loc: Location, change: Change) -> Any:
     """Apply ``change`` (old value or None -> new value) to the JSON object at ``loc``."""
-    if loc.is_s3:
+    if loc.caps.conditional_put:
         return _update_object(loc, change)
+    if not loc.caps.folders:
+        raise StoreError(f"{loc.url}: this store cannot update shared files safely "
+                         "(no conditional writes)")
     lock = os.path.join(os.path.dirname(loc.path), ".cloudmic", "locks", loc.name + ".lock")
     with file_lock(lock):
         try:
@@ -57,15 +60,17 @@ def _update_object(loc: Location, change: Change) -> Any:
     import obstore
     from obstore.exceptions import AlreadyExistsError, NotFoundError, PreconditionError
 
-    store, key = loc.parent._obstore(), loc.name
+    store, key = loc.parent.object_store(), loc.name
     for attempt in range(ATTEMPTS):
         try:
             got = obstore.get(store, key)
-            old, tag = bytes(got.bytes()), got.meta["e_tag"]
+            old, meta = bytes(got.bytes()), got.meta
         except (NotFoundError, FileNotFoundError):
-            old, tag = None, None
+            old, meta = None, None
         new = change(_decode(loc, old))
-        mode = {"e_tag": tag} if tag else "create"
+        # If-Match on the ETag (S3, Azure); GCS matches the object's generation ("version")
+        mode = ({"e_tag": meta["e_tag"], **({"version": meta["version"]} if meta.get("version")
+                                            else {})} if meta else "create")
         try:
             obstore.put(store, key, _encode(new), mode=mode)
             return new

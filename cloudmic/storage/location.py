@@ -1,9 +1,10 @@
 """URLs to stores: a ``Location`` is a root URL plus the options to reach it.
 
-Local folders (a path or ``file://``) and ``s3://`` buckets are supported. Credentials
-follow AWS conventions (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-``AWS_ENDPOINT_URL``); when none are set and the embedded store is running, its
-credentials are used. They live only in memory: never in a store, a manifest or a log.
+Local folders (a path or ``file://``), ``s3://`` buckets (and any S3-compatible server),
+``az://`` Azure Blob containers, ``gs://`` Google Cloud Storage buckets, and read-only
+``http(s)://`` roots. What differs between them (URLs, credentials, clients, capabilities)
+lives in :mod:`cloudmic.storage.backends`. Credentials live only in memory: never in a
+store, a manifest or a log.
 """
 
 from __future__ import annotations
@@ -14,38 +15,17 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import fsspec
 
 from cloudmic.errors import StoreError
-
-
-def _embedded_store_options() -> dict[str, Any]:
-    from cloudmic.storage import seaweed
-
-    info = seaweed.status()
-    return info.storage_options() if info else {}
-
-
-def resolve_s3_options(options: dict[str, Any] | None) -> dict[str, Any]:
-    """s3fs options: the caller's, else the AWS environment, else the running embedded store."""
-    opts = dict(options or {})
-    if "key" in opts or "anon" in opts or "profile" in opts:
-        return opts
-    env_key = os.environ.get("AWS_ACCESS_KEY_ID")
-    if env_key:
-        opts.update(key=env_key, secret=os.environ.get("AWS_SECRET_ACCESS_KEY"))
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
-        if endpoint:
-            opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
-        return opts
-    return {**_embedded_store_options(), **opts}
+from cloudmic.storage.backends import Backend, Capabilities, backend_for
 
 
 @dataclass(frozen=True)
 class Location:
-    """A place in a store: ``s3://bucket/prefix`` or a local folder."""
+    """A place in a store: ``s3://bucket/prefix``, ``az://container/prefix``,
+    ``gs://bucket/prefix``, ``https://...`` or a local folder."""
 
     url: str
     storage_options: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -53,27 +33,16 @@ class Location:
     @classmethod
     def parse(cls, url: str | os.PathLike[str], **storage_options: Any) -> Location:
         text = os.fspath(url)
-        scheme = urlparse(text).scheme  # lower-cased: S3://b is s3://b
-        if scheme in ("s3", "http", "https"):
-            text = scheme + text[len(scheme):]
-        if scheme == "s3":
-            bucket = urlparse(text).netloc
-            if not bucket:
-                raise StoreError(f"{text}: an S3 URL needs a bucket, like s3://my-bucket/prefix")
-            return cls(text.rstrip("/"), resolve_s3_options(storage_options))
-        if scheme in ("http", "https"):  # anonymous reads of a public bucket or web server
-            return cls(text.rstrip("/"), storage_options)
-        if scheme in ("", "file"):
-            # absolute, but symlinks kept: ROOT/<name>.zarr is a link to the current version
-            # and must stay a dataset URL (resolved through the pointer, ADR 0007)
-            path = os.path.abspath(Path(text.removeprefix("file://")).expanduser())
-            return cls(path, storage_options)
-        raise StoreError(f"{text}: unsupported URL scheme {scheme!r}; use s3://..., "
-                         "https://... (read-only) or a local path")
+        backend = backend_for(text)
+        return cls(backend.url(text), backend.resolve_options(storage_options))
 
     @property
-    def is_s3(self) -> bool:
-        return self.url.startswith("s3://")
+    def backend(self) -> Backend:
+        return backend_for(self.url)
+
+    @property
+    def caps(self) -> Capabilities:
+        return self.backend.caps
 
     @property
     def is_http(self) -> bool:
@@ -82,21 +51,22 @@ class Location:
 
     @property
     def is_local(self) -> bool:
-        return not (self.is_s3 or self.is_http)
+        return self.caps.folders
+
+    @property
+    def is_object_store(self) -> bool:
+        """A writable bucket or container (S3, Azure, GCS): atomic PUTs, server-side copies."""
+        return self.caps.writable and not self.caps.folders
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
-        if self.is_s3:
-            return fsspec.filesystem("s3", **self.storage_options)
-        if self.is_http:
-            return fsspec.filesystem("http", **self.storage_options)
-        return fsspec.filesystem("file", auto_mkdir=True)
+        return self.backend.filesystem(self.storage_options)
 
     @property
     def path(self) -> str:
         """The path the fsspec filesystem understands (``bucket/prefix``, ``/abs/dir``, or
         the URL itself over HTTP)."""
-        return self.url.removeprefix("s3://")
+        return self.backend.fs_path(self.url)
 
     @property
     def name(self) -> str:
@@ -126,12 +96,12 @@ class Location:
     def read_bytes(self) -> bytes:
         """The object in one GET (s3fs would send a HEAD first, and ranged GETs in
         parallel above 50 MB)."""
-        return self.fs.cat_file(self.path, **({"max_concurrency": 1} if self.is_s3 else {}))
+        return self.fs.cat_file(self.path, **self.backend.one_get)
 
     def write_bytes(self, data: bytes) -> None:
-        """One PUT on S3 (atomic for readers); write-then-rename locally."""
+        """One PUT on an object store (atomic for readers); write-then-rename locally."""
         self._writable()
-        if self.is_s3:
+        if not self.caps.folders:
             self.fs.pipe_file(self.path, data)
             return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -140,44 +110,32 @@ class Location:
         os.replace(tmp, self.path)
 
     def zarr_store(self, *, read_only: bool = False):  # -> zarr.abc.store.Store
-        """A zarr v3 store here: obstore on S3 (1.5-3x faster than s3fs in STACK-NOTES)."""
+        """A zarr v3 store here: obstore on object stores (1.5-3x faster than s3fs in
+        STACK-NOTES), zarr's LocalStore on a folder."""
         from zarr.storage import LocalStore, ObjectStore
 
-        if self.is_http:
-            from obstore.store import HTTPStore
-
-            self._writable(read_only)
-            http = {"allow_http": self.url.startswith("http://")}
-            return ObjectStore(HTTPStore.from_url(self.url, client_options=http), read_only=True)
-        if not self.is_s3:
+        self._writable(read_only)
+        if self.caps.folders:
             if not read_only:
                 Path(self.path).mkdir(parents=True, exist_ok=True)
             return LocalStore(self.path, read_only=read_only)
-        return ObjectStore(self._obstore(), read_only=read_only)
+        return ObjectStore(self.object_store(), read_only=read_only)
+
+    def object_store(self) -> Any:
+        """The obstore store rooted here (object stores and HTTP)."""
+        return self.backend.object_store(self.url, self.storage_options)
+
+    def stored_md5(self, info: dict[str, Any]) -> str | None:
+        """What a listing entry of an object here reports of its bytes (see
+        :attr:`Capabilities.checksum`), or None."""
+        return self.backend.stored_md5(info)
 
     def _writable(self, read_only: bool = False) -> None:
-        if self.is_http and not read_only:
+        if not self.caps.writable and not read_only:
             raise StoreError(f"{self.url}: HTTP(S) roots are read-only; write to the "
-                             "s3:// URL of the same bucket, with keys that may write")
-
-    def _obstore(self):
-        from obstore.store import S3Store
-
-        bucket, _, prefix = self.path.partition("/")
-        opts = self.storage_options
-        endpoint = (opts.get("client_kwargs") or {}).get("endpoint_url") or os.environ.get(
-            "AWS_ENDPOINT_URL"
-        )
-        config: dict[str, Any] = {"region": os.environ.get("AWS_REGION", "us-east-1")}
-        if opts.get("key"):
-            config.update(access_key_id=opts["key"], secret_access_key=opts["secret"])
-        if opts.get("anon"):
-            config["skip_signature"] = True
-        if endpoint:
-            config.update(endpoint=endpoint, virtual_hosted_style_request=False)
-        client = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
-        return S3Store(bucket, prefix=prefix or None, client_options=client, **config)
+                             "bucket's own URL (s3://, az://, gs://) with credentials that "
+                             "may write")
 
     def xarray_storage_options(self) -> dict[str, Any] | None:
         """What to pass as ``storage_options`` to plain ``xr.open_datatree`` (None locally)."""
-        return dict(self.storage_options) if self.is_s3 else None
+        return self.backend.xarray_options(self.storage_options)

@@ -26,9 +26,11 @@ from cloudmic.client.describe import info, list_root
 from cloudmic.client.metadata import read_store_metadata
 from cloudmic.ingest import ingest
 from cloudmic.manifest import load_manifest
+from cloudmic.storage.backends import parse_connection_string
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve
 from cloudmic.synth import get_generator
+from fixtures_biosr import new_bucket
 
 # a few seconds per dataset, all of them together well under a minute
 SIZES: dict[str, dict[str, Any]] = {
@@ -566,19 +568,25 @@ def test_page_in_headless_chromium(published, catalog_dir, tmp_path):
 
 
 # ---- S3 and the command line ----
-def test_catalog_of_an_s3_root(s3_env, sources, tmp_path):
-    """Ingest to the real S3 server, build the catalog from it, run its snippets there, and
-    check that no credential reaches the page."""
-    root = "s3://catalog-test"
+@pytest.mark.parametrize("kind", ["s3", "az"])
+def test_catalog_of_a_bucket_root(kind, request, sources, tmp_path):
+    """Ingest to a real server (SeaweedFS for S3, Azurite for Azure), build the catalog from
+    it, run its snippets there, and check that no credential reaches the page."""
+    root = new_bucket(request, kind)
+    env = request.getfixturevalue(f"{kind}_env")
     names = ["biosr", "platelet-em"]
     _publish(names, sources, root)
     assert resolve(f"{root}/biosr.zarr").previews.child("previews.json").exists()
     out = tmp_path / "html"
     index = build_catalog(root, out)
     page = index.read_text()
-    assert s3_env["AWS_SECRET_ACCESS_KEY"] not in page
-    assert s3_env["AWS_ACCESS_KEY_ID"] not in page
-    assert s3_env["AWS_ENDPOINT_URL"] in page  # where to connect is not a secret
+    if kind == "s3":
+        secrets = [env["AWS_SECRET_ACCESS_KEY"], env["AWS_ACCESS_KEY_ID"]]
+        assert env["AWS_ENDPOINT_URL"] in page  # where to connect is not a secret
+    else:
+        secrets = [parse_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])["AccountKey"]]
+        assert "AZURE_STORAGE_CONNECTION_STRING" in page  # where the snippets find it
+    assert not [s for s in secrets if s in page]
     facts = catalog_facts(root)
     for name in names:
         d = facts["datasets"][name]
@@ -586,9 +594,9 @@ def test_catalog_of_an_s3_root(s3_env, sources, tmp_path):
         for p in [p for f in d["previews"]["figures"] for p in f["panels"]]:
             assert (out / name / p["file"]).read_bytes() == resolve(
                 f"{root}/{name}.zarr").previews.child(p["file"]).read_bytes()
-        for kind, code in d["snippets"].items():
-            exec(compile(code, f"<{name} {kind} snippet on S3>", "exec"), {})  # noqa: S102
-    check_page_in_chromium(index, tmp_path / "s3-catalog.png")
+        for what, code in d["snippets"].items():
+            exec(compile(code, f"<{name} {what} snippet on {kind}>", "exec"), {})  # noqa: S102
+    check_page_in_chromium(index, tmp_path / f"{kind}-catalog.png")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:

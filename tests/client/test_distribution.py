@@ -16,6 +16,7 @@ import pytest
 import cloudmic
 from cloudmic.client.stream import merge_states
 from cloudmic.ingest import ingest
+from fixtures_biosr import new_bucket
 
 PATCH = {"y": 16, "x": 16}
 PPS = 3  # patches per sample: 40 samples -> 120 items, in 5 blocks of 8 samples
@@ -26,6 +27,16 @@ def url(biosr_sources, small_manifest, tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("dist-root")
     ingest(str(small_manifest), biosr_sources["uint16"], str(root))
     return f"{root}/biosr.zarr"
+
+
+@pytest.fixture(scope="module", params=["local", "s3", "az"])
+def store_url(request, url, biosr_sources, small_manifest) -> str:
+    """The same dataset on each kind of store: local, SeaweedFS (S3), Azurite (Azure)."""
+    if request.param == "local":
+        return url
+    bucket = new_bucket(request, request.param)
+    ingest(str(small_manifest), biosr_sources["uint16"], bucket)
+    return f"{bucket}/biosr.zarr"
 
 
 def _stream(url: str, **kw) -> cloudmic.PatchStream:
@@ -39,7 +50,8 @@ def _all_keys(url: str, epoch: int = 0) -> list[str]:
     return sorted(it["__key__"] for it in s)
 
 
-def test_ranks_cover_the_epoch_exactly_once_in_equal_shares_without_talking(url):
+def test_ranks_cover_the_epoch_exactly_once_in_equal_shares_without_talking(store_url):
+    url = store_url
     everything = _all_keys(url)
     assert len(everything) == len(set(everything)) == 120
     for world in (2, 3, 7, 200):  # 7 does not divide 120; 200 ranks for 120 items
@@ -170,8 +182,8 @@ def test_mix_draws_by_weight_and_resumes_each_source_exactly(url):
     assert sorted(seen) == sorted(full)
 
 
-def test_shards_cover_the_split_exactly_once_over_ranks(url, monkeypatch):
-    wds_url = url.removesuffix(".zarr") + ".wds"
+def test_shards_cover_the_split_exactly_once_over_ranks(store_url, monkeypatch):
+    wds_url = store_url.removesuffix(".zarr") + ".wds"
     everything = sorted(r["__key__"] for r in cloudmic.shards(wds_url, "train"))
     assert len(cloudmic.shards(wds_url, "train")) == len(everything) == 40
     keys = []
@@ -181,6 +193,11 @@ def test_shards_cover_the_split_exactly_once_over_ranks(url, monkeypatch):
         keys += [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True,
                                                        epoch=1, buffer=8)]
     assert sorted(keys) == everything
+    for world in (3, 7):  # equal shares, the remainder padded with flagged repeats
+        shares = [list(cloudmic.shards(wds_url, "train", rank=r, world_size=world))
+                  for r in range(world)]
+        assert {len(x) for x in shares} == {-(-40 // world)}, world
+        assert sorted(it["__key__"] for x in shares for it in x if not it["pad"]) == everything
     monkeypatch.delenv("RANK")
     monkeypatch.delenv("WORLD_SIZE")
     order = [r["__key__"] for r in cloudmic.shards(wds_url, "train", shuffle=True, epoch=1,
