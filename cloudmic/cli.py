@@ -176,72 +176,26 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 # ---- ls / info / verify ----
 def cmd_ls(args: argparse.Namespace) -> int:
+    from cloudmic.catalog.text import ls_text
     from cloudmic.client.describe import list_root
 
     listing = list_root(args.root)
     if args.json:
         _print_json(listing)
-        return 0
-    if not listing["datasets"]:
-        print(f"nothing published under {listing['root']} (see: cloudmic ingest --help)")
-        return 0
-    print(f"{'dataset':<14}{'groups':<40}{'stored':>12}{'ratio':>8}  current version url")
-    for name, d in listing["datasets"].items():
-        groups = ", ".join(f"{g} {n}" for g, n in d["groups"].items())
-        if len(groups) > 38:  # many splits (one per structure): summarise, --json has them all
-            groups = f"{len(d['groups'])} splits, {sum(d['groups'].values())} samples"
-        print(f"{name:<14}{groups:<40}{human_bytes(d['stored_bytes']):>12}"
-              f"{d['compression_ratio']:>7.2f}x  {d['url']}")
-        if d["versions"]:
-            older = [v for v in d["versions"] if v != d["version"]]
-            print(f"{'':<14}version {d['version']} (current)"
-                  + (f"; also kept: {', '.join(older)}" if older else ""))
+    else:
+        print(ls_text(listing))
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from cloudmic.catalog.snippets import xarray_snippet
+    from cloudmic.catalog.text import info_text
     from cloudmic.client.describe import info
-    from cloudmic.storage.location import Location
 
     d = info(args.url, version=args.version)
     if args.json:
         _print_json(d)
-        return 0
-    print(f"{d['url']}: {d['title']}\n  version {d['version']}, published {d['published']}, "
-          f"license {d['license']}, "
-          f"stored {human_bytes(d['stored_bytes'])}, raw {human_bytes(d['raw_bytes'])}, "
-          f"compression {d['compression_ratio']}x")
-    notes = d.get("provenance") or {}
-    if "license" in notes:
-        print(f"    ({notes['license']})")
-    for k, c in enumerate(d.get("citation") or []):
-        print(f"  cite: {c.get('text')}" + (f" doi:{c['doi']}" if c.get("doi") else ""))
-        for field in (f"citation.{k}.text", f"citation.{k}.doi"):
-            if field in notes:
-                print(f"    ({field.rpartition('.')[2]}: {notes[field]})")
-    rest = {k: v for k, v in notes.items() if k != "license" and not k.startswith("citation.")}
-    if rest:
-        print("  where other facts come from:")
-        for field, label in rest.items():
-            print(f"    {field}: {label}")
-    for gname, g in d["groups"].items():
-        n = g.get("length")
-        if "ngff_level" in g:
-            kind = f"OME-NGFF image, level {g['ngff_level']}"
-        elif g.get("sample_dim"):
-            kind = f"{n} samples along {g['sample_dim']!r}"
-        else:
-            kind = "one sample"
-        print(f"  group {gname}: {kind}")
-        for vname, v in g["variables"].items():
-            dims = ", ".join(f"{dim}: {n}" for dim, n in zip(v["dims"], v["shape"], strict=True))
-            print(f"    {vname:<10}({dims}) {v['dtype']:<8} stored {human_bytes(v['stored_bytes'])}"
-                  f" ({v['compression_ratio']}x)")
-        print(f"    coordinates: {', '.join(g['coordinates'])}")
-    snippet = xarray_snippet(Location.parse(d["root"]), d["url"])
-    print("  open it in plain xarray:")
-    print("\n".join(f"    {line}" for line in snippet.splitlines()))
+    else:
+        print(info_text(d))
     return 0
 
 

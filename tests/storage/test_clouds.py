@@ -15,6 +15,7 @@ import pytest
 import xarray as xr
 
 import cloudmic
+from cloudmic.catalog.html import catalog_facts
 from cloudmic.client.describe import info, list_root
 from cloudmic.errors import StoreError
 from cloudmic.ingest import ingest
@@ -162,6 +163,28 @@ def test_gcs_root_reads_through_every_entry_point(request, biosr_sources, small_
     assert info(f"{root}/biosr.zarr")["dataset"] == "biosr"
     report = verify_dataset(Location.parse(root), "biosr")
     assert report.ok, report.problems
+    facts = catalog_facts(root)
+    assert not facts["datasets"]["biosr"]["problems"]
+    assert "\"token\": \"anon\"" in facts["datasets"]["biosr"]["snippets"]["xarray"]
+
+
+def test_sted_fm_archives_are_read_in_place_from_azure(request, sted_src, tmp_path):
+    """An archive prefix on Azure as the source: members read by byte range, published to
+    Azure, the same bytes as from the local archives."""
+    src = new_bucket(request, "az")
+    loc = Location.parse(src)
+    for tar in sorted(sted_src.glob("*.tar")):
+        loc.fs.put_file(str(tar), f"{loc.path}/archives/{tar.name}")
+    dest = new_bucket(request, "az")
+    ingest("sted-fm", f"{src}/archives", dest)
+    ingest("sted-fm", sted_src, str(tmp_path / "local"))
+    remote, local = published_bytes(dest), published_bytes(str(tmp_path / "local"))
+    root_meta = "/sted-fm.zarr/zarr.json"  # records where the source was read from
+    assert {k: v for k, v in remote.items() if k != root_meta} == {
+        k: v for k, v in local.items() if k != root_meta}
+    a, b = (cloudmic.open(u).attrs["cloudmic"] for u in (f"{dest}/sted-fm.zarr",
+                                                         f"{tmp_path}/local/sted-fm.zarr"))
+    assert {k for k in a if a[k] != b[k]} <= {"source", "run_id"}
 
 
 def test_backend_table_names_each_cloud_and_its_credentials():
@@ -171,3 +194,21 @@ def test_backend_table_names_each_cloud_and_its_credentials():
         assert env_var in backend_for(url).credentials_hint
     with pytest.raises(StoreError, match="az://"):
         backend_for("ftp://host/x")
+
+
+def test_s3_compatible_endpoints_path_or_virtual_hosted_and_regions(monkeypatch):
+    """Options as s3fs takes them reach obstore's client too: path-style by default on a
+    custom endpoint, virtual-hosted when asked, the region from the options or AWS_REGION."""
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://h:9000"}}
+    store = Location.parse("s3://b/p", **opts).object_store()
+    assert str(store.config["virtual_hosted_style_request"]).lower() == "false"
+    assert store.config["endpoint"] == "http://h:9000" and str(store.prefix) == "p"
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    virtual = Location.parse("s3://b", **opts, config_kwargs={"s3": {
+        "addressing_style": "virtual"}}).object_store()
+    assert str(virtual.config["virtual_hosted_style_request"]).lower() == "true"
+    assert virtual.config["region"] == "eu-central-1"
+    regional = Location.parse("s3://b", key="k", secret="s", client_kwargs={
+        "region_name": "us-west-2"}).object_store()
+    assert regional.config["region"] == "us-west-2" and "endpoint" not in regional.config
