@@ -115,10 +115,13 @@ class RssMonitor:
     (``sum_peak_kb``: what the tree held at once).
     """
 
-    def __init__(self, interval: float = 0.1) -> None:
+    def __init__(self, interval: float = 0.1, pid: int | None = None) -> None:
         import psutil
 
-        self._me, self.interval = psutil.Process(), interval
+        # pid: watch that process's tree instead of this one's (a CLI run as a user runs it,
+        # without this script or a server it started)
+        self._me, self.interval = psutil.Process(pid), interval
+        self._root = "self" if pid is None else pid
         self.worker_hwm: dict[int, float] = {}
         self.sum_peak_kb = 0
         self._stop = threading.Event()
@@ -127,7 +130,7 @@ class RssMonitor:
 
     def _poll(self) -> None:
         while True:
-            total = proc_status_mb("self", "VmRSS")
+            total = proc_status_mb(self._root, "VmRSS")
             try:
                 kids = self._me.children(recursive=True)
             except Exception:  # noqa: BLE001 - a process vanished mid-listing

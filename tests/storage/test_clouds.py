@@ -83,20 +83,25 @@ def test_plain_xarray_reads_an_azure_store(request, biosr_sources, small_manifes
             assert np.array_equal(tree[group].ds[var].values, local[group].ds[var].values)
 
 
-def test_a_destination_the_credentials_cannot_write(request, biosr_sources, small_manifest):
-    """A wrong account key: refused before any work, naming the URL and what to set, and the
-    container keeps what it held."""
-    root = new_bucket(request, "az")
+@pytest.mark.parametrize("kind", ["s3", "az"])
+def test_a_destination_the_credentials_cannot_write(kind, request, biosr_sources,
+                                                    small_manifest):
+    """Keys that may only read (S3) or a wrong account key (Azure): refused before any work,
+    naming the URL and what to set, and the bucket keeps what it held."""
+    root = new_bucket(request, kind)
     ingest(str(small_manifest), biosr_sources["uint16"], root)
     before = published_bytes(root)
-    env = request.getfixturevalue("az_env")
-    parts = parse_connection_string(env["AZURE_STORAGE_CONNECTION_STRING"])
-    wrong = env["AZURE_STORAGE_CONNECTION_STRING"].replace(parts["AccountKey"],
-                                                           "d3Jvbmcta2V5" * 4)
+    if kind == "s3":
+        refused = request.getfixturevalue("s3_server").storage_options(readonly=True)
+        hint = "AWS_ACCESS_KEY_ID"
+    else:
+        cs = request.getfixturevalue("az_env")["AZURE_STORAGE_CONNECTION_STRING"]
+        refused = {"connection_string": cs.replace(parse_connection_string(cs)["AccountKey"],
+                                                   "d3Jvbmcta2V5" * 4)}
+        hint = "AZURE_STORAGE_CONNECTION_STRING"
     with pytest.raises(StoreError) as err:
-        ingest(str(small_manifest), biosr_sources["uint16"], root,
-               storage_options={"connection_string": wrong})
-    assert root in str(err.value) and "AZURE_STORAGE_CONNECTION_STRING" in str(err.value)
+        ingest(str(small_manifest), biosr_sources["uint16"], root, storage_options=refused)
+    assert root in str(err.value) and hint in str(err.value)
     assert published_bytes(root) == before
 
 
@@ -199,7 +204,8 @@ def test_backend_table_names_each_cloud_and_its_credentials():
 def test_s3_compatible_endpoints_path_or_virtual_hosted_and_regions(monkeypatch):
     """Options as s3fs takes them reach obstore's client too: path-style by default on a
     custom endpoint, virtual-hosted when asked, the region from the options or AWS_REGION."""
-    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(var, raising=False)
     opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://h:9000"}}
     store = Location.parse("s3://b/p", **opts).object_store()
     assert str(store.config["virtual_hosted_style_request"]).lower() == "false"
