@@ -234,7 +234,10 @@ class S3Backend(Backend):
         return S3Store(bucket, prefix=prefix, client_options=client, **config)
 
     def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
-        fs.put_file(local, path, chunksize=S3_PART_BYTES)  # explicit: the ETag depends on it
+        # the part size is explicit: the ETag depends on it. s3fs holds max_concurrency parts
+        # in memory at once (10 by default: 500 MiB per upload, per worker thread); 2 keeps
+        # the upload streaming at ~100 MiB
+        fs.put_file(local, path, chunksize=S3_PART_BYTES, max_concurrency=2)
 
     def stored_md5(self, info: dict[str, Any]) -> str | None:
         tag = str(info.get("ETag") or info.get("etag") or "").strip('"')
@@ -340,10 +343,12 @@ class AzureBackend(Backend):
         name = json.dumps(self._parts(options)["account_name"])
         if options.get("anon"):
             return [f"storage_options = {{\"account_name\": {name}, \"anon\": True}}"]
-        return ["# the account key (or a SAS token: \"sas_token\") from the environment",
+        key, var, what = (("sas_token", "AZURE_STORAGE_SAS_TOKEN", "a SAS token")
+                          if options.get("sas_token") else
+                          ("account_key", "AZURE_STORAGE_ACCOUNT_KEY", "the account key"))
+        return [f"# {what}, from the environment",
                 f"storage_options = {{\"account_name\": {name},",
-                "                   \"account_key\": "
-                "os.environ.get(\"AZURE_STORAGE_ACCOUNT_KEY\")}"]
+                f"                   \"{key}\": os.environ.get(\"{var}\")}}"]
 
 
 class GCSBackend(Backend):

@@ -5,6 +5,7 @@ with nothing published; no credential is written into a store or a log."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -64,6 +65,11 @@ def test_s3_and_azure_publish_byte_identical_stores(dataset, request, biosr_sour
         stored = _all_bytes(root)
         for secret in _secrets(kind, env):
             assert secret.encode() not in stored and secret not in caplog.text
+        loc = Location.parse(root)  # the checksum the pre-publish verify reads from a listing
+        tars = {p: i for p, i in loc.fs.find(loc.path, detail=True).items()
+                if p.endswith(".tar")}
+        assert tars and all(loc.stored_md5(i) == hashlib.md5(loc.fs.cat_file(p)).hexdigest()
+                            for p, i in tars.items())
 
 
 def test_plain_xarray_reads_an_azure_store(request, biosr_sources, small_manifest, tmp_path):
@@ -218,3 +224,31 @@ def test_s3_compatible_endpoints_path_or_virtual_hosted_and_regions(monkeypatch)
     regional = Location.parse("s3://b", key="k", secret="s", client_kwargs={
         "region_name": "us-west-2"}).object_store()
     assert regional.config["region"] == "us-west-2" and "endpoint" not in regional.config
+
+
+def test_azure_and_gcs_credentials_follow_each_clouds_conventions(monkeypatch):
+    for var in ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME",
+                "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN",
+                "GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    cs = "AccountName=acc;AccountKey=a2V5==;BlobEndpoint=http://h:1/acc"
+    assert parse_connection_string(cs)["AccountKey"] == "a2V5=="  # '=' inside a value
+    monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", cs)
+    assert Location.parse("az://c").storage_options == {"connection_string": cs}
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acc")
+    assert Location.parse("az://c").storage_options == {"account_name": "acc", "anon": True}
+    monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "sv=1&sig=secret")
+    loc = Location.parse("az://c/p")
+    assert loc.storage_options == {"account_name": "acc", "sas_token": "sv=1&sig=secret"}
+    snippet = "\n".join(loc.backend.snippet_lines(loc.storage_options))
+    assert "AZURE_STORAGE_SAS_TOKEN" in snippet and "secret" not in snippet
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")  # a key wins over a SAS token
+    assert Location.parse("az://c").storage_options["account_key"] == "a2V5"
+    assert Location.parse("az://c", anon=True).storage_options == {"anon": True}  # caller's
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json")
+    assert Location.parse("GS://b/p").url == "gs://b/p"
+    assert Location.parse("gs://b").storage_options == {"token": "/keys/sa.json"}
+    assert Location.parse("gs://b", token="anon").storage_options == {"token": "anon"}
+    with pytest.raises(StoreError, match="needs a bucket"):
+        Location.parse("az://")
