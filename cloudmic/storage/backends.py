@@ -43,8 +43,8 @@ class Capabilities:
     # what a listing says of an uploaded object's bytes: "s3-etag" (md5, or md5 of the
     # parts' md5s for a multipart upload), "md5" (the md5 of the whole), or None (size only)
     checksum: str | None
-    # a listing right after a write shows it (S3 since 2020, Azure, GCS; local disk)
-    consistent_listing: bool = True
+    # not a flag: every store here lists an object right after its write (S3 since 2020,
+    # Azure, GCS, local disk), which the pre-publish verify relies on
 
 
 class Backend:

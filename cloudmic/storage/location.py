@@ -53,11 +53,6 @@ class Location:
     def is_local(self) -> bool:
         return self.caps.folders
 
-    @property
-    def is_object_store(self) -> bool:
-        """A writable bucket or container (S3, Azure, GCS): atomic PUTs, server-side copies."""
-        return self.caps.writable and not self.caps.folders
-
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
         return self.backend.filesystem(self.storage_options)
