@@ -346,13 +346,15 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dataset", help="manifest name (biosr) or path to a manifest YAML")
     src = i.add_mutually_exclusive_group(required=True)
     src.add_argument("--source", help="the published layout: a local folder, or a zip (local, "
-                     "http(s):// or s3://, fetched resumably and unpacked under --cache); "
-                     "sted-fm: also a .tar or an s3:// prefix of archives")
+                     "http(s)://, s3://, az:// or gs://, fetched resumably and unpacked under "
+                     "--cache); sted-fm: also a .tar or a bucket prefix of archives")
     src.add_argument("--fetch", action="store_true", help="download the manifest's "
                      "source.downloads (resumable, checksum-verified) and unpack them")
     i.add_argument("--cache", metavar="DIR", help="where downloaded sources go (default: "
                    "$CLOUDMIC_CACHE or ~/.cache/cloudmic, then sources/<dataset>)")
-    i.add_argument("--dest", required=True, help="root URL: s3://bucket[/prefix] or a folder")
+    i.add_argument("--dest", required=True, help="root URL: s3://bucket[/prefix], "
+                   "az://container[/prefix], gs://bucket[/prefix] or a folder (credentials: "
+                   "each cloud's environment variables, as in the README's table of stores)")
     i.add_argument("--workers", type=int, default=2,
                    help="dask worker processes of the local cluster (default: 2)")
     i.add_argument("--threads", type=int, default=1,
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = add("ls", cmd_ls, "list the datasets published under a root URL, each with its "
              "current version, the URL plain xarray opens for it and the versions kept")
-    ls.add_argument("root", help="s3://bucket[/prefix] or a local folder")
+    ls.add_argument("root", help="s3://, az://, gs:// or https:// root, or a local folder")
     inf = add("info", cmd_info, "groups, variables, dtypes, shapes, stored bytes, compression")
     inf.add_argument("url", help="a dataset URL, ROOT/<name>.zarr (the current version) or "
                      "the URL of one version that `cloudmic ls` prints")
@@ -383,7 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = add("catalog", cmd_catalog, "a static HTML catalog of everything published under a "
             "root: titles, citations, licenses, sizes, splits, variables with pixel sizes, "
             "the previews stored at ingest and code to open each dataset")
-    c.add_argument("root", help="s3://bucket[/prefix] or a local folder")
+    c.add_argument("root", help="s3://, az://, gs:// or https:// root, or a local folder")
     c.add_argument("--html", metavar="DIR", help="write DIR/index.html and the preview PNGs "
                    "(self-contained: no scripts, no external resources)")
     c.epilog = ("examples:\n  cloudmic catalog s3://cloudmic --html ./catalog   # then open "
@@ -399,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "instead of warning")
     g = add("gc", cmd_gc, "remove old versions, abandoned staging and leftovers under a root; "
             "the current version and the --keep newest are never removed")
-    g.add_argument("root", help="s3://bucket[/prefix] or a local folder")
+    g.add_argument("root", help="s3://, az://, gs:// or https:// root, or a local folder")
     g.add_argument("--keep", type=int, default=3,
                    help="complete versions to keep per dataset, the current one included "
                    "(default: 3)")
