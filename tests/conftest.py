@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -48,14 +49,18 @@ def s3_env(s3_server: seaweed.ServerInfo) -> Iterator[dict[str, str]]:
         yield env
 
 
-@pytest.fixture(scope="session")
-def az_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Server]:
-    """Azurite, Microsoft's Azure Blob emulator, for the whole session."""
-    server = emulators.start_azurite(tmp_path_factory.mktemp("azurite"))
+def _served(start, folder: Path) -> Iterator[emulators.Server]:
+    server = start(folder)
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def az_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Server]:
+    """Azurite, Microsoft's Azure Blob emulator, for the whole session."""
+    yield from _served(emulators.start_azurite, tmp_path_factory.mktemp("azurite"))
 
 
 @pytest.fixture(scope="session")
@@ -68,11 +73,7 @@ def az_env(az_server: emulators.Server) -> Iterator[dict[str, str]]:
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[emulators.Server]:
     """fake-gcs-server, a GCS emulator, for the whole session."""
-    server = emulators.start_fake_gcs(tmp_path_factory.mktemp("fake-gcs"))
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _served(emulators.start_fake_gcs, tmp_path_factory.mktemp("fake-gcs"))
 
 
 @pytest.fixture(scope="session")

@@ -26,23 +26,18 @@ from typing import Any
 
 from cloudmic.ingest.tar_writer import TarWriter
 from cloudmic.storage.backends import S3_PART_BYTES as PART_BYTES
+from cloudmic.storage.backends import s3_single_put as single_put
 from cloudmic.storage.location import Location
-
-WHOLE = 1 << 62  # a part size no file reaches: one part, the md5 of the whole
 
 
 def _md5(data: bytes = b"") -> Any:
     return hashlib.md5(data, usedforsecurity=False)  # an integrity check, as S3's ETag
 
 
-def single_put(size: int, part_bytes: int = PART_BYTES) -> bool:
-    """Whether s3fs uploads a file of ``size`` bytes in one PUT (``S3FileSystem._put_file``)."""
-    return size < min(5 << 30, 2 * part_bytes)
-
-
 class HashingWriter:
     """A write-only file that passes bytes on to ``out`` and hashes them: sha256, and with
-    ``etag`` the S3 ETag of their upload by s3fs in ``part_bytes`` parts (see :attr:`etag`).
+    ``etag`` the S3 ETag of their upload by s3fs in ``part_bytes`` parts (see :attr:`etag`),
+    or with ``part_bytes=None`` the md5 of the whole (what Azure and GCS report).
 
     md5 runs at ~330 MB/s here (sha256 ~1.3 GB/s), so it is spared where it can be: the
     first part's md5 is the whole md5's state at its end, and the whole md5 stops at two
@@ -50,7 +45,6 @@ class HashingWriter:
 
     def __init__(self, out: Any, part_bytes: int | None = PART_BYTES,
                  etag: bool = True) -> None:
-        part_bytes = part_bytes or WHOLE  # None: the md5 of the whole (Azure, GCS)
         self.out, self.part_bytes, self.size = out, part_bytes, 0
         self._sha = hashlib.sha256()
         self._md5 = _md5() if etag else None
@@ -63,6 +57,9 @@ class HashingWriter:
         self.out.write(view)
         self._sha.update(view)  # hashlib releases the GIL: workers hash in parallel
         self.size += n
+        if self._md5 is not None and self.part_bytes is None:
+            self._md5.update(view)
+            return n
         while view and self._md5 is not None:
             room = self.part_bytes - self._filled
             piece, view = view[:room], view[room:]
@@ -89,7 +86,7 @@ class HashingWriter:
         for one PUT, else the md5 of the parts' md5s and ``-<number of parts>``."""
         if self._md5 is None:
             raise ValueError("HashingWriter(etag=False) computes no ETag")
-        if self.part_bytes == WHOLE or single_put(self.size, self.part_bytes):
+        if self.part_bytes is None or single_put(self.size, self.part_bytes):
             return self._md5.hexdigest()
         parts = self._parts + ([self._part.digest()] if self._filled else [])
         return f"{_md5(b''.join(parts)).hexdigest()}-{len(parts)}"

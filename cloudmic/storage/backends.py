@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 S3_PART_BYTES = 50 << 20
 
 
+def s3_single_put(size: int, part_bytes: int = S3_PART_BYTES) -> bool:
+    """Whether s3fs uploads a file of ``size`` bytes in one PUT (``S3FileSystem._put_file``)."""
+    return size < min(5 << 30, 2 * part_bytes)
+
+
 @dataclass(frozen=True)
 class Capabilities:
     """What a store guarantees, as the publishing code relies on it."""

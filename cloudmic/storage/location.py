@@ -36,7 +36,7 @@ class Location:
         backend = backend_for(text)
         return cls(backend.url(text), backend.resolve_options(storage_options))
 
-    @property
+    @cached_property
     def backend(self) -> Backend:
         return backend_for(self.url)
 

@@ -200,3 +200,18 @@ def test_multipart_etags_are_computed_like_the_store_does(s3_env, tmp_path):
             assert etag.endswith(f"-{-(-n // part)}")
         else:
             assert etag == hashlib.md5(body).hexdigest()
+
+
+def test_whole_object_md5_for_stores_that_report_one():
+    """Azure's Content-MD5 and GCS's md5Hash are the md5 of the whole object, however large:
+    ``part_bytes=None`` computes exactly that (no S3 part rule)."""
+    data = os.urandom(3 * (1 << 20) + 7)
+    with open(os.devnull, "wb") as sink:
+        w = HashingWriter(sink, part_bytes=None)
+        for k in range(0, len(data), 100_000):
+            w.write(data[k:k + 100_000])
+    assert w.etag == hashlib.md5(data).hexdigest() and w.size == len(data)
+    with open(os.devnull, "wb") as sink:  # the S3 rule with small parts differs: multipart
+        s3 = HashingWriter(sink, part_bytes=1 << 20)
+        s3.write(data)
+    assert s3.etag.endswith("-4")
