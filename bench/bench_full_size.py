@@ -202,7 +202,8 @@ def cli_ingest(name: str, src: str, dest: str, env: dict[str, str]) -> dict[str,
             "records": report["records"], "zarr_bytes": report["zarr_bytes"],
             "wds_bytes": report["wds_bytes"], "peak_tree_mb": rss.sum_peak_kb * 1024 / MB,
             "worker_max_mb": max(rss.worker_hwm.values(), default=0.0) * 1.048576,
-            "processes": 1 + len(rss.worker_hwm)}
+            "processes": 1 + len(rss.worker_hwm),
+            "phases": report["phases"], "unit_seconds": report["unit_seconds"]}
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -248,6 +249,26 @@ def table(rows: dict[str, Any]) -> str:
     return "\n".join(harness.md_table([head, *body]))
 
 
+PHASES = ("scan", "start", "units", "seal", "verify", "previews", "publish")
+STAGES = ("read", "zarr", "shard", "upload")
+
+
+def profile(rows: dict[str, Any]) -> str:
+    """Where each ingest's time went: the CLI's own profile (``--json``: ``phases``, wall
+    seconds; ``unit_seconds``, seconds inside the units summed over both workers)."""
+    head = ["dataset", *(f"{p} s" for p in PHASES), "units: read+decode", "zarr encode+write",
+            "tar build+hash", "tar upload"]
+    body = []
+    for name, r in rows.items():
+        ph, us = r["ingest"].get("phases"), r["ingest"].get("unit_seconds")
+        if not ph:
+            continue  # a row measured before the profile existed
+        total = sum(us.values()) or 1.0
+        body.append([name, *(f"{ph.get(p, 0):.1f}" for p in PHASES),
+                     *(f"{us.get(k, 0):.0f} s ({us.get(k, 0) / total:.0%})" for k in STAGES)])
+    return "\n".join(harness.md_table([head, *body])) if body else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scale", type=float, default=1.0,
@@ -280,8 +301,12 @@ def main() -> None:
         if args.update:
             sizes += ("\n\nRows of datasets not in --only were kept from the earlier result "
                       "file (their own `when` in the JSON).")
+        prof = profile(record["rows"])
+        prof = (f"\n## Where the time goes\n\nWall seconds per phase of the CLI run, and "
+                f"the seconds spent inside the units (both workers summed) per stage:\n\n"
+                f"{prof}\n") if prof else ""
         text = (f"# Full-size ingests\n\n`python bench/bench_full_size.py {' '.join(sys.argv[1:])}`"
-                f", {harness.machine_line()}\n\n{table(record['rows'])}\n\n{sizes}\n")
+                f", {harness.machine_line()}\n\n{table(record['rows'])}\n\n{sizes}\n{prof}")
         harness.write_results(args.json, record, text, md_path=md)
     harness.close_record(record, started)
     harness.write_results(args.json, record, text, md_path=md)

@@ -59,6 +59,11 @@ class IngestReport:
     # what verify warned about, with its figures: a partial copy ("train: found 40 of
     # 41040 expected samples"), localizations outside the field of view, ...
     warnings: list[str] = field(default_factory=list)
+    # the profile (issue 16): wall seconds of each phase of this call, and the seconds the
+    # units spent in each stage, summed over units (on 2 workers, about twice the wall time
+    # of the units phase); units finished by an earlier, resumed run count with their own
+    phases: dict[str, float] = field(default_factory=dict)
+    unit_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def compression_ratio(self) -> float:
@@ -91,15 +96,25 @@ def run_unit(adapter: Adapter, inv: Inventory, unit: Unit, zarr_loc: Location,
              wds_loc: Location, ledger: Ledger | None = None) -> dict[str, Any]:
     """Read one unit's sources once; write its Zarr region and its WebDataset shard; then,
     and only then, record it in the ledger."""
+    t0 = time.perf_counter()
     data = adapter.read_unit(inv, unit)
+    t1 = time.perf_counter()
     # sharded arrays are encoded by zarrs, whose inner-chunk order varies run to run, and
     # stored in zarr-python's canonical order (layout.shard_writer): re-runs rewrite the
     # same bytes; the group and everything else use zarr's default codec pipeline
     group = zarr.open_group(zarr_loc.zarr_store(), mode="r+", path=unit.group, zarr_format=3)
     nbytes = write_unit(group, inv.group(unit.group), unit, data)
-    shard = write_shard(adapter.records(inv, unit, data), wds_loc.child(unit.shard_url))
+    t2 = time.perf_counter()
+    laps: dict[str, float] = {}
+    shard = write_shard(adapter.records(inv, unit, data), wds_loc.child(unit.shard_url), laps)
+    t3 = time.perf_counter()
+    # where a unit's time goes (the report's profile, issue 16): decoding the sources and
+    # the pyramid, encoding and writing the Zarr region, building the tar, uploading it
+    seconds = {"read": t1 - t0, "zarr": t2 - t1, "shard": t3 - t2 - laps.get("upload", 0.0),
+               "upload": laps.get("upload", 0.0)}
     result = {"unit": unit.key, "split": inv.group(unit.group).split, "array_bytes": nbytes,
-              "shard": {"url": unit.shard_url, **shard}}
+              "shard": {"url": unit.shard_url, **shard},
+              "seconds": {k: round(v, 4) for k, v in seconds.items()}}
     if ledger is not None:
         ledger.record(result)
     return result
@@ -171,6 +186,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     or, with ``strict``, fails before anything is written.
     """
     t0 = time.perf_counter()
+    phase = _Phases()
     manifest = load_manifest(str(dataset))
     adapter = get_adapter(manifest, cache_dir)
     # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
@@ -184,6 +200,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
                                "dataset (strict), nothing written:\n  " + "\n  ".join(partial)
                                + "\n  to publish a partial copy on purpose, ingest without "
                                "--strict (strict=False)")
+    phase.lap("scan")
     root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)
     units = plan_units(inv, manifest)
@@ -202,23 +219,28 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         log.info("ingest %s: %d units into %s", manifest.name, len(todo), staging.url)
         with (execute.dask_client(scheduler, workers, threads, on_cluster)
               if (cluster or scheduler) and todo else _no_client()) as client:
+            phase.lap("start")  # the staging, and the cluster's processes
             fresh = _run_units(adapter, inv, todo, zarr_loc, wds_loc, ledger, client, workers,
                                progress)
+            phase.lap("units")
         by_key = {**done, **{r["unit"]: r for r in fresh}}
         results = [by_key[u.key] for u in units]
         sizes, prov = _seal(adapter, manifest, inv, results, zroot, zarr_loc, wds_loc)
+        phase.lap("seal")
         # shards just written: sizes and ETags from a listing, a sample read back (the
         # full read is `cloudmic verify`'s job)
         report = verify_dataset(staging, manifest.name, expected=expected, strict=strict,
                                 full=False, etags={r["shard"]["url"]: r["shard"]["etag"]
                                                    for r in results if "etag" in r["shard"]})
         report.problems += verify_against_source(adapter, inv, units, zroot)
+        phase.lap("verify")
         if not report.ok:
             raise VerifyFailed(f"{staging.url}: verification failed, nothing published:\n  "
                                + "\n  ".join(report.problems))
         # previews come from the verified store; a failure only warns (data still publishes)
         previews = write_previews(zarr_loc, staging.child(rl.previews_name(manifest.name)),
                                   manifest.name)
+        phase.lap("previews")
         parts = [rl.zarr_name(manifest.name), rl.wds_name(manifest.name)]
         parts += [rl.previews_name(manifest.name)] if previews else []
         facts = {"title": manifest.title, "license": manifest.license,
@@ -239,11 +261,37 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
             "to resume", manifest.name, staging.url)
         raise
     _discard(staging)
+    phase.lap("publish")
     return IngestReport(manifest.name, root.url, run_id, entry["groups"],
                         sum(prov["records"].values()), len(units), inv.file_count,
                         inv.source_bytes, sizes["array_bytes"], sizes["zarr_bytes"],
                         sizes["wds_bytes"], time.perf_counter() - t0, entry["version"],
-                        root.child(entry["zarr"]).url, list(report.warnings))
+                        root.child(entry["zarr"]).url, list(report.warnings),
+                        phases=phase.seconds, unit_seconds=_unit_seconds(results))
+
+
+class _Phases:
+    """Wall seconds of the ingest's phases, each lapped when it ends (also logged)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._t, 3)
+        self._t = now
+        log.debug("phase %s: %.2f s", name, self.seconds[name])
+
+
+def _unit_seconds(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per stage summed over units (units from a ledger of an older version may
+    have none)."""
+    total: dict[str, float] = {}
+    for r in results:
+        for k, v in r.get("seconds", {}).items():
+            total[k] = total.get(k, 0.0) + v
+    return {k: round(v, 3) for k, v in total.items()}
 
 
 def _open_staging(manifest: Manifest, inv: Inventory, run_id: str, staging: Location,

@@ -50,23 +50,41 @@ class _HashingReader:
         return chunk
 
 
-def _read_shard(loc: Location, records: bool = False,
-                ) -> tuple[int, str, dict[str, dict[str, bytes]] | None]:
-    """Size and sha256 of a shard in one sequential read, and with ``records`` its records
-    (key -> extension -> bytes), parsed from the same read."""
-    with loc.fs.open(loc.path, "rb") as f:
+# a shard is read back in pieces of this size: with s3fs's default block (50 MiB) the
+# read-ahead and aiohttp's buffers held ~160 MB in the ingest's main process (issue 16)
+READ_BLOCK = 8 << 20
+
+
+def _read_shard(loc: Location, keep: int = 0, rng: random.Random | None = None,
+                ) -> tuple[int, str, list[tuple[str, dict[str, bytes]]]]:
+    """Size and sha256 of a shard in one sequential read, and up to ``keep`` of its records
+    (key, extension -> bytes), drawn uniformly with ``rng`` (reservoir sampling) from the same
+    read: memory holds those records and one read block, whatever the shard's size."""
+    kept: list[tuple[str, dict[str, bytes]]] = []
+    with loc.fs.open(loc.path, "rb", block_size=READ_BLOCK) as f:
         src = _HashingReader(f)
-        out: dict[str, dict[str, bytes]] | None = None
-        if records:
-            out = {}
+        if keep:
+            rng = rng or random.Random(0)
+            seen, key, slot = 0, None, None  # slot: where the current record goes, if kept
             with tarfile.open(fileobj=src, mode="r|") as tar:
                 for m in tar:
-                    if m.isfile():
-                        key, _, ext = m.name.partition(".")
-                        out.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        while src.read(8 << 20):  # the rest (the tar's end blocks), or all of it
+                    if not m.isfile():
+                        continue
+                    name, _, ext = m.name.partition(".")
+                    if name != key:  # a WebDataset record's files are consecutive
+                        key, seen = name, seen + 1
+                        slot = seen - 1 if seen <= keep else rng.randrange(seen)
+                        if slot < keep:
+                            rec: dict[str, bytes] = {}
+                            if slot < len(kept):
+                                kept[slot] = (key, rec)
+                            else:
+                                kept.append((key, rec))
+                    if slot < keep:  # else tarfile reads past the member (still hashed)
+                        rec[ext] = tar.extractfile(m).read()
+        while src.read(READ_BLOCK):  # the rest (the tar's end blocks), or all of it
             pass
-    return src.size, src.h.hexdigest(), out
+    return src.size, src.h.hexdigest(), sorted(kept, key=lambda kv: kv[0])
 
 
 def _stored(wloc: Location) -> dict[str, dict[str, Any]]:
@@ -203,8 +221,9 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     for i in sorted(reread):
         s = shards[i][1]
         shard = wloc.inside(s["url"], listed_in)
+        keep = max(1, records // len(picked)) if i in picked else 0
         try:
-            size, digest, recs = _read_shard(shard, records=i in picked)
+            size, digest, recs = _read_shard(shard, keep, rng)
         except FileNotFoundError:
             report.problems.append(f"{shard.url}: missing (index.json lists it)")
             continue
@@ -214,9 +233,8 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
         if (size, digest) != (s["bytes"], s["sha256"]):
             report.problems.append(f"{shard.url}: size/sha256 differ from index.json")
             continue
-        for key in rng.sample(sorted(recs), min(len(recs), max(1, records // len(picked)))
-                              ) if recs else []:
-            problem = _compare_record(zroot, recs[key], f"{s['url']}:{key}")
+        for key, rec in recs:
+            problem = _compare_record(zroot, rec, f"{s['url']}:{key}")
             compared += 1
             if problem:
                 report.problems.append(problem)

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -92,11 +93,12 @@ class HashingWriter:
         return f"{_md5(b''.join(parts)).hexdigest()}-{len(parts)}"
 
 
-def write_shard(records: Iterable[dict[str, Any]], dest: Location) -> dict[str, Any]:
+def write_shard(records: Iterable[dict[str, Any]], dest: Location,
+                laps: dict[str, float] | None = None) -> dict[str, Any]:
     """Write records to the tar at ``dest``; return its index entry (samples, bytes and
     sha256 of the bytes written) and, on an object store, the ``etag`` (the checksum a
     listing must report, :attr:`Capabilities.checksum`) for the pre-publish verify, not
-    for index.json."""
+    for index.json. ``laps["upload"]`` gets the seconds the upload took."""
     folders = dest.caps.folders
     tmp_dir = Path(dest.path).parent if folders else None
     if tmp_dir is not None:
@@ -116,7 +118,10 @@ def write_shard(records: Iterable[dict[str, Any]], dest: Location) -> dict[str, 
                 os.fsync(f.fileno())
         entry = {"samples": count, "bytes": out.size, "sha256": out.sha256}
         if not folders:
+            t0 = time.perf_counter()
             dest.backend.upload(dest.fs, tmp, dest.path)
+            if laps is not None:
+                laps["upload"] = time.perf_counter() - t0
             entry["etag"] = out.etag
         else:
             os.replace(tmp, dest.path)

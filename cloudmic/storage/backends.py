@@ -25,9 +25,12 @@ if TYPE_CHECKING:
     import fsspec
 
 
-# the part size of an S3 multipart upload (s3fs's default, passed explicitly: the ETag
-# depends on it); s3fs sends a file smaller than two parts in one PUT
-S3_PART_BYTES = 50 << 20
+# the part size of an S3 multipart upload, passed to s3fs explicitly: the ETag depends on it.
+# s3fs sends a file smaller than two parts in one PUT, read whole, and holds max_concurrency
+# parts at once, each twice (its read and aiohttp's payload copy): with its default 50 MiB,
+# one upload held ~200 MiB of a worker (issue 16). 8 MiB (the AWS CLI's default) holds ~32 MiB
+# and allows objects up to 80 GiB (10,000 parts; shards are a few hundred MB)
+S3_PART_BYTES = 8 << 20
 
 
 def s3_single_put(size: int, part_bytes: int = S3_PART_BYTES) -> bool:
@@ -240,8 +243,7 @@ class S3Backend(Backend):
 
     def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
         # the part size is explicit: the ETag depends on it. s3fs holds max_concurrency parts
-        # in memory at once (10 by default: 500 MiB per upload, per worker thread); 2 keeps
-        # the upload streaming at ~100 MiB
+        # in memory at once (10 by default); 2 keeps the upload streaming
         fs.put_file(local, path, chunksize=S3_PART_BYTES, max_concurrency=2)
 
     def stored_md5(self, info: dict[str, Any]) -> str | None:

@@ -28,6 +28,10 @@ def test_full_size_bench_runs_at_a_tiny_scale(tmp_path):
             r["ingest"]["zarr_bytes"] + r["ingest"]["wds_bytes"], rel=0.01)
         assert r["ratio_to_raw_copy"] > 0 and r["ingest"]["peak_tree_mb"] > 0
         assert r["ingest"]["processes"] >= 3  # the CLI's defaults: a LocalCluster of 2
+        # the profile comes from the CLI's own report
+        assert set(r["ingest"]["phases"]) >= {"scan", "units", "verify", "publish"}
+        assert set(r["ingest"]["unit_seconds"]) == {"read", "zarr", "shard", "upload"}
+        assert r["ingest"]["unit_seconds"]["upload"] > 0  # shards went to S3
     md = out.with_suffix(".md").read_text()
-    assert "| deepcad |" in md and "x raw copy" in md
+    assert "| deepcad |" in md and "x raw copy" in md and "Where the time goes" in md
     assert not list(tmp_path.glob("cloudmic-full-*"))  # temp folders removed

@@ -34,6 +34,13 @@ def test_ingest_is_lossless_and_opens_in_plain_xarray(root_url, variant, biosr_s
     report = ingest(str(small_manifest), src, root_url)
     assert report.groups == {"train": 40, "validate": 6, "test": 2}
     assert report.units == 3 + 1 + 1  # 40 train samples in 16-sample units
+    # its profile: every phase lapped in order, the units' stages summed
+    assert list(report.phases) == ["scan", "start", "units", "seal", "verify", "previews",
+                                   "publish"]
+    assert sum(report.phases.values()) <= report.seconds + 0.01  # laps rounded to 1 ms
+    assert set(report.unit_seconds) == {"read", "zarr", "shard", "upload"}
+    assert report.unit_seconds["read"] > 0 and report.unit_seconds["zarr"] > 0
+    assert (report.unit_seconds["upload"] > 0) is (not root_url.startswith("/"))
 
     tree = _open_plain(report.url)  # the version's URL, as `cloudmic ingest` prints it
     mt = _tree(src)

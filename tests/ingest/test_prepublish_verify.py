@@ -53,9 +53,9 @@ def _read_shards(monkeypatch) -> list[str]:
     seen: list[str] = []
     real = verify_mod._read_shard
 
-    def counting(loc, records=False):
+    def counting(loc, keep=0, rng=None):
         seen.append(loc.url)
-        return real(loc, records)
+        return real(loc, keep, rng)
 
     monkeypatch.setattr(verify_mod, "_read_shard", counting)
     return seen
@@ -215,3 +215,38 @@ def test_whole_object_md5_for_stores_that_report_one():
         s3 = HashingWriter(sink, part_bytes=1 << 20)
         s3.write(data)
     assert s3.etag.endswith("-4")
+
+
+def _tar_of(path: Path, n: int) -> bytes:
+    from cloudmic.ingest.tar_writer import TarWriter
+
+    with open(path, "wb") as f:
+        w = TarWriter(f)
+        for i in range(n):
+            w.write({"__key__": f"s{i:03d}", "img.npy": os.urandom(1000 + i), "json": {"i": i}})
+        w.close()
+    return path.read_bytes()
+
+
+def test_a_shard_is_read_back_streaming_keeping_only_the_sampled_records(tmp_path):
+    """The read-back hashes the whole shard but keeps at most ``keep`` whole records (every
+    file of each), drawn from all of them: memory follows the sample, not the shard."""
+    import random
+
+    body = _tar_of(tmp_path / "s.tar", 40)
+    loc = Location.parse(str(tmp_path / "s.tar"))
+    size, digest, recs = verify_mod._read_shard(loc)
+    assert (size, digest, recs) == (len(body), hashlib.sha256(body).hexdigest(), [])
+    picked: set[str] = set()
+    for seed in range(60):
+        size, digest, recs = verify_mod._read_shard(loc, 3, random.Random(seed))
+        assert (size, digest) == (len(body), hashlib.sha256(body).hexdigest())
+        assert len(recs) == 3 and len({k for k, _ in recs}) == 3
+        for key, rec in recs:
+            i = int(key[1:])
+            assert set(rec) == {"img.npy", "json"} and json.loads(rec["json"]) == {"i": i}
+            assert len(rec["img.npy"]) == 1000 + i
+        picked |= {k for k, _ in recs}
+    assert len(picked) >= 35  # uniform over the shard, not its first records
+    _, _, everything = verify_mod._read_shard(loc, 100, random.Random(0))
+    assert [k for k, _ in everything] == [f"s{i:03d}" for i in range(40)]
