@@ -185,8 +185,20 @@ def raw_copy(name: str, src: str, dest: str, opts: dict, out_bytes: int) -> dict
             "written": sum(w for _, w in done), "peak_tree_mb": rss.sum_peak_kb * 1024 / MB}
 
 
-def cli_ingest(name: str, src: str, dest: str, env: dict[str, str]) -> dict[str, Any]:
-    """``cloudmic ingest`` with its defaults, as a user runs it; peak RSS of its tree."""
+def _cpu_s(times: Any) -> float:
+    return times.user + times.system
+
+
+def cli_ingest(name: str, src: str, dest: str, env: dict[str, str],
+               server_pid: int) -> dict[str, Any]:
+    """``cloudmic ingest`` with its defaults, as a user runs it: peak RSS of its tree, and
+    the CPU seconds its tree (reaped descendants included) and the S3 server used."""
+    import resource
+
+    import psutil
+
+    server = psutil.Process(server_pid)
+    server_cpu0, kids0 = _cpu_s(server.cpu_times()), resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = harness.Stopwatch()
     proc = subprocess.Popen([sys.executable, "-m", "cloudmic.cli", "ingest", name,
                              "--source", src, "--dest", dest, "--json", "-q"],
@@ -195,6 +207,9 @@ def cli_ingest(name: str, src: str, dest: str, env: dict[str, str]) -> dict[str,
     with harness.RssMonitor(0.05, pid=proc.pid) as rss:  # the CLI's tree only
         stdout, stderr = proc.communicate()
         seconds = clock.s
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    tree_cpu = (kids.ru_utime + kids.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+    server_cpu = _cpu_s(server.cpu_times()) - server_cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"cloudmic ingest {name} failed: {stderr[-2000:]}")
     report = json.loads(stdout[stdout.index("{"):])
@@ -203,7 +218,8 @@ def cli_ingest(name: str, src: str, dest: str, env: dict[str, str]) -> dict[str,
             "wds_bytes": report["wds_bytes"], "peak_tree_mb": rss.sum_peak_kb * 1024 / MB,
             "worker_max_mb": max(rss.worker_hwm.values(), default=0.0) * 1.048576,
             "processes": 1 + len(rss.worker_hwm),
-            "phases": report["phases"], "unit_seconds": report["unit_seconds"]}
+            "phases": report["phases"], "unit_seconds": report["unit_seconds"],
+            "cpu_s": tree_cpu, "server_cpu_s": server_cpu, "cores": os.cpu_count()}
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -218,7 +234,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
                     f"files ({row['synth']['seconds']:.0f} s); ingesting")
         _evict(src)
         env = {k: v for k, v in server.env().items()}
-        row["ingest"] = cli_ingest(name, src, ws.dest("ingest"), env)
+        row["ingest"] = cli_ingest(name, src, ws.dest("ingest"), env, server.pid)
         out_bytes = row["ingest"]["zarr_bytes"] + row["ingest"]["wds_bytes"]
         _evict(src)
         harness.log(f"{name}: ingest {row['ingest']['seconds']:.0f} s; raw copy")
@@ -256,7 +272,8 @@ STAGES = ("read", "zarr", "shard", "upload")
 def profile(rows: dict[str, Any]) -> str:
     """Where each ingest's time went: the CLI's own profile (``--json``: ``phases``, wall
     seconds; ``unit_seconds``, seconds inside the units summed over both workers)."""
-    head = ["dataset", *(f"{p} s" for p in PHASES), "units: read+decode", "zarr encode+write",
+    head = ["dataset", "CPU busy (CLI tree + S3 server) / cores x wall",
+            *(f"{p} s" for p in PHASES), "units: read+decode", "zarr encode+write",
             "tar build+hash", "tar upload"]
     body = []
     for name, r in rows.items():
@@ -264,7 +281,12 @@ def profile(rows: dict[str, Any]) -> str:
         if not ph:
             continue  # a row measured before the profile existed
         total = sum(us.values()) or 1.0
-        body.append([name, *(f"{ph.get(p, 0):.1f}" for p in PHASES),
+        ing = r["ingest"]
+        busy = ((ing["cpu_s"] + ing["server_cpu_s"]) / (ing["cores"] * ing["seconds"])
+                if "cpu_s" in ing else float("nan"))
+        cpu = (f"{busy:.0%} ({ing['cpu_s']:.0f} + {ing['server_cpu_s']:.0f} core-s of "
+               f"{ing['cores']} x {ing['seconds']:.0f} s)" if "cpu_s" in ing else "-")
+        body.append([name, cpu, *(f"{ph.get(p, 0):.1f}" for p in PHASES),
                      *(f"{us.get(k, 0):.0f} s ({us.get(k, 0) / total:.0%})" for k in STAGES)])
     return "\n".join(harness.md_table([head, *body])) if body else ""
 

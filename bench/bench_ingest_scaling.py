@@ -49,9 +49,26 @@ def raw_copy(src: str, dest: str, opts: dict) -> dict[str, Any]:
     return {"seconds": clock.s, "bytes": nbytes, "peak_rss_mb": _tree_peak_mb(rss)}
 
 
-def run_ingest(src: str, dest: str, opts: dict, workers: int, cluster: bool) -> dict[str, Any]:
+def _cpu_now(server_pid: int) -> tuple[float, float]:
+    """CPU seconds so far of this process with its reaped children, and of the S3 server."""
+    import resource
+
+    import psutil
+
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    server = psutil.Process(server_pid).cpu_times()
+    return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+            server.user + server.system)
+
+
+def run_ingest(src: str, dest: str, opts: dict, workers: int, cluster: bool,
+               server_pid: int) -> dict[str, Any]:
+    """One ingest, timed; with the CPU seconds it used (worker processes included) and those
+    the S3 server used meanwhile: on 2 cores their sum over the wall time says how much of
+    the machine was left to scale into."""
     from cloudmic.ingest import ingest
 
+    cpu0 = _cpu_now(server_pid)
     ready: list[float] = []
     last: list[float] = []
     t0 = time.perf_counter()
@@ -61,13 +78,23 @@ def run_ingest(src: str, dest: str, opts: dict, workers: int, cluster: bool) -> 
                             time.perf_counter()),
                         on_cluster=lambda *_: ready.append(time.perf_counter()))
     total = time.perf_counter() - t0
+    cpu1 = _cpu_now(server_pid)
     startup = (ready[0] - t0) if ready else 0.0
     # the units phase: from the cluster being ready (or the start) to the last unit done;
     # scan before it, verify + previews + publish after it
     units = last[-1] - (ready[0] if ready else t0)
     return {"seconds": total, "startup_seconds": startup, "units_seconds": units,
             "bytes": report.source_bytes, "units": report.units,
-            "peak_rss_mb": _tree_peak_mb(rss)}
+            "peak_rss_mb": _tree_peak_mb(rss), "cpu_s": cpu1[0] - cpu0[0],
+            "server_cpu_s": cpu1[1] - cpu0[1]}
+
+
+def _cores(r: dict[str, Any]) -> str:
+    """Average cores the run kept busy (its CPU seconds over its wall time), and the
+    server's share."""
+    if "cpu_s" not in r:
+        return "-"
+    return f"{r['cpu_s'] / r['seconds']:.2f} + {r['server_cpu_s'] / r['seconds']:.2f}"
 
 
 def _table(args: argparse.Namespace, rows: dict[str, Any]) -> tuple[str, float]:
@@ -78,14 +105,15 @@ def _table(args: argparse.Namespace, rows: dict[str, Any]) -> tuple[str, float]:
         body.append([name, f"{r['seconds']:.1f} ({r.get('startup_seconds', 0):.1f})",
                      f"{harness.mb_s(r):.1f}", f"{harness.mb_s(r) / limit:.2f}",
                      f"{us:.1f}" if us else "-", f"{r['bytes'] / us / MB:.1f}" if us else "-",
-                     f"{r['peak_rss_mb']:.0f}"])
+                     f"{r['peak_rss_mb']:.0f}", _cores(r)])
     d1, d2 = rows["dask LocalCluster, 1 worker"], rows["dask LocalCluster, 2 workers"]
     scale = d1["units_seconds"] / d2["units_seconds"]
     t1, t2 = rows["threads in process, 1"], rows["threads in process, 2"]
     lines = [f"Ingest scaling, BioSR {args.pairs} {args.variant} training pairs to the embedded "
              f"S3, {harness.machine_line()}", "",
              *harness.md_table([["run", "s (start-up)", "MB/s end to end", "x limit",
-                                 "units phase s", "units MB/s", "peak RSS MB"], *body]),
+                                 "units phase s", "units MB/s", "peak RSS MB",
+                                 "cores busy: ingest + S3 server"], *body]),
              "", f"Scaling of the units phase, 2 workers vs 1: dask {scale:.2f}x, threads "
              f"{t1['units_seconds'] / t2['units_seconds']:.2f}x"]
     return "\n".join(lines), scale
@@ -102,7 +130,7 @@ def main() -> None:
 
     rows: dict[str, Any] = {}
     with harness.Workspace("cloudmic-bench-scaling-") as ws:
-        ws.s3()
+        server = ws.s3()
         clock = harness.Stopwatch()
         synth_biosr(ws.tmp / "src", train=args.pairs, validate=0, test=0, variant=args.variant)
         rows["setup: synth"] = {"seconds": clock.s}
@@ -114,7 +142,7 @@ def main() -> None:
                              ("dask LocalCluster, 1 worker", 1, True),
                              ("dask LocalCluster, 2 workers", 2, True)):
             rows[name] = harness.run_isolated(run_ingest, src, ws.dest(f"{w}-{int(clu)}"),
-                                              ws.opts, w, clu)
+                                              ws.opts, w, clu, server.pid)
 
     table, scale = _table(args, rows)
     print(table)
