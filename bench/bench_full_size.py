@@ -214,7 +214,8 @@ def cli_ingest(name: str, src: str, dest: str, env: dict[str, str],
         raise RuntimeError(f"cloudmic ingest {name} failed: {stderr[-2000:]}")
     report = json.loads(stdout[stdout.index("{"):])
     return {"seconds": seconds, "bytes": report["source_bytes"], "units": report["units"],
-            "records": report["records"], "zarr_bytes": report["zarr_bytes"],
+            "records": report["records"], "array_bytes": report["array_bytes"],
+            "zarr_bytes": report["zarr_bytes"],
             "wds_bytes": report["wds_bytes"], "peak_tree_mb": rss.sum_peak_kb * 1024 / MB,
             "worker_max_mb": max(rss.worker_hwm.values(), default=0.0) * 1.048576,
             "processes": 1 + len(rss.worker_hwm),
