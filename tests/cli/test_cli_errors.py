@@ -53,7 +53,7 @@ def failing_shards(monkeypatch) -> Iterator[tuple[Counter[str], list[BaseExcepti
     tries: Counter[str] = Counter()
     raise_: list[BaseException] = []
 
-    def write_shard(records, loc):
+    def write_shard(records, loc, laps=None):
         tries[loc.url] += 1
         if not raise_:  # the real thing: the kernel's own ENOSPC, a write without a name
             with open("/dev/full", "wb") as f:
