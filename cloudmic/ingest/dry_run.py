@@ -36,23 +36,19 @@ class Rate:
     peak_mb: float  # peak RSS of the whole process tree (CLI, scheduler, workers), flat in size
     compression: float  # array bytes / Zarr bytes
     measured: str  # the bench result file and row it comes from
-    peak_of: str = "the whole process tree"
 
 
-def _full_size(name: str, source_mb_s: float, peak_mb: float, compression: float) -> Rate:
-    return Rate(source_mb_s, peak_mb, compression, f"bench/results/full_size.json: {name}")
+PEAK_OF = "the whole process tree"  # what every rate's peak_mb covers
 
-
+# 2026-12-02; compression is the synthetic copies' (bench/results/codecs.md: the real
+# STED-FM crops here compress ~1.8x, the synthetic ones ~6x)
 RATES: dict[str, Rate] = {
-    # 2026-12-02; compression is the synthetic copies' (bench/results/codecs.md: the real
-    # STED-FM crops here compress ~1.8x, the synthetic ones ~6x)
-    name: _full_size(name, *measured) for name, measured in {
-        "biosr": (18.93, 933, 1.367),
-        "sted-fm": (31.47, 958, 6.250),
-        "deepcad": (30.99, 795, 2.975),
-        "platelet-em": (5.09, 872, 9.852),
-        "dl-smlm": (17.92, 656, 2.650),
-    }.items()
+    name: Rate(*figures, f"bench/results/full_size.json: {name}")
+    for name, figures in {"biosr": (18.93, 933, 1.367),
+                          "sted-fm": (31.47, 958, 6.250),
+                          "deepcad": (30.99, 795, 2.975),
+                          "platelet-em": (5.09, 872, 9.852),
+                          "dl-smlm": (17.92, 656, 2.650)}.items()
 }
 
 
@@ -130,5 +126,5 @@ def plan_ingest(dataset: str, source: str | Path | None, *,
         wds_bytes_estimate=_wds_bytes(inv, manifest.webdataset.fields),
         seconds_estimate=inv.source_bytes / 1e6 / rate.source_mb_s if rate else None,
         peak_mb_estimate=rate.peak_mb if rate else None,
-        peak_of=rate.peak_of if rate else None,
+        peak_of=PEAK_OF if rate else None,
         rate=rate.measured if rate else None)

@@ -47,9 +47,9 @@ def test_cli_prints_the_plan_and_refuses_to_download(tmp_path, biosr_sources):
 @pytest.mark.parametrize("dataset", sorted(RATES))
 def test_each_rate_is_the_bench_result_it_names(dataset):
     rate = RATES[dataset]
-    path, row = re.fullmatch(r"(bench/results/\S+\.json): (.+)", rate.measured).groups()
-    row = json.loads((BENCH.parent / path).read_text())["rows"][row]
-    measured = row["ingest"]  # bench_full_size: the CLI's defaults at the published size
+    path, name = re.fullmatch(r"(bench/results/\S+\.json): (.+)", rate.measured).groups()
+    # bench_full_size: the CLI's defaults at the published size
+    measured = json.loads((BENCH.parent / path).read_text())["rows"][name]["ingest"]
     assert rate.source_mb_s == pytest.approx(measured["bytes"] / measured["seconds"] / 1e6,
                                              rel=0.01)
     assert rate.peak_mb == pytest.approx(measured["peak_tree_mb"], abs=1)
