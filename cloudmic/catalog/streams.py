@@ -53,7 +53,9 @@ def stream_args(dataset: str, kinds: list[dict[str, Any]],
     manifest's ``example.stream``, else the first image-like variable with a 64-pixel
     window. Each candidate is checked by constructing the stream (metadata only)."""
     from cloudmic.client.stream import PatchStream
+    from cloudmic.client.stream.torch_adapter import no_workers_ahead
 
+    no_workers_ahead()
     _, arrays = read_store_metadata(loc)
     for c in _candidates(dataset, kinds):
         fitted = _shrunk(c, arrays)

@@ -25,7 +25,7 @@ from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.patch_stream import check_choice
 from cloudmic.client.stream.reader import is_transient, unreadable
 from cloudmic.client.stream.sampling import rng
-from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, prestart_workers
 from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
@@ -118,6 +118,7 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
                  on_error: str = "raise",
                  storage_options: dict[str, Any] | None = None) -> None:
         super().__init__()
+        prestart_workers()
         check_choice("on_error", on_error, ("raise", "skip"))
         self.on_error = on_error
         loc, index = shard_index(url, version, **(storage_options or {}))

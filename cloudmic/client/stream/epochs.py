@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 
 from cloudmic.client.stream import distribute
-from cloudmic.client.stream.torch_adapter import TrackingLoader, worker
+from cloudmic.client.stream.torch_adapter import (
+    TrackingLoader,
+    get_worker_info,
+    in_process_pass,
+    worker,
+)
 
 
 def layout_fingerprint(parts: Any) -> str:
@@ -83,6 +88,8 @@ class Epochs:
     def _next_pass(self) -> int:
         """Begin the next pass in this process; its epoch."""
         epoch = self.epoch + self._passes
+        if get_worker_info() is None:
+            in_process_pass()
         self.start_pass()
         self._passes += 1
         return epoch

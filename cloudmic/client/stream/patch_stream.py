@@ -30,7 +30,7 @@ from cloudmic.client.stream import distribute, plan, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.reader import BlockReader, Cut, ReadSpec
 from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rng, tiles
-from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, prestart_workers
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve
@@ -101,6 +101,7 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         version: str | None = None,
     ) -> None:
         super().__init__()
+        prestart_workers()
         check_choice("sampling", sampling, ("random", "grid"))
         check_choice("on_error", on_error, ("raise", "skip"))
         if not variables:

@@ -26,7 +26,8 @@ def draws(submit: Callable[[int], Any], count: int, sizes: Sequence[int], buffer
           prefetch: int, rng: np.random.Generator | None) -> Iterator[Draw]:
     """Rows of the ``count`` blocks ``submit(k)`` reads (a future of a ``Cut`` or None),
     shuffled over the rolling pool when ``rng`` is given, in block order otherwise."""
-    pending = deque(submit(k) for k in range(min(count, buffer_blocks + prefetch)))
+    depth = buffer_blocks + prefetch  # reads in flight once the pass runs
+    pending = deque([submit(0)] if count else [])  # alone: the first batch needs one block
     nxt = len(pending)
     biggest = max(sizes, default=1)
     ramp = max(1, biggest // max(1, buffer_blocks))
@@ -39,7 +40,7 @@ def draws(submit: Callable[[int], Any], count: int, sizes: Sequence[int], buffer
         cut = pending.popleft().result()
         if cut is not None:
             pool.extend((cut, r) for r in range(len(cut)))
-        if nxt < count:
+        while nxt < count and len(pending) < depth:
             pending.append(submit(nxt))
             nxt += 1
 

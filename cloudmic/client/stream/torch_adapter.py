@@ -62,7 +62,8 @@ class TrackingLoader:
     stream which items the training loop received, so ``state_dict()`` is exact.
 
     Workers start with ``forkserver``: forked from a clean server process, never from the
-    training process (whose store clients and threads a fork would copy, STACK-NOTES).
+    training process (whose store clients and threads a fork would copy, STACK-NOTES); the
+    stream started that server when it opened (:func:`prestart_workers`).
     ``drop_last=True`` drops each worker's last, partial batch. The loader sets the
     stream's ``batch_size``: make one loader per stream (two loaders over one stream share
     the last one's batch size).
@@ -128,11 +129,60 @@ def forkserver() -> Any:
     """forkserver with the stream's heavy modules preloaded: a worker starts in
     milliseconds instead of importing torch and zarr afresh (spawn); and, unlike a plain
     fork of the training process, it inherits no running store client or thread. The
-    server itself starts now, in the background, while the caller builds its model."""
+    server starts in the background (if :func:`prestart_workers` has not started it yet)."""
+    import multiprocessing as mp
+
+    _ahead["wanted"] = True  # a loader with workers: never stop it now
+    _start_in_background()
+    return mp.get_context("forkserver")
+
+
+# A stream starts the workers' forkserver when it opens, ahead of loader(): its imports
+# (torch alone ~1.2 s on these cores) then overlap the stream's own metadata reads and the
+# caller's set-up. If the process's first pass runs in-process instead, that server is
+# stopped, and no later stream of the process starts one ahead again.
+_ahead: dict[str, Any] = {"tried": False, "wanted": False, "thread": None}
+
+
+def prestart_workers() -> None:
+    """Start the forkserver now, once per process, when torch is installed."""
+    if StreamBase is object or _ahead["tried"]:
+        return
+    _ahead["tried"] = True
+    _ahead["thread"] = _start_in_background()
+
+
+def no_workers_ahead() -> None:
+    """This process opens streams without loader workers (the catalog reads their metadata,
+    the demo iterates in-process): start no forkserver ahead for them."""
+    _ahead["tried"] = True
+
+
+def in_process_pass() -> None:
+    """A pass runs in this process (no loader workers): a forkserver started ahead for
+    workers that never came is stopped, so it takes no CPU or memory from this pass (a
+    loader with workers made later starts it again)."""
+    thread, _ahead["thread"] = _ahead["thread"], None
+    if thread is None or _ahead["wanted"]:
+        return
+    import contextlib
+    import multiprocessing.forkserver as fs
+    import os
+    import signal
+
+    thread.join()
+    server = fs._forkserver  # no public API stops it; Python's own tests use _stop()
+    with contextlib.suppress(Exception):
+        if server._forkserver_pid is not None:
+            os.kill(server._forkserver_pid, signal.SIGKILL)
+            server._stop()
+
+
+def _start_in_background() -> threading.Thread:
     import multiprocessing as mp
     import multiprocessing.forkserver as fs
 
-    ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD)
-    threading.Thread(target=fs.ensure_running, daemon=True, name="forkserver-start").start()
-    return ctx
+    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
+    t = threading.Thread(target=fs.ensure_running, daemon=True, name="forkserver-start")
+    t.start()
+    return t

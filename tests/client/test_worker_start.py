@@ -1,0 +1,90 @@
+"""Loader workers start fast: the forkserver is started when a stream opens, ahead of
+``loader()``, stopped again if the process's first pass runs in-process, and the first
+batch waits for one block, not for the whole read-ahead."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from cloudmic.client.stream import pool
+from cloudmic.ingest import ingest
+
+
+@pytest.fixture(scope="module")
+def url(biosr_sources, small_manifest, tmp_path_factory):
+    root = tmp_path_factory.mktemp("root-start")
+    ingest(str(small_manifest), biosr_sources["uint16"], str(root))
+    return f"{root}/biosr.zarr"
+
+
+PROBE = textwrap.dedent('''
+    import os, sys, json
+    import multiprocessing.forkserver as fs
+    import cloudmic
+    from cloudmic.client.stream import torch_adapter as ta
+
+    def server():
+        t = ta._ahead["thread"]
+        if t is not None:
+            t.join()
+        pid = fs._forkserver._forkserver_pid
+        return pid is not None and os.waitpid(pid, os.WNOHANG)[0] == 0
+
+    out = {}
+    s = cloudmic.PatchStream(sys.argv[1], "train", ["wf", "gt"], {"y": 16, "x": 16})
+    out["after_open"] = server()
+    next(iter(s))  # an in-process pass: the server started ahead is not needed
+    out["after_in_process"] = server()
+    again = cloudmic.PatchStream(sys.argv[1], "train", ["wf"], {"y": 16, "x": 16})
+    out["second_stream"] = server()  # the process iterates in-process: none ahead again
+    keys = [k for b in again.loader(8, num_workers=2) for k in b["__key__"]]
+    out["workers_epoch"] = len(keys) == len(set(keys)) == 40
+    print(json.dumps(out))
+''')
+
+
+def test_forkserver_starts_with_the_stream_and_stops_for_in_process_passes(url):
+    pytest.importorskip("torch")
+    r = subprocess.run([sys.executable, "-c", PROBE, url], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = __import__("json").loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"after_open": True, "after_in_process": False, "second_stream": False,
+                   "workers_epoch": True}
+
+
+def test_the_first_block_is_read_alone():
+    """The first draw needs one block: the other reads start once it is in, so they do not
+    share the cores with it (then up to ``buffer_blocks + prefetch`` are in flight)."""
+    submitted: list[int] = []
+    in_flight_when_waited: list[int] = []
+
+    class Read(Future):
+        def result(self, timeout=None):
+            in_flight_when_waited.append(len(submitted))
+            return super().result(timeout)
+
+    def submit(k: int) -> Future:
+        submitted.append(k)
+        f = Read()
+        f.set_result(None if k % 2 else _cut(k))
+        return f
+
+    it = pool.draws(submit, 10, [4] * 10, buffer_blocks=2, prefetch=1, rng=None)
+    next(it)
+    assert in_flight_when_waited[0] == 1  # block 0 was read alone
+    assert submitted == [0, 1, 2, 3]  # then the read-ahead: 3 in flight
+    rest = list(it)
+    assert submitted == list(range(10)) and len(rest) == 5 * 4 - 1
+
+
+def _cut(k: int) -> pool.Cut:
+    n = 4
+    return pool.Cut("g", {"a": np.full((n, 2), k)}, np.arange(n) + 4 * k, np.zeros(n, bool),
+                    np.arange(n), np.zeros((n, 1), np.int64), ("x",), [str(k)] * n, {})
