@@ -2,9 +2,11 @@
 the raw copy rate of the same bytes to the same store (the limit).
 
     python bench/bench_ingest_scaling.py [--pairs 1024] [--variant uint16] [--json out.json]
+    python bench/bench_ingest_scaling.py --dest local   # no S3 server on the same cores
 
 Each run is a fresh ingest of synthetic BioSR (``--pairs`` training pairs of TIFFs: WF
-128x128 + GT 256x256 for uint16) into the embedded S3 server, timed end to end and split
+128x128 + GT 256x256 for uint16) into the embedded S3 server (or, with ``--dest local``, a
+local folder: the cores are then all the workers'), timed end to end and split
 into cluster start-up (LocalCluster of N processes x 1 thread) and the ingest itself.
 Peak RSS is the sum over the ingest process and its worker processes, sampled every 50 ms.
 The limit reads every source file and writes the same bytes to the same store with 2
@@ -31,11 +33,11 @@ def _tree_peak_mb(rss: harness.RssMonitor) -> float:
 
 
 def raw_copy(src: str, dest: str, opts: dict) -> dict[str, Any]:
-    import s3fs
+    import fsspec
 
-    fs = s3fs.S3FileSystem(skip_instance_cache=True, **opts)
+    local = {} if "://" in dest else {"auto_mkdir": True}
+    fs, bucket = fsspec.core.url_to_fs(dest, skip_instance_cache=True, **local, **opts)
     files = [p for p in Path(src).rglob("*") if p.is_file()]
-    bucket = dest.removeprefix("s3://")
     fs.mkdir(bucket)
     clock = harness.Stopwatch()
 
@@ -49,20 +51,21 @@ def raw_copy(src: str, dest: str, opts: dict) -> dict[str, Any]:
     return {"seconds": clock.s, "bytes": nbytes, "peak_rss_mb": _tree_peak_mb(rss)}
 
 
-def _cpu_now(server_pid: int) -> tuple[float, float]:
-    """CPU seconds so far of this process with its reaped children, and of the S3 server."""
+def _cpu_now(server_pid: int | None) -> tuple[float, float]:
+    """CPU seconds so far of this process with its reaped children, and of the S3 server
+    (0 without one)."""
     import resource
 
     import psutil
 
     me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
-    server = psutil.Process(server_pid).cpu_times()
+    server = psutil.Process(server_pid).cpu_times() if server_pid else None
     return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-            server.user + server.system)
+            server.user + server.system if server else 0.0)
 
 
 def run_ingest(src: str, dest: str, opts: dict, workers: int, cluster: bool,
-               server_pid: int) -> dict[str, Any]:
+               server_pid: int | None) -> dict[str, Any]:
     """One ingest, timed; with the CPU seconds it used (worker processes included) and those
     the S3 server used meanwhile: on 2 cores their sum over the wall time says how much of
     the machine was left to scale into."""
@@ -109,8 +112,9 @@ def _table(args: argparse.Namespace, rows: dict[str, Any]) -> tuple[str, float]:
     d1, d2 = rows["dask LocalCluster, 1 worker"], rows["dask LocalCluster, 2 workers"]
     scale = d1["units_seconds"] / d2["units_seconds"]
     t1, t2 = rows["threads in process, 1"], rows["threads in process, 2"]
-    lines = [f"Ingest scaling, BioSR {args.pairs} {args.variant} training pairs to the embedded "
-             f"S3, {harness.machine_line()}", "",
+    where = "the embedded S3" if args.dest == "s3" else "a local folder (no S3 server)"
+    lines = [f"Ingest scaling, BioSR {args.pairs} {args.variant} training pairs to {where}, "
+             f"{harness.machine_line()}", "",
              *harness.md_table([["run", "s (start-up)", "MB/s end to end", "x limit",
                                  "units phase s", "units MB/s", "peak RSS MB",
                                  "cores busy: ingest + S3 server"], *body]),
@@ -123,14 +127,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pairs", type=int, default=1024)
     ap.add_argument("--variant", default="uint16", choices=["uint16", "float32"])
-    ap.add_argument("--json", default=str(harness.RESULTS / "ingest_scaling.json"))
+    ap.add_argument("--dest", default="s3", choices=["s3", "local"],
+                    help="the embedded S3 server (default) or a local folder")
+    ap.add_argument("--json", default=None, help="default: bench/results/ingest_scaling"
+                    "[_local].json")
     args = ap.parse_args()
+    args.json = args.json or str(harness.RESULTS / (
+        "ingest_scaling.json" if args.dest == "s3" else "ingest_scaling_local.json"))
 
     from cloudmic.synth.biosr import synth_biosr
 
     rows: dict[str, Any] = {}
     with harness.Workspace("cloudmic-bench-scaling-") as ws:
-        server = ws.s3()
+        server = ws.s3() if args.dest == "s3" else None
         clock = harness.Stopwatch()
         synth_biosr(ws.tmp / "src", train=args.pairs, validate=0, test=0, variant=args.variant)
         rows["setup: synth"] = {"seconds": clock.s}
@@ -142,7 +151,7 @@ def main() -> None:
                              ("dask LocalCluster, 1 worker", 1, True),
                              ("dask LocalCluster, 2 workers", 2, True)):
             rows[name] = harness.run_isolated(run_ingest, src, ws.dest(f"{w}-{int(clu)}"),
-                                              ws.opts, w, clu, server.pid)
+                                              ws.opts, w, clu, server and server.pid)
 
     table, scale = _table(args, rows)
     print(table)

@@ -4,6 +4,7 @@ batch waits for one block, not for the whole read-ahead."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -39,8 +40,12 @@ PROBE = textwrap.dedent('''
     out = {}
     s = cloudmic.PatchStream(sys.argv[1], "train", ["wf", "gt"], {"y": 16, "x": 16})
     out["after_open"] = server()
-    next(iter(s))  # an in-process pass: the server started ahead is not needed
-    out["after_in_process"] = server()
+    if sys.argv[2] == "pass":
+        next(iter(s))  # an in-process pass: the server started ahead is not needed
+    else:
+        import pickle  # what a DataLoader of the caller's own does for spawned workers
+        pickle.loads(pickle.dumps(s))
+    out["after_use"] = server()
     again = cloudmic.PatchStream(sys.argv[1], "train", ["wf"], {"y": 16, "x": 16})
     out["second_stream"] = server()  # the process iterates in-process: none ahead again
     keys = [k for b in again.loader(8, num_workers=2) for k in b["__key__"]]
@@ -49,13 +54,16 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-def test_forkserver_starts_with_the_stream_and_stops_for_in_process_passes(url):
+@pytest.mark.parametrize("use", ["pass", "pickle"])
+def test_forkserver_starts_with_the_stream_and_stops_when_not_used(url, use):
+    """Started when the stream opens; stopped by an in-process pass, or by the stream being
+    pickled for workers that are not its loader's; a loader with workers still works."""
     pytest.importorskip("torch")
-    r = subprocess.run([sys.executable, "-c", PROBE, url], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run([sys.executable, "-c", PROBE, url, use], capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    got = __import__("json").loads(r.stdout.strip().splitlines()[-1])
-    assert got == {"after_open": True, "after_in_process": False, "second_stream": False,
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"after_open": True, "after_use": False, "second_stream": False,
                    "workers_epoch": True}
 
 

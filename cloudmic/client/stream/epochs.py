@@ -20,7 +20,7 @@ from cloudmic.client.stream import distribute
 from cloudmic.client.stream.torch_adapter import (
     TrackingLoader,
     get_worker_info,
-    in_process_pass,
+    stop_ahead,
     worker,
 )
 
@@ -54,6 +54,12 @@ class Epochs:
 
     def __len__(self) -> int:
         return self.length
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled, for workers: unless they are this stream's own loader's, a forkserver
+        started ahead for them is not needed."""
+        stop_ahead()
+        return self.__dict__
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` on the next pass; each further pass without a call counts
@@ -89,7 +95,7 @@ class Epochs:
         """Begin the next pass in this process; its epoch."""
         epoch = self.epoch + self._passes
         if get_worker_info() is None:
-            in_process_pass()
+            stop_ahead()
         self.start_pass()
         self._passes += 1
         return epoch

@@ -158,10 +158,12 @@ def no_workers_ahead() -> None:
     _ahead["tried"] = True
 
 
-def in_process_pass() -> None:
-    """A pass runs in this process (no loader workers): a forkserver started ahead for
-    workers that never came is stopped, so it takes no CPU or memory from this pass (a
-    loader with workers made later starts it again)."""
+def stop_ahead() -> None:
+    """The stream is used without this process's loader workers: a pass runs in-process, or
+    it is pickled for other workers (a DataLoader of the caller's own, with spawn). A
+    forkserver started ahead for workers that never came is then stopped, so its imports
+    take no CPU from that pass and its memory goes (a loader with workers made later
+    starts it again)."""
     thread, _ahead["thread"] = _ahead["thread"], None
     if thread is None or _ahead["wanted"]:
         return
