@@ -2,10 +2,11 @@
 distribution guarantees of ``PatchStream`` (DESIGN "Guarantees > Client").
 
 A *block* of ``distribute.share`` is here one tar shard, its items are its records (counted
-in index.json). A consumer reads each of its shards with one GET, the next one fetched while
-this one is decoded, and keeps only its own records. Credentials stay in the storage options
-(never in a URL or a ``pipe:`` command line, where the process list would show them); only
-index.json is read up front, so the stream pickles to spawn/forkserver DataLoader workers.
+in index.json). A consumer reads each of its shards with one GET, decoding records as the
+body arrives (the next shard comes in while this one is decoded), and keeps only its own
+records. Credentials stay in the storage options (never in a URL or a ``pipe:`` command
+line, where the process list would show them); only index.json is read up front, so the
+stream pickles to spawn/forkserver DataLoader workers.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import io
 import json
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import numpy as np
@@ -29,6 +30,7 @@ from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, pr
 from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
+from cloudmic.storage.object_body import ObjectBody
 from cloudmic.storage.versions import resolve, version_of
 
 Record = dict[str, Any]
@@ -162,43 +164,45 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         self._finished = in_main
 
     def _read(self, takes: Sequence[distribute.Take]) -> Iterator[Record]:
-        """The records of ``takes`` in order, each shard read once; the next shard is
-        fetched on a thread while this one is decoded."""
+        """The records of ``takes`` in order, each shard read with one GET. A thread drains
+        the bodies, one after the other: records are decoded as soon as their bytes
+        arrive, and the next shard comes in while this one is decoded."""
         with ThreadPoolExecutor(1, thread_name_prefix="cloudmic-shard") as ex:
-            ahead: Future[IO[bytes]] | None = None
+            ahead: ObjectBody | None = None
             try:
                 for k, take in enumerate(takes):
-                    this = ahead or ex.submit(self._open, take.block)
+                    this = ahead or self._fetch(ex, take.block)
                     nxt = takes[k + 1].block if k + 1 < len(takes) else None
-                    ahead = None if nxt is None else ex.submit(self._open, nxt)
+                    ahead = None if nxt is None else self._fetch(ex, nxt)
                     try:
-                        with this.result() as stream:
-                            yield from self._take(take, stream)
+                        with this:
+                            yield from self._take(take, this)
                     except Exception as exc:
                         self._damaged(take.block, exc)  # raises, or warns and skips it
-            finally:  # stopped early: close the shard fetched ahead
+            finally:  # stopped early: the shard fetched ahead is dropped, its drain stops
                 if ahead is not None:
-                    ahead.add_done_callback(lambda f: f.exception() or f.result().close())
+                    ahead.close()
 
     def _damaged(self, block: int, exc: Exception) -> None:
         """A shard that cannot be read: the store not answering and our own errors (a
         missing or short shard) raise as they are; damaged bytes as ``on_error`` says."""
+        if isinstance(exc, FileNotFoundError):
+            raise StoreNotFoundError(f"{self._url(block)}: shard listed in index.json is "
+                                     "missing; run cloudmic verify on the dataset") from exc
         if is_transient(exc) or (isinstance(exc, CloudmicError) and self.on_error == "raise"):
             raise exc
-        unreadable(posixpath.join(self.root, self.paths[block]), exc, self.on_error, "shards")
+        unreadable(self._url(block), exc, self.on_error, "shards")
 
-    def _open(self, block: int) -> IO[bytes]:
-        """Shard ``block``, readable. On S3 its whole body comes in one GET (no HEAD, no
-        ranged parts): a streamed body would sit idle behind a slow training loop until a
-        timeout cut it, and s3fs's file costs a GET per block; a local file streams as is."""
-        loc = Location(posixpath.join(self.root, self.paths[block]), self.storage_options)
-        try:
-            if not loc.is_local:
-                return io.BytesIO(loc.read_bytes())
-            return loc.fs.open(loc.path, "rb")
-        except FileNotFoundError as exc:
-            raise StoreNotFoundError(f"{loc.url}: shard listed in index.json is missing; "
-                                     "run cloudmic verify on the dataset") from exc
+    def _url(self, block: int) -> str:
+        return posixpath.join(self.root, self.paths[block])
+
+    def _fetch(self, ex: ThreadPoolExecutor, block: int) -> ObjectBody:
+        """Shard ``block``, readable as its bytes arrive: its whole body in one GET (no
+        HEAD, no ranged parts), drained on ``ex``'s thread as fast as it comes, so no
+        streamed body sits idle behind a slow training loop until a timeout cuts it."""
+        body = ObjectBody(self._url(block))
+        ex.submit(Location(body.name, self.storage_options).drain_into, body)
+        return body
 
     def _take(self, take: distribute.Take, stream: IO[bytes]) -> Iterator[Record]:
         """``take``'s records from its shard: each kept row decoded once, its padding
@@ -207,7 +211,7 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         keep = np.bincount(take.rows[~take.pad], minlength=n)
         pads = np.bincount(take.rows[take.pad], minlength=n)
         last, seen = int(take.rows.max(initial=-1)), 0
-        url = posixpath.join(self.root, self.paths[take.block])
+        url = self._url(take.block)
         samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
         for i, sample in enumerate(samples):
             if i > last:

@@ -20,6 +20,7 @@ import fsspec
 
 from cloudmic.errors import StoreError
 from cloudmic.storage.backends import Backend, Capabilities, backend_for
+from cloudmic.storage.object_body import BodyClosed, ObjectBody
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,20 @@ class Location:
         """The object in one GET (s3fs would send a HEAD first, and ranged GETs in
         parallel above 50 MB)."""
         return self.fs.cat_file(self.path, **self.backend.one_get)
+
+    def drain_into(self, body: ObjectBody) -> None:
+        """Fill ``body`` with the object from one GET as it arrives; any error ends it
+        (the reader sees it after the bytes before it). Stops quietly if the reader
+        closed the body, also before the GET."""
+        try:
+            if not body.closed:
+                self.backend.get_pieces(self.fs, self.path, body.feed)
+        except BodyClosed:
+            return
+        except Exception as exc:  # noqa: BLE001 - handed to the reader's thread
+            body.finish(exc)
+            return
+        body.finish()
 
     def write_bytes(self, data: bytes) -> None:
         """One PUT on an object store (atomic for readers); write-then-rename locally."""
