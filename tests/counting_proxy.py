@@ -84,6 +84,18 @@ class CountingProxy:
         tmp.write_text(json.dumps(rules))
         tmp.replace(self._faults)
 
+    def cut(self, method: str, pattern: str, after: int) -> None:
+        """Answer a whole-object ``method`` request matching ``pattern`` (no ``Range``) with
+        its real headers and only its first ``after`` bytes, then drop the connection: a
+        body that breaks off mid-way. A ranged request gets through."""
+        self.fail(method, pattern, -after)
+
+    def clear(self) -> None:
+        """No more injected faults."""
+        tmp = self._faults.with_suffix(".tmp")
+        tmp.write_text("[]")
+        tmp.replace(self._faults)
+
     def reset(self) -> None:
         self._start = self._log.stat().st_size
 
@@ -135,6 +147,9 @@ def serve(upstream: str, log: IO[str], faults: Path | None = None) -> ThreadingH
                 return
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             status = _fault(faults, self.command, self.path.partition("?")[0])
+            cut = None
+            if status is not None and status < 0:  # cut() rules: only whole-object reads
+                cut, status = (-status if "Range" not in self.headers else None), None
             if status is not None:
                 self._log(status, 0)
                 self.send_response_only(status, "injected by the test proxy")
@@ -149,7 +164,7 @@ def serve(upstream: str, log: IO[str], faults: Path | None = None) -> ThreadingH
                 self.conn = None
                 resp = self._send_upstream(body)
             data = resp.read()
-            self._log(resp.status, len(data))
+            self._log(resp.status, len(data) if cut is None else min(cut, len(data)))
             self.send_response_only(resp.status, resp.reason)
             head = self.command == "HEAD"
             for name, value in resp.getheaders():
@@ -159,7 +174,10 @@ def serve(upstream: str, log: IO[str], faults: Path | None = None) -> ThreadingH
                 self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             if not head:
-                self.wfile.write(data)
+                self.wfile.write(data if cut is None else data[:cut])
+            if cut is not None:
+                self.wfile.flush()
+                self.close_connection = True
 
         def _log(self, status: int, nbytes: int) -> None:
             path, _, query = self.path.partition("?")

@@ -120,8 +120,8 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
                  on_error: str = "raise",
                  storage_options: dict[str, Any] | None = None) -> None:
         super().__init__()
-        prestart_workers()
         check_choice("on_error", on_error, ("raise", "skip"))
+        prestart_workers()  # its imports overlap the index read below
         self.on_error = on_error
         loc, index = shard_index(url, version, **(storage_options or {}))
         self.version = version_of(loc)
@@ -167,28 +167,33 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         """The records of ``takes`` in order, each shard read with one GET. A thread drains
         the bodies, one after the other: records are decoded as soon as their bytes
         arrive, and the next shard comes in while this one is decoded."""
-        with ThreadPoolExecutor(1, thread_name_prefix="cloudmic-shard") as ex:
-            ahead: ObjectBody | None = None
-            try:
-                for k, take in enumerate(takes):
-                    this = ahead or self._fetch(ex, take.block)
-                    nxt = takes[k + 1].block if k + 1 < len(takes) else None
-                    ahead = None if nxt is None else self._fetch(ex, nxt)
-                    try:
-                        with this:
-                            yield from self._take(take, this)
-                    except Exception as exc:
-                        self._damaged(take.block, exc)  # raises, or warns and skips it
-            finally:  # stopped early: the shard fetched ahead is dropped, its drain stops
-                if ahead is not None:
-                    ahead.close()
+        ex = ThreadPoolExecutor(1, thread_name_prefix="cloudmic-shard")
+        this: ObjectBody | None = None
+        ahead: ObjectBody | None = None
+        try:
+            for k, take in enumerate(takes):
+                this, ahead = ahead or self._fetch(ex, take.block), None
+                if k + 1 < len(takes):
+                    ahead = self._fetch(ex, takes[k + 1].block)
+                try:
+                    with this:
+                        yield from self._take(take, this)
+                except Exception as exc:
+                    self._damaged(take.block, exc)  # raises, or warns and skips it
+        finally:  # also when stopped early: a closed body's drain stops at its next piece
+            for body in (this, ahead):
+                if body is not None:
+                    body.close()
+            ex.shutdown(wait=False, cancel_futures=True)
 
     def _damaged(self, block: int, exc: Exception) -> None:
-        """A shard that cannot be read: the store not answering and our own errors (a
-        missing or short shard) raise as they are; damaged bytes as ``on_error`` says."""
+        """A shard that cannot be read: the store not answering raises as it is; a missing
+        shard, a short one and damaged bytes raise, or with ``on_error="skip"`` warn and
+        are skipped."""
         if isinstance(exc, FileNotFoundError):
-            raise StoreNotFoundError(f"{self._url(block)}: shard listed in index.json is "
-                                     "missing; run cloudmic verify on the dataset") from exc
+            missing = StoreNotFoundError(f"{self._url(block)}: shard listed in index.json "
+                                         "is missing; run cloudmic verify on the dataset")
+            missing.__cause__, exc = exc, missing
         if is_transient(exc) or (isinstance(exc, CloudmicError) and self.on_error == "raise"):
             raise exc
         unreadable(self._url(block), exc, self.on_error, "shards")
@@ -200,8 +205,9 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         """Shard ``block``, readable as its bytes arrive: its whole body in one GET (no
         HEAD, no ranged parts), drained on ``ex``'s thread as fast as it comes, so no
         streamed body sits idle behind a slow training loop until a timeout cuts it."""
-        body = ObjectBody(self._url(block))
-        ex.submit(Location(body.name, self.storage_options).drain_into, body)
+        loc = Location(self._url(block), self.storage_options)
+        body = loc.open_body()
+        ex.submit(loc.drain_into, body)
         return body
 
     def _take(self, take: distribute.Take, stream: IO[bytes]) -> Iterator[Record]:

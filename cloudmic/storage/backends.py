@@ -9,6 +9,7 @@ dict); they are never written into a store, a log or a worker's command line.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 # and allows objects up to 80 GiB (10,000 parts; shards are a few hundred MB)
 S3_PART_BYTES = 8 << 20
 PIECE_BYTES = 4 << 20  # what get_pieces hands on at a time, at most
+BODY_RETRIES = 3  # times a GET's body that broke off is asked for again from where it broke
 
 
 def s3_single_put(size: int, part_bytes: int = S3_PART_BYTES) -> bool:
@@ -231,21 +233,41 @@ class S3Backend(Backend):
 
     def get_pieces(self, fs: fsspec.AbstractFileSystem, path: str,
                    feed: Callable[[bytes], None]) -> None:
-        """The body of one GET, fed as it arrives (s3fs's own cat_file, minus the wait
-        for the last byte); ``feed`` runs on s3fs's event loop thread."""
+        """The body of one GET, fed as it arrives (s3fs's own cat_file, minus the wait for
+        the last byte); ``feed`` runs on s3fs's event loop thread. A body that breaks off
+        is asked for again from the byte where it broke (a ranged GET, if the object is
+        still the same: ``If-Match`` its ETag), as s3fs retries a whole read."""
+        from botocore.exceptions import IncompleteReadError
         from fsspec.asyn import sync
-        from s3fs.core import version_id_kw
+        from s3fs.core import S3_RETRYABLE_ERRORS, version_id_kw
 
         bucket, key, version = fs.split_path(path)
+        broken = (*S3_RETRYABLE_ERRORS, IncompleteReadError, ConnectionError)
 
         async def drain() -> None:
-            resp = await fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                     **version_id_kw(version))
-            try:
-                while piece := await resp["Body"].read(PIECE_BYTES):
-                    feed(piece)
-            finally:
-                resp["Body"].close()
+            fed, size, etag = 0, None, None
+            for attempt in range(BODY_RETRIES + 1):
+                rest = {"Range": f"bytes={fed}-"} if fed else {}
+                rest.update({"IfMatch": etag} if fed and etag else {})
+                resp = await fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                         **version_id_kw(version), **rest)
+                if size is None:
+                    size, etag = resp.get("ContentLength"), resp.get("ETag")
+                try:
+                    while piece := await resp["Body"].read(PIECE_BYTES):
+                        feed(piece)
+                        fed += len(piece)
+                    if size is not None and fed != size:
+                        raise ConnectionError(f"the body ended at byte {fed} of {size}")
+                    return
+                except broken as exc:
+                    if attempt == BODY_RETRIES:
+                        raise ConnectionError(f"{path}: the body broke off on each of "
+                                              f"{attempt + 1} GETs, last at byte {fed} of "
+                                              f"{size}: {exc}") from exc
+                    await asyncio.sleep(0.2 * 2 ** attempt)
+                finally:
+                    resp["Body"].close()
 
         sync(fs.loop, drain)
 

@@ -19,7 +19,7 @@ from typing import Any
 import fsspec
 
 from cloudmic.errors import StoreError
-from cloudmic.storage.backends import Backend, Capabilities, backend_for
+from cloudmic.storage.backends import PIECE_BYTES, Backend, Capabilities, backend_for
 from cloudmic.storage.object_body import BodyClosed, ObjectBody
 
 
@@ -94,17 +94,25 @@ class Location:
         parallel above 50 MB)."""
         return self.fs.cat_file(self.path, **self.backend.one_get)
 
+    def open_body(self) -> ObjectBody:
+        """An empty body for :meth:`drain_into`: a remote one takes the GET as fast as it
+        comes (a body left idle is cut by the store); a local file is read only a few
+        pieces ahead of its reader."""
+        return ObjectBody(self.url, max_held=None if not self.is_local else 2 * PIECE_BYTES)
+
     def drain_into(self, body: ObjectBody) -> None:
-        """Fill ``body`` with the object from one GET as it arrives; any error ends it
-        (the reader sees it after the bytes before it). Stops quietly if the reader
-        closed the body, also before the GET."""
+        """Fill ``body`` with the object from one GET as it arrives. Any error ends it (the
+        reader sees it after the bytes before it); stops quietly if the reader closed the
+        body, also before the GET."""
         try:
             if not body.closed:
                 self.backend.get_pieces(self.fs, self.path, body.feed)
         except BodyClosed:
-            return
-        except Exception as exc:  # noqa: BLE001 - handed to the reader's thread
+            pass
+        except BaseException as exc:  # handed to the reader: it must never wait forever
             body.finish(exc)
+            if not isinstance(exc, Exception):
+                raise
             return
         body.finish()
 

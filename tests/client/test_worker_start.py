@@ -96,3 +96,50 @@ def _cut(k: int) -> pool.Cut:
     n = 4
     return pool.Cut("g", {"a": np.full((n, 2), k)}, np.arange(n) + 4 * k, np.zeros(n, bool),
                     np.arange(n), np.zeros((n, 1), np.int64), ("x",), [str(k)] * n, {})
+
+
+def test_a_pickled_stream_keeps_its_rank(url, monkeypatch):
+    """Workers read their rank's share even when they cannot see the rank themselves (a
+    forkserver started before RANK was set; no process group in a worker): the copy
+    pickled for them carries it. With one rank nothing is pinned."""
+    import pickle
+
+    import cloudmic
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    s = cloudmic.PatchStream(url, "train", ["wf"], {"y": 16, "x": 16})
+    copy = pickle.dumps(s)
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert pickle.loads(copy)._world() == (1, 2)
+    assert s._world() == (0, 1) and s.rank is None  # the stream itself is not changed
+    alone = pickle.loads(pickle.dumps(s))
+    assert alone.rank is None and alone.world_size is None
+
+
+def test_a_server_with_live_workers_is_not_stopped(monkeypatch):
+    """The forkserver is one per process: if workers of the caller's own forkserver loader
+    are alive, the server started ahead is theirs too and stays."""
+    import multiprocessing as mp
+    import multiprocessing.popen_forkserver as pf
+    import threading
+
+    from cloudmic.client.stream import torch_adapter as ta
+
+    class Child:
+        _popen = object.__new__(pf.Popen)
+
+    killed: list[int] = []
+    monkeypatch.setattr(mp, "active_children", lambda: [Child()])
+    monkeypatch.setattr("os.kill", lambda pid, sig: killed.append(pid))
+    t = threading.Thread(target=lambda: None)
+    t.start()
+    monkeypatch.setitem(ta._ahead, "thread", t)
+    monkeypatch.setitem(ta._ahead, "wanted", False)
+    import multiprocessing.forkserver as fs
+
+    monkeypatch.setattr(fs._forkserver, "_forkserver_pid", 12345)  # a server to stop
+    monkeypatch.setattr(fs._forkserver, "_stop", lambda: None)
+    ta.stop_ahead()
+    assert killed == [] and ta._ahead["thread"] is None

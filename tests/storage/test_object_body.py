@@ -17,10 +17,11 @@ def test_reads_in_order_across_pieces_while_they_arrive():
     data = bytes(range(256)) * 1000
     pieces = [data[i:i + 7001] for i in range(0, len(data), 7001)]
     first_read = threading.Event()
+    waited: list[bool] = []
 
     def fill() -> None:
         body.feed(pieces[0])
-        first_read.wait(5)  # the reader got bytes before the rest existed
+        waited.append(first_read.wait(5))  # the reader got bytes before the rest existed
         for p in pieces[1:]:
             body.feed(p)
         body.finish()
@@ -31,8 +32,49 @@ def test_reads_in_order_across_pieces_while_they_arrive():
     first_read.set()
     while chunk := body.read(4096):
         got += chunk
-    t.join()
+    t.join(10)
+    assert waited == [True]
     assert bytes(got) == data
+
+
+def test_a_reader_waiting_on_a_closed_body_is_told():
+    body = ObjectBody("x")
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            body.read(10)
+        except ValueError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=read)
+    t.start()
+    time.sleep(0.1)  # the reader waits for bytes
+    body.close()
+    t.join(5)
+    assert not t.is_alive() and len(errors) == 1
+    with pytest.raises(ValueError, match="closed"):
+        body.read(10)
+
+
+def test_a_bounded_body_holds_no_more_than_its_limit():
+    body = ObjectBody("x", max_held=10)
+    fed = threading.Event()
+
+    def fill() -> None:
+        body.feed(b"a" * 10)
+        body.feed(b"b" * 10)  # waits until the reader took the first ten
+        fed.set()
+        body.finish()
+
+    t = threading.Thread(target=fill)
+    t.start()
+    assert not fed.wait(0.2)
+    assert body.read(4) == b"aaaa"
+    assert fed.wait(5)
+    assert body.read(100) == b"aaaaaa" + b"b" * 10
+    assert body.read(100) == b""
+    t.join(5)
 
 
 def test_error_comes_after_the_bytes_before_it():
@@ -59,12 +101,13 @@ def test_a_tar_decodes_from_a_local_drain(tmp_path):
         for name in members:
             (tmp_path / name).write_bytes(members[name])
             tar.add(tmp_path / name, arcname=name)
-    body = ObjectBody(str(src))
-    t = threading.Thread(target=Location(str(src)).drain_into, args=(body,))
+    loc = Location(str(src))
+    body = loc.open_body()  # a local file: read a few pieces ahead of its reader
+    t = threading.Thread(target=loc.drain_into, args=(body,))
     t.start()
     with tarfile.open(fileobj=body, mode="r|") as tar:
         got = {m.name: tar.extractfile(m).read() for m in tar}
-    t.join()
+    t.join(10)
     assert got == members
 
 

@@ -56,10 +56,17 @@ class Epochs:
         return self.length
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled, for workers: unless they are this stream's own loader's, a forkserver
-        started ahead for them is not needed."""
+        """Pickled, for workers. They read this rank's share: its rank is pinned in the
+        copy, as a worker cannot always find it (no process group of its own, and a
+        forkserver's children see the environment of when the server started, maybe
+        before ``RANK`` was set). Unless they are this stream's own loader's workers, a
+        forkserver started ahead for them is not needed."""
         stop_ahead()
-        return self.__dict__
+        state = dict(self.__dict__)
+        rank, size = self._world()
+        if self.rank is None and self.world_size is None and size > 1:
+            state["rank"], state["world_size"] = rank, size
+        return state
 
     def set_epoch(self, epoch: int) -> None:
         """Start epoch ``epoch`` on the next pass; each further pass without a call counts

@@ -101,13 +101,13 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         version: str | None = None,
     ) -> None:
         super().__init__()
-        prestart_workers()
         check_choice("sampling", sampling, ("random", "grid"))
         check_choice("on_error", on_error, ("raise", "skip"))
         if not variables:
             raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
         if patches_per_sample < 1:
             raise ValueError("patches_per_sample must be at least 1")
+        prestart_workers()  # its imports overlap the metadata reads below
         self.url, self.variables = url, list(variables)
         self.seed, self.shuffle, self.patches_per_sample = seed, shuffle, patches_per_sample
         self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False

@@ -7,6 +7,7 @@ torch is optional: without it a stream is a plain iterable. Anything that implem
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections.abc import Iterator, Mapping
@@ -76,7 +77,8 @@ class TrackingLoader:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size!r}")
         if num_workers:
-            kwargs.setdefault("multiprocessing_context", forkserver())
+            if "multiprocessing_context" not in kwargs:  # the caller's own, if given
+                kwargs["multiprocessing_context"] = forkserver()
             # big arrays cross as tensors in shared memory, small ones inline in the pickle
             kwargs.setdefault("collate_fn", functools.partial(as_tensors, min_bytes=64 << 10))
         else:
@@ -145,17 +147,21 @@ _ahead: dict[str, Any] = {"tried": False, "wanted": False, "thread": None}
 
 
 def prestart_workers() -> None:
-    """Start the forkserver now, once per process, when torch is installed."""
+    """Start the forkserver now, once per process, when torch is installed (and the
+    platform has forkserver: not on Windows)."""
     if StreamBase is object or _ahead["tried"]:
         return
     _ahead["tried"] = True
-    _ahead["thread"] = _start_in_background()
+    with contextlib.suppress(ValueError):  # no forkserver here: a loader with workers says so
+        _ahead["thread"] = _start_in_background()
 
 
 def no_workers_ahead() -> None:
     """This process opens streams without loader workers (the catalog reads their metadata,
-    the demo iterates in-process): start no forkserver ahead for them."""
+    the demo iterates in-process): start no forkserver ahead for them (and stop one a
+    stream started before)."""
     _ahead["tried"] = True
+    stop_ahead()
 
 
 def stop_ahead() -> None:
@@ -167,12 +173,15 @@ def stop_ahead() -> None:
     thread, _ahead["thread"] = _ahead["thread"], None
     if thread is None or _ahead["wanted"]:
         return
-    import contextlib
+    import multiprocessing as mp
     import multiprocessing.forkserver as fs
+    import multiprocessing.popen_forkserver as pf
     import os
     import signal
 
     thread.join()
+    if any(isinstance(getattr(p, "_popen", None), pf.Popen) for p in mp.active_children()):
+        return  # the server is one per process: live workers of the caller's came from it
     server = fs._forkserver  # no public API stops it; Python's own tests use _stop()
     with contextlib.suppress(Exception):
         if server._forkserver_pid is not None:
