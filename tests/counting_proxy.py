@@ -79,10 +79,7 @@ class CountingProxy:
 
     def fail(self, method: str, pattern: str, status: int = 500) -> None:
         """Answer ``status`` to every ``method`` request whose path matches ``pattern``."""
-        rules = json.loads(self._faults.read_text()) + [[method, pattern, status]]
-        tmp = self._faults.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rules))
-        tmp.replace(self._faults)
+        self._write_rules(json.loads(self._faults.read_text()) + [[method, pattern, status]])
 
     def cut(self, method: str, pattern: str, after: int) -> None:
         """Answer a whole-object ``method`` request matching ``pattern`` (no ``Range``) with
@@ -92,8 +89,12 @@ class CountingProxy:
 
     def clear(self) -> None:
         """No more injected faults."""
+        self._write_rules([])
+
+    def _write_rules(self, rules: list) -> None:
+        """Replace the rules at once: the proxy reads them on every request."""
         tmp = self._faults.with_suffix(".tmp")
-        tmp.write_text("[]")
+        tmp.write_text(json.dumps(rules))
         tmp.replace(self._faults)
 
     def reset(self) -> None:

@@ -172,9 +172,8 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         ahead: ObjectBody | None = None
         try:
             for k, take in enumerate(takes):
-                this, ahead = ahead or self._fetch(ex, take.block), None
-                if k + 1 < len(takes):
-                    ahead = self._fetch(ex, takes[k + 1].block)
+                this = ahead or self._fetch(ex, take.block)
+                ahead = self._fetch(ex, takes[k + 1].block) if k + 1 < len(takes) else None
                 try:
                     with this:
                         yield from self._take(take, this)
