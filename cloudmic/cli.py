@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "warning, for copies made smaller on purpose)")
     i.epilog = ("A stopped or killed ingest resumes: run the same command again and only "
                 "the units not yet finished are redone (the ledger is in ROOT/.cloudmic/"
-                "staging/). Nothing is published before the whole dataset verified.")
+                "staging/; the units write into a new version that stays unlisted until it is "
+                "published). Nothing is published before the whole dataset verified.")
 
     ls = add("ls", cmd_ls, "list the datasets published under a root URL, each with its "
              "current version, the URL plain xarray opens for it and the versions kept")
@@ -406,8 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="complete versions to keep per dataset, the current one included "
                    "(default: 3)")
     g.add_argument("--grace", default="24h", help="remove a version only this long after it "
-                   "stopped being current, and staging only this long after its last write: "
-                   "runs still reading it finish first (default: 24h; e.g. 0, 30m, 7d)")
+                   "stopped being current, and staging or an incomplete version only this "
+                   "long after its last write: runs still reading it finish first (default: "
+                   "24h; e.g. 0, 30m, 7d)")
     g.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
     g.epilog = ("examples:\n  cloudmic gc s3://cloudmic --dry-run\n"
                 "  cloudmic gc ./store --keep 1 --grace 0   # only the current versions stay")

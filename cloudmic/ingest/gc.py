@@ -2,13 +2,15 @@
 
 What stays, always: the current version of each dataset and the ``keep`` newest complete
 versions. What goes only after ``grace``: a version counts from the moment it stopped being
-current (the start of its successor), so a training run that pinned it before a republish
-keeps reading it for at least ``grace``; an incomplete version (its publisher died) counts
-from its start; a staging folder from its last write (an ingest resumes from it until then).
+current (the publication of its successor), so a training run that pinned it before a
+republish keeps reading it for at least ``grace``; an incomplete version (an ingest still
+writing it, or one that died) and a staging folder count from their last write (an ingest
+resumes them until then).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -54,6 +56,16 @@ def _last_write(loc: Location) -> datetime | None:
     return datetime.fromtimestamp(max(stamps), UTC) if stamps else None
 
 
+def _published(folder: Location, version: str) -> datetime:
+    """When a complete version was published (its ``version.json``'s ``published``; the id
+    only says when its ingest started)."""
+    try:
+        stamp = json.loads(folder.child(version, rl.VERSION_FACTS).read_bytes())["published"]
+        return datetime.fromisoformat(stamp).astimezone(UTC)
+    except (OSError, ValueError, KeyError, TypeError):  # written by an older cloudmic
+        return version_time(version) or datetime.min.replace(tzinfo=UTC)
+
+
 def _doomed_versions(root: Location, name: str, keep: int, cutoff: datetime,
                      ) -> tuple[list[str], list[str]]:
     """(versions to remove, versions kept) of one dataset."""
@@ -61,15 +73,19 @@ def _doomed_versions(root: Location, name: str, keep: int, cutoff: datetime,
     pointer = read_pointer(root, name)
     current = pointer["version"] if pointer else None
     ids = [v for v in _children(folder) if rl.VERSION_RE.match(v)]
-    complete = [v for v in ids if folder.child(v, rl.VERSION_FACTS).exists()]
-    keepers = {current} | set(sorted(complete)[-max(keep, 1):])
+    published = {v: _published(folder, v) for v in ids
+                 if folder.child(v, rl.VERSION_FACTS).exists()}
+    by_time = sorted(published, key=lambda v: (published[v], v))
+    keepers = {current} | set(by_time[-max(keep, 1):])
     doomed = []
     for v in ids:
         if v in keepers:
             continue
-        later = [w for w in complete if w > v]
-        # superseded when its successor started; an incomplete version counts from its start
-        since = version_time(later[0] if later and v in complete else v)
+        if v in published:  # superseded when the next version was published
+            later = by_time[by_time.index(v) + 1:]
+            since = published[later[0]] if later else None
+        else:  # incomplete: an ingest may still be writing it, or resume it
+            since = _last_write(folder.child(v))
         if since is not None and since < cutoff:
             doomed.append(v)
     return doomed, sorted(set(ids) - set(doomed))

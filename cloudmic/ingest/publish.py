@@ -1,26 +1,34 @@
 """Staging and publishing immutable versions: readers only ever see complete datasets.
 
-An ingest writes everything under ``ROOT/.cloudmic/staging/<dataset>-<run>/``. Only after
-it verified does :func:`publish` place it as a new version (ADR 0007)::
+An ingest writes its parts straight into the version they will publish (ADR 0010)::
 
-    1. move (local rename) or copy (object store) the parts to ROOT/<name>.releases/<v>/
-    2. write <v>/version.json                  the version is complete
-    3. replace <name>.releases/current.json    one atomic write: readers switch here
-    4. local roots: point the symlinks ROOT/<name>.zarr (.wds, .previews) at <v>
-    5. update this dataset's entry in catalog.json (conditional write: no lost entry)
+    ROOT/.cloudmic/staging/<dataset>-<run>/target.json   private: which version this run fills
+    ROOT/.cloudmic/staging/<dataset>-<run>/ledger/       private: the finished units (resume)
+    ROOT/<name>.releases/<v>/<name>.zarr, .wds, ...      the parts, written by the units
 
-A publisher that dies before step 3 leaves the previous version current and readable;
-between 3 and 5 the catalog names the previous version for a moment, still complete.
-Old versions stay until ``cloudmic gc``.
+A version without ``version.json`` is incomplete: ``cloudmic ls`` does not list it and
+readers refuse it. Only after the parts verified does :func:`publish` (ADR 0007)::
+
+    1. write <v>/version.json                  the version is complete
+    2. replace <name>.releases/current.json    one atomic write: readers switch here
+    3. local roots: point the symlinks ROOT/<name>.zarr (.wds, .previews) at <v>
+    4. update this dataset's entry in catalog.json (conditional write: no lost entry)
+
+A publisher that dies before step 2 leaves the previous version current and readable;
+between 2 and 4 the catalog names the previous version for a moment, still complete.
+Nothing is copied or moved to publish (on an object store a copy costs a server-side copy
+of every byte). Old and abandoned versions stay until ``cloudmic gc``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +40,74 @@ from cloudmic.storage.versions import new_version_id, pointer_location
 
 log = logging.getLogger(__name__)
 
+TARGET = "target.json"  # in a run's private staging folder: the version it fills
 
-def staging_location(dest: Location, dataset: str, run_id: str) -> Location:
-    return dest.child(rl.STAGING, f"{dataset}-{run_id}")
+
+@dataclass(frozen=True)
+class Staging:
+    """Where one ingest run writes: its private folder (the ledger and the name of its
+    version) and the version folder its parts go to, incomplete until published."""
+
+    root: Location
+    name: str
+    private: Location
+    version: str
+
+    @property
+    def base(self) -> Location:
+        return self.root.child(rl.version_dir(self.name, self.version))
+
+    @property
+    def zarr(self) -> Location:
+        return self.base.child(rl.zarr_name(self.name))
+
+    @property
+    def wds(self) -> Location:
+        return self.base.child(rl.wds_name(self.name))
+
+    @property
+    def previews(self) -> Location:
+        return self.base.child(rl.previews_name(self.name))
+
+    @property
+    def published(self) -> bool:
+        """Its ``version.json`` is written: nothing may write into it any more."""
+        return self.base.child(rl.VERSION_FACTS).exists()
+
+    def discard(self, *, parts: bool) -> None:
+        """Remove the private folder, its ledger first (a run stopped half-way through this
+        starts afresh instead of resuming what is left), and with ``parts`` the version's
+        parts too (never those of a published version). Errors are logged, not raised:
+        cleanup must not hide the real error."""
+        doomed = [self.private.child("ledger")]
+        doomed += [self.base] if parts and not self.published else []
+        for loc in [*doomed, self.private]:
+            try:
+                loc.fs.invalidate_cache(loc.path)  # a cached listing would hide new files
+                with contextlib.suppress(FileNotFoundError):
+                    loc.fs.rm(loc.path, recursive=True)
+            except Exception:
+                log.warning("could not remove %s", loc.url, exc_info=True)
+
+
+def open_staging(root: Location, name: str, run_id: str) -> Staging:
+    """The staging of run ``run_id``: the version an earlier, stopped run of it was filling,
+    or a new version (recorded before anything is written into it)."""
+    private = root.child(rl.STAGING, f"{name}-{run_id}")
+    target = private.child(TARGET)
+    try:
+        version = json.loads(target.read_bytes())["version"]
+        if not rl.VERSION_RE.match(str(version)):
+            raise ValueError(version)
+    except FileNotFoundError:
+        version = None
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s: not a version name; starting a new version", target.url)
+        version = None
+    if version is None:
+        version = new_version_id()
+        target.write_bytes(json.dumps({"version": version}).encode())
+    return Staging(root, name, private, version)
 
 
 def check_writable(dest: Location) -> None:
@@ -48,18 +121,6 @@ def check_writable(dest: Location) -> None:
             f"{dest.url}: cannot write there ({type(exc).__name__}: {exc}). Use credentials "
             f"that may write ({dest.backend.credentials_hint}), or another --dest."
         ) from exc
-
-
-def _place(staged: Location, final: Location) -> None:
-    """Put one staged part at its place in the new version."""
-    if staged.caps.folders:
-        Path(final.path).parent.mkdir(parents=True, exist_ok=True)
-        os.rename(staged.path, final.path)
-        return
-    fs = staged.fs
-    files = sorted(fs.find(staged.path))
-    rel = [f[len(staged.path) + 1:] for f in files]
-    fs.copy(files, [f"{final.path}/{r}" for r in rel])  # server-side copies
 
 
 def _link(root: Path, name: str, version: str, parts: list[str]) -> None:
@@ -80,20 +141,17 @@ def _link(root: Path, name: str, version: str, parts: list[str]) -> None:
         os.replace(tmp, stable)
 
 
-def publish(staging: Location, root: Location, name: str, parts: list[str],
-            facts: dict[str, Any]) -> CatalogEntry:
-    """Publish the staged ``parts`` (``biosr.zarr``, ``biosr.wds``, ...) as a new version of
-    ``name``; returns its catalog entry (``facts`` plus the version and its URLs)."""
-    version = new_version_id()
+def publish(staging: Staging, parts: list[str], facts: dict[str, Any]) -> CatalogEntry:
+    """Publish the verified ``parts`` (``biosr.zarr``, ``biosr.wds``, ...) of ``staging``'s
+    version; returns its catalog entry (``facts`` plus the version and its URLs)."""
+    root, name, version = staging.root, staging.name, staging.version
     base = rl.version_dir(name, version)
     entry = CatalogEntry(**facts, version=version, zarr=f"{base}/{rl.zarr_name(name)}",
                          webdataset=f"{base}/{rl.wds_name(name)}/{rl.INDEX}")
     if rl.previews_name(name) in parts:
         entry["previews"] = f"{base}/{rl.previews_name(name)}/{rl.PREVIEWS_INDEX}"
-    for part in parts:
-        _place(staging.child(part), root.child(base, part))
     facts_json = json.dumps(entry, indent=2, sort_keys=True).encode()
-    root.child(base, rl.VERSION_FACTS).write_bytes(facts_json)
+    staging.base.child(rl.VERSION_FACTS).write_bytes(facts_json)
     pointer_location(root, name).write_bytes(facts_json)  # one atomic write: readers switch
     if root.caps.folders:
         _link(Path(root.path), name, version, parts)

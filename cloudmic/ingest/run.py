@@ -1,4 +1,4 @@
-"""``cloudmic.ingest``: scan -> plan -> write units into staging -> verify -> publish -> catalog.
+"""``cloudmic.ingest``: scan -> plan -> write units into a new version -> verify -> publish.
 
 Each step is a function of its own module; this one only wires them together.
 """
@@ -26,7 +26,7 @@ from cloudmic.ingest import execute
 from cloudmic.ingest.ledger import Ledger, remove_partials
 from cloudmic.ingest.ledger import run_id as fingerprint_run_id
 from cloudmic.ingest.plan import plan_units
-from cloudmic.ingest.publish import check_writable, publish, staging_location
+from cloudmic.ingest.publish import Staging, check_writable, open_staging, publish
 from cloudmic.ingest.verify import compare_counts, verify_against_source, verify_dataset
 from cloudmic.ingest.wds_writer import write_shard
 from cloudmic.layout.zarr_layout import create_group, write_unit
@@ -126,7 +126,7 @@ def _run_units(adapter: Adapter, inv: Inventory, units: list[Unit], zarr_loc: Lo
     """Run units on the dask client, or on threads here; results in plan order."""
     per_task = [(u, zarr_loc, wds_loc, ledger) for u in units]
     if client is not None:
-        # task keys are cluster-wide: name the staging too, so two ingests of the same
+        # task keys are cluster-wide: name the version too, so two ingests of the same
         # units (same sources, other destinations) sharing a scheduler never share a result
         token = hashlib.sha256(zarr_loc.url.encode()).hexdigest()[:12]
         results = execute.run_dask(client, run_unit, (adapter, inv), per_task,
@@ -153,7 +153,7 @@ def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) ->
             entry.update(zarr_dim=g.unit_dim, zarr_length=g.length, zarr_axis=axis)
     for r in results:
         # the ETag an upload must have is for the pre-publish verify, not a fact of the data
-        # (a server-side copy may give the published object another one)
+        # (it depends on the upload's part size)
         splits[r["split"]]["shards"].append({k: v for k, v in r["shard"].items() if k != "etag"})
         splits[r["split"]]["records"] += r["shard"]["samples"]
     return {"dataset": manifest.name, "format": "webdataset", "fields": manifest.webdataset.fields,
@@ -177,9 +177,11 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
 
     Units run on ``workers`` threads here, or with ``cluster=True`` on a dask LocalCluster
     of ``workers`` processes x ``threads``, or on an existing ``scheduler``
-    (``tcp://host:8786``). The staging folder is named by a fingerprint of manifest and
-    sources and keeps a ledger of finished units: after a crash (even ``kill -9``) the same
-    call resumes, redoing only unfinished units, and publishes the same bytes.
+    (``tcp://host:8786``). The units write straight into the new version's folder, which
+    stays unlisted until it is published; a private staging folder, named by a fingerprint
+    of manifest and sources, names that version and keeps a ledger of finished units: after
+    a crash (even ``kill -9``) the same call resumes, redoing only unfinished units, and
+    publishes the same bytes.
 
     The samples found per split are compared with the publisher's counts in the manifest
     (``expected``): a partial copy publishes with a warning in the report's ``warnings``,
@@ -205,18 +207,16 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     check_writable(root)
     units = plan_units(inv, manifest)
     run_id = fingerprint_run_id(manifest, inv, __version__)
-    staging = staging_location(root, manifest.name, run_id)
-    zarr_loc = staging.child(rl.zarr_name(manifest.name))
-    wds_loc = staging.child(rl.wds_name(manifest.name))
-    ledger = Ledger(staging.child("ledger"))
+    staging = open_staging(root, manifest.name, run_id)
     try:
-        zroot, done = _open_staging(manifest, inv, run_id, staging, ledger, len(units))
+        staging, zroot, done = _open_parts(manifest, inv, run_id, staging, len(units))
+        zarr_loc, wds_loc, ledger = staging.zarr, staging.wds, _ledger(staging)
         todo = [u for u in units if u.key not in done]
         if on_plan:
             on_plan(len(units))
         if progress and done:
             progress(len(done), sum(done[k]["array_bytes"] for k in done))
-        log.info("ingest %s: %d units into %s", manifest.name, len(todo), staging.url)
+        log.info("ingest %s: %d units into %s", manifest.name, len(todo), staging.base.url)
         with (execute.dask_client(scheduler, workers, threads, on_cluster)
               if (cluster or scheduler) and todo else _no_client()) as client:
             phase.lap("start")  # the staging, and the cluster's processes
@@ -229,17 +229,17 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         phase.lap("seal")
         # shards just written: sizes and ETags from a listing, a sample read back (the
         # full read is `cloudmic verify`'s job)
-        report = verify_dataset(staging, manifest.name, expected=expected, strict=strict,
-                                full=False, etags={r["shard"]["url"]: r["shard"]["etag"]
-                                                   for r in results if "etag" in r["shard"]})
+        report = verify_dataset(staging.base, manifest.name, expected=expected, strict=strict,
+                                full=False, staged=True,
+                                etags={r["shard"]["url"]: r["shard"]["etag"]
+                                       for r in results if "etag" in r["shard"]})
         report.problems += verify_against_source(adapter, inv, units, zroot)
         phase.lap("verify")
         if not report.ok:
-            raise VerifyFailed(f"{staging.url}: verification failed, nothing published:\n  "
-                               + "\n  ".join(report.problems))
+            raise VerifyFailed(f"{staging.base.url}: verification failed, nothing published:"
+                               "\n  " + "\n  ".join(report.problems))
         # previews come from the verified store; a failure only warns (data still publishes)
-        previews = write_previews(zarr_loc, staging.child(rl.previews_name(manifest.name)),
-                                  manifest.name)
+        previews = write_previews(zarr_loc, staging.previews, manifest.name)
         phase.lap("previews")
         parts = [rl.zarr_name(manifest.name), rl.wds_name(manifest.name)]
         parts += [rl.previews_name(manifest.name)] if previews else []
@@ -249,18 +249,18 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
                  "run_id": run_id, "manifest_digest": manifest.digest(),
                  "groups": _split_sizes(inv), "records": prov["records"],
                  "source_bytes": inv.source_bytes, **sizes}
-        entry = publish(staging, root, manifest.name, parts, facts)
+        entry = publish(staging, parts, facts)
     except VerifyFailed:
-        _discard(staging)  # what was written is wrong: a re-run starts afresh
+        staging.discard(parts=True)  # what was written is wrong: a re-run starts afresh
         raise
     except BaseException as exc:
         # a full disk or bad input explains itself in one line (the CLI's error says to
         # re-run); other stops get the hint here
         (log.info if is_permanent(exc) else log.warning)(
             "ingest of %s stopped; %s keeps the finished units: run the same command again "
-            "to resume", manifest.name, staging.url)
+            "to resume", manifest.name, staging.private.url)
         raise
-    _discard(staging)
+    staging.discard(parts=False)
     phase.lap("publish")
     return IngestReport(manifest.name, root.url, run_id, entry["groups"],
                         sum(prov["records"].values()), len(units), inv.file_count,
@@ -294,24 +294,33 @@ def _unit_seconds(results: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in total.items()}
 
 
-def _open_staging(manifest: Manifest, inv: Inventory, run_id: str, staging: Location,
-                  ledger: Ledger, n_units: int) -> tuple[zarr.Group, dict[str, dict]]:
+def _ledger(staging: Staging) -> Ledger:
+    return Ledger(staging.private.child("ledger"))
+
+
+def _open_parts(manifest: Manifest, inv: Inventory, run_id: str, staging: Staging,
+                n_units: int) -> tuple[Staging, zarr.Group, dict[str, dict]]:
     """The staged store and the units a previous run of the same job finished (none for a
-    fresh staging, whose groups are created here)."""
-    zarr_loc = staging.child(rl.zarr_name(manifest.name))
-    wds_loc = staging.child(rl.wds_name(manifest.name))
-    if ledger.created() and not zarr_loc.child("zarr.json").exists():
-        _discard(staging)  # stopped while publishing: what was staged is gone, start over
+    fresh staging, whose groups are created here). A staging whose version was published
+    (a run stopped after writing ``version.json``) or lost its store starts over, in a new
+    version: nothing writes into a published version."""
+    ledger = _ledger(staging)
+    if staging.published or (ledger.created() and not staging.zarr.child("zarr.json").exists()):
+        staging.discard(parts=True)
+        staging = open_staging(staging.root, staging.name, run_id)
+        ledger = _ledger(staging)
     if ledger.created():
-        done = {k: e for k, e in ledger.finished().items() if ledger.usable(e, wds_loc)}
-        log.info("resuming %s: %d of %d units already done", staging.url, len(done), n_units)
-        return zarr.open_group(zarr_loc.zarr_store(), mode="r+", zarr_format=3), done
-    zroot = zarr.open_group(zarr_loc.zarr_store(), mode="w", zarr_format=3,
+        done = {k: e for k, e in ledger.finished().items() if ledger.usable(e, staging.wds)}
+        log.info("resuming %s: %d of %d units already done", staging.base.url, len(done),
+                 n_units)
+        return staging, zarr.open_group(staging.zarr.zarr_store(), mode="r+",
+                                        zarr_format=3), done
+    zroot = zarr.open_group(staging.zarr.zarr_store(), mode="w", zarr_format=3,
                             attributes={"cloudmic": _provenance(manifest, inv, run_id)})
     for g in inv.groups:
         create_group(zroot, g, manifest.storage)
     ledger.mark_created()
-    return zroot, {}
+    return staging, zroot, {}
 
 
 def _seal(adapter: Adapter, manifest: Manifest, inv: Inventory, results: list[dict],
@@ -351,15 +360,3 @@ def _split_sizes(inv: Inventory) -> dict[str, int]:
     for g in inv.groups:
         sizes[g.split] = sizes.get(g.split, 0) + g.length
     return sizes
-
-
-def _discard(staging: Location) -> None:
-    """Remove a staging folder, its ledger first: a run stopped half-way through this
-    removal then starts afresh instead of resuming what is left."""
-    try:
-        staging.fs.invalidate_cache(staging.path)  # a cached listing would hide new files
-        for loc in (staging.child("ledger"), staging):
-            with contextlib.suppress(FileNotFoundError):
-                loc.fs.rm(loc.path, recursive=True)
-    except Exception:  # cleanup must not hide the real error
-        log.warning("could not remove staging %s", staging.url, exc_info=True)

@@ -18,7 +18,7 @@ import zarr
 from cloudmic.errors import StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
-from cloudmic.storage.versions import resolve
+from cloudmic.storage.versions import Dataset, resolve
 
 
 @dataclass
@@ -167,7 +167,8 @@ def _region(arr: zarr.Array, region: dict[str, int | list[int]]) -> np.ndarray:
 def verify_dataset(root: Location, dataset: str, *, records: int = 16,
                    seed: int = 0, expected: dict[str, Any] | None = None,
                    strict: bool = False, full: bool = True, sample: float = 0.05,
-                   etags: Mapping[str, str] | None = None) -> VerifyReport:
+                   etags: Mapping[str, str] | None = None,
+                   staged: bool = False) -> VerifyReport:
     """Check ``root/<dataset>.zarr`` against ``root/<dataset>.wds`` (of the current version
     when ``root`` has versions of it); never raises on a problem it can describe (it is
     reported), only when nothing is published there.
@@ -184,8 +185,11 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
     :func:`~cloudmic.ingest.wds_writer.write_shard`), and reads back
     only a seeded sample (``sample`` of the shards, at least two) plus every shard whose
     ETag could not be checked. Either way the records compared with Zarr come from shards
-    that are read (and hashed) once."""
-    ds = resolve(root.child(rl.zarr_name(dataset)))
+    that are read (and hashed) once.
+
+    ``staged``: ``root`` is a version folder not published yet (the ingest's check before
+    it publishes); its parts are read as they are, without its ``version.json``."""
+    ds = Dataset(root, dataset, None) if staged else resolve(root.child(rl.zarr_name(dataset)))
     zloc, wloc = ds.zarr, ds.wds
     report = VerifyReport(zloc.url)
     if not zloc.child("zarr.json").exists():
