@@ -26,7 +26,7 @@ from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.patch_stream import check_choice
 from cloudmic.client.stream.reader import is_transient, unreadable
 from cloudmic.client.stream.sampling import rng
-from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, prestart_workers
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, workers_ahead
 from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
@@ -121,17 +121,17 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
                  storage_options: dict[str, Any] | None = None) -> None:
         super().__init__()
         check_choice("on_error", on_error, ("raise", "skip"))
-        prestart_workers()  # its imports overlap the index read below
-        self.on_error = on_error
-        loc, index = shard_index(url, version, **(storage_options or {}))
-        self.version = version_of(loc)
-        self.root, self.storage_options, self.split = loc.url, loc.storage_options, split
-        self.paths, self.offsets = split_shards(loc, index, split)
-        self.length = int(self.offsets[-1])
-        self.shuffle, self.seed, self.buffer = bool(shuffle), int(seed), max(0, int(buffer))
-        self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
-        self.rank, self.world_size = rank, world_size
-        self._init_epochs(epoch)
+        with workers_ahead():  # its imports overlap the index read below
+            self.on_error = on_error
+            loc, index = shard_index(url, version, **(storage_options or {}))
+            self.version = version_of(loc)
+            self.root, self.storage_options, self.split = loc.url, loc.storage_options, split
+            self.paths, self.offsets = split_shards(loc, index, split)
+            self.length = int(self.offsets[-1])
+            self.shuffle, self.seed, self.buffer = bool(shuffle), int(seed), max(0, int(buffer))
+            self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
+            self.rank, self.world_size = rank, world_size
+            self._init_epochs(epoch)
 
     def identity(self) -> dict[str, Any]:
         """What a saved state must match to resume this stream."""

@@ -143,3 +143,42 @@ def test_a_server_with_live_workers_is_not_stopped(monkeypatch):
     monkeypatch.setattr(fs._forkserver, "_stop", lambda: None)
     ta.stop_ahead()
     assert killed == [] and ta._ahead["thread"] is None
+
+
+FAILED_OPEN = textwrap.dedent('''
+    import os, sys, json
+    import multiprocessing.forkserver as fs
+    import cloudmic
+    from cloudmic.client.stream import torch_adapter as ta
+
+    def server():
+        t = ta._ahead["thread"]
+        if t is not None:
+            t.join()
+        pid = fs._forkserver._forkserver_pid
+        return pid is not None and os.waitpid(pid, os.WNOHANG)[0] == 0
+
+    out = {}
+    for make in (lambda u: cloudmic.PatchStream(u, "train", ["wf"], {"y": 16, "x": 16}),
+                 lambda u: cloudmic.shards(u, "train")):
+        try:
+            make(sys.argv[1].replace("biosr.zarr", "nothing.zarr"))
+        except Exception as exc:
+            out.setdefault("errors", []).append(type(exc).__name__)
+        out.setdefault("after_failure", []).append(server())
+    make(sys.argv[1])
+    out["after_open"] = server()  # a stream that opens starts it again
+    print(json.dumps(out))
+''')
+
+
+def test_a_stream_that_fails_to_open_leaves_no_server(url):
+    """A stream whose dataset cannot be opened stops the forkserver it started for its
+    workers, and a later stream that opens starts one again."""
+    pytest.importorskip("torch")
+    r = subprocess.run([sys.executable, "-c", FAILED_OPEN, url], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"errors": ["StoreNotFoundError", "StoreNotFoundError"],
+                   "after_failure": [False, False], "after_open": True}

@@ -30,7 +30,7 @@ from cloudmic.client.stream import distribute, plan, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.reader import BlockReader, Cut, ReadSpec
 from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rng, tiles
-from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, prestart_workers
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, workers_ahead
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve
@@ -107,38 +107,38 @@ class PatchStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
             raise ValueError("PatchStream needs at least one variable, e.g. ['wf', 'gt']")
         if patches_per_sample < 1:
             raise ValueError("patches_per_sample must be at least 1")
-        prestart_workers()  # its imports overlap the metadata reads below
-        self.url, self.variables = url, list(variables)
-        self.seed, self.shuffle, self.patches_per_sample = seed, shuffle, patches_per_sample
-        self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
-        self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
-        self.rank, self.world_size, self.scheduler = rank, world_size, scheduler
-        dataset = resolve(url, version, **dict(storage_options or {}))
-        loc, self.version = dataset.zarr, dataset.version
-        attrs, arrays = read_store_metadata(loc)
-        paths = dict(variables) if isinstance(variables, Mapping) else {v: v for v in variables}
-        patterns = [group] if isinstance(group, str) else list(group)
-        matched = plan.match_groups(url, arrays, patterns)
-        if any(isinstance(v, str) for v in patch.values()):
-            patch = plan.physical_patch(url, arrays, f"{matched[0]}/{paths[self.variables[0]]}",
-                                        patch, _coord_reader(loc))
-        planner = plan.Planner(url, paths, patch)
-        dims = {g: d.get("dim") for g, d in attrs.get("cloudmic", {}).get("groups", {}).items()}
-        groups = [planner.group(p, arrays, dims.get(p)) for p in matched]
-        self.patch = planner.patch
-        plan.check_coords(url, groups, arrays, coords)
-        grid = [tiles(g, self.patch) if sampling == "grid" else None for g in groups]
-        per_sample = [len(t) if t is not None else patches_per_sample for t in grid]
-        picks = [label_pick(url, g, labels, self.variables, min_foreground, class_weights)
-                 if labels else None for g in groups]
-        self.sampler = Sampler(seed, self.patch, groups, per_sample, grid, picks)
-        self.spec = ReadSpec(loc.url, loc.storage_options, tuple(groups),
-                             tuple(per_sample), tuple(self.patch.values()),
-                             tuple(self.patch), tuple(coords), codec_pipeline, cache_dir,
-                             cache_bytes, on_error, float(retry_seconds))
-        self.length = int(self.spec.offsets[-1])
-        self.reader = BlockReader(self.spec, self.sampler)
-        self._init_epochs()
+        with workers_ahead():  # its imports overlap the metadata reads below
+            self.url, self.variables = url, list(variables)
+            self.seed, self.shuffle, self.patches_per_sample = seed, shuffle, patches_per_sample
+            self.batch_size, self.drop_last, self.drop_partial = batch_size, drop_last, False
+            self.buffer_blocks, self.prefetch = max(1, buffer_blocks), max(1, prefetch)
+            self.rank, self.world_size, self.scheduler = rank, world_size, scheduler
+            dataset = resolve(url, version, **dict(storage_options or {}))
+            loc, self.version = dataset.zarr, dataset.version
+            attrs, arrays = read_store_metadata(loc)
+            paths = dict(variables) if isinstance(variables, Mapping) else {v: v for v in variables}
+            patterns = [group] if isinstance(group, str) else list(group)
+            matched = plan.match_groups(url, arrays, patterns)
+            if any(isinstance(v, str) for v in patch.values()):
+                patch = plan.physical_patch(url, arrays, f"{matched[0]}/{paths[self.variables[0]]}",
+                                            patch, _coord_reader(loc))
+            planner = plan.Planner(url, paths, patch)
+            dims = {g: d.get("dim") for g, d in attrs.get("cloudmic", {}).get("groups", {}).items()}
+            groups = [planner.group(p, arrays, dims.get(p)) for p in matched]
+            self.patch = planner.patch
+            plan.check_coords(url, groups, arrays, coords)
+            grid = [tiles(g, self.patch) if sampling == "grid" else None for g in groups]
+            per_sample = [len(t) if t is not None else patches_per_sample for t in grid]
+            picks = [label_pick(url, g, labels, self.variables, min_foreground, class_weights)
+                     if labels else None for g in groups]
+            self.sampler = Sampler(seed, self.patch, groups, per_sample, grid, picks)
+            self.spec = ReadSpec(loc.url, loc.storage_options, tuple(groups),
+                                 tuple(per_sample), tuple(self.patch.values()),
+                                 tuple(self.patch), tuple(coords), codec_pipeline, cache_dir,
+                                 cache_bytes, on_error, float(retry_seconds))
+            self.length = int(self.spec.offsets[-1])
+            self.reader = BlockReader(self.spec, self.sampler)
+            self._init_epochs()
 
     def identity(self) -> dict[str, Any]:
         """What a saved state must match to resume this stream."""

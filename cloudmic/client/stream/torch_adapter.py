@@ -146,14 +146,30 @@ def forkserver() -> Any:
 _ahead: dict[str, Any] = {"tried": False, "wanted": False, "thread": None}
 
 
-def prestart_workers() -> None:
+def prestart_workers() -> bool:
     """Start the forkserver now, once per process, when torch is installed (and the
-    platform has forkserver: not on Windows)."""
+    platform has forkserver: not on Windows); True if this call started it."""
     if StreamBase is object or _ahead["tried"]:
-        return
+        return False
     _ahead["tried"] = True
     with contextlib.suppress(ValueError):  # no forkserver here: a loader with workers says so
         _ahead["thread"] = _start_in_background()
+    return _ahead["thread"] is not None
+
+
+@contextlib.contextmanager
+def workers_ahead() -> Iterator[None]:
+    """Around a stream's opening: the forkserver starts ahead (:func:`prestart_workers`);
+    if the opening fails (no such dataset, a bad argument), the server it started is
+    stopped, and a later stream starts one again."""
+    started = prestart_workers()
+    try:
+        yield
+    except BaseException:
+        if started:
+            stop_ahead()
+            _ahead["tried"] = False
+        raise
 
 
 def no_workers_ahead() -> None:
