@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
+from cloudmic.ingest.ledger import Ledger
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.catalog_json import CatalogEntry, update_catalog
 from cloudmic.storage.location import Location
@@ -41,6 +42,7 @@ from cloudmic.storage.versions import new_version_id, pointer_location
 log = logging.getLogger(__name__)
 
 TARGET = "target.json"  # in a run's private staging folder: the version it fills
+LEDGER = "ledger"  # beside it: the finished units
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,10 @@ class Staging:
         return self.base.child(rl.previews_name(self.name))
 
     @property
+    def ledger(self) -> Ledger:
+        return Ledger(self.private.child(LEDGER))
+
+    @property
     def published(self) -> bool:
         """Its ``version.json`` is written: nothing may write into it any more."""
         return self.base.child(rl.VERSION_FACTS).exists()
@@ -79,7 +85,7 @@ class Staging:
         starts afresh instead of resuming what is left), and with ``parts`` the version's
         parts too (never those of a published version). Errors are logged, not raised:
         cleanup must not hide the real error."""
-        doomed = [self.private.child("ledger")]
+        doomed = [self.private.child(LEDGER)]
         doomed += [self.base] if parts and not self.published else []
         for loc in [*doomed, self.private]:
             try:

@@ -210,7 +210,7 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     staging = open_staging(root, manifest.name, run_id)
     try:
         staging, zroot, done = _open_parts(manifest, inv, run_id, staging, len(units))
-        zarr_loc, wds_loc, ledger = staging.zarr, staging.wds, _ledger(staging)
+        zarr_loc, wds_loc, ledger = staging.zarr, staging.wds, staging.ledger
         todo = [u for u in units if u.key not in done]
         if on_plan:
             on_plan(len(units))
@@ -294,21 +294,17 @@ def _unit_seconds(results: list[dict[str, Any]]) -> dict[str, float]:
     return {k: round(v, 3) for k, v in total.items()}
 
 
-def _ledger(staging: Staging) -> Ledger:
-    return Ledger(staging.private.child("ledger"))
-
-
 def _open_parts(manifest: Manifest, inv: Inventory, run_id: str, staging: Staging,
                 n_units: int) -> tuple[Staging, zarr.Group, dict[str, dict]]:
     """The staged store and the units a previous run of the same job finished (none for a
     fresh staging, whose groups are created here). A staging whose version was published
     (a run stopped after writing ``version.json``) or lost its store starts over, in a new
     version: nothing writes into a published version."""
-    ledger = _ledger(staging)
+    ledger = staging.ledger
     if staging.published or (ledger.created() and not staging.zarr.child("zarr.json").exists()):
         staging.discard(parts=True)
         staging = open_staging(staging.root, staging.name, run_id)
-        ledger = _ledger(staging)
+        ledger = staging.ledger
     if ledger.created():
         done = {k: e for k, e in ledger.finished().items() if ledger.usable(e, staging.wds)}
         log.info("resuming %s: %d of %d units already done", staging.base.url, len(done),
