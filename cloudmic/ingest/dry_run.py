@@ -40,15 +40,15 @@ class Rate:
 
 PEAK_OF = "the whole process tree"  # what every rate's peak_mb covers
 
-# 2026-12-02; compression is the synthetic copies' (bench/results/codecs.md: the real
-# STED-FM crops here compress ~1.8x, the synthetic ones ~6x)
+# 2026-12-03 (publishing without copies, ADR 0010); compression is the synthetic copies'
+# (bench/results/codecs.md: the real STED-FM crops here compress ~1.8x, the synthetic ~6x)
 RATES: dict[str, Rate] = {
     name: Rate(*figures, f"bench/results/full_size.json: {name}")
-    for name, figures in {"biosr": (18.93, 933, 1.367),
-                          "sted-fm": (31.47, 958, 6.250),
-                          "deepcad": (30.99, 795, 2.975),
-                          "platelet-em": (5.09, 872, 9.852),
-                          "dl-smlm": (17.92, 656, 2.650)}.items()
+    for name, figures in {"biosr": (20.85, 950, 1.367),
+                          "sted-fm": (30.68, 950, 6.250),
+                          "deepcad": (26.60, 795, 2.975),
+                          "platelet-em": (4.65, 872, 9.852),
+                          "dl-smlm": (13.63, 645, 2.650)}.items()
 }
 
 
