@@ -56,13 +56,18 @@ def _last_write(loc: Location) -> datetime | None:
     return datetime.fromtimestamp(max(stamps), UTC) if stamps else None
 
 
-def _published(folder: Location, version: str) -> datetime:
-    """When a complete version was published (its ``version.json``'s ``published``; the id
-    only says when its ingest started)."""
+def _published(folder: Location, version: str) -> datetime | None:
+    """When a version was published (its ``version.json``'s ``published``; the id only says
+    when its ingest started); None while it is incomplete (no ``version.json``)."""
     try:
-        stamp = json.loads(folder.child(version, rl.VERSION_FACTS).read_bytes())["published"]
-        return datetime.fromisoformat(stamp).astimezone(UTC)
-    except (OSError, ValueError, KeyError, TypeError):  # written by an older cloudmic
+        facts = json.loads(folder.child(version, rl.VERSION_FACTS).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):  # unreadable: count it as published when it started
+        facts = {}
+    try:
+        return datetime.fromisoformat(facts["published"]).astimezone(UTC)
+    except (KeyError, TypeError, ValueError):  # written by an older cloudmic
         return version_time(version) or datetime.min.replace(tzinfo=UTC)
 
 
@@ -73,8 +78,8 @@ def _doomed_versions(root: Location, name: str, keep: int, cutoff: datetime,
     pointer = read_pointer(root, name)
     current = pointer["version"] if pointer else None
     ids = [v for v in _children(folder) if rl.VERSION_RE.match(v)]
-    published = {v: _published(folder, v) for v in ids
-                 if folder.child(v, rl.VERSION_FACTS).exists()}
+    stamps = {v: _published(folder, v) for v in ids}
+    published = {v: t for v, t in stamps.items() if t is not None}
     by_time = sorted(published, key=lambda v: (published[v], v))
     keepers = {current} | set(by_time[-max(keep, 1):])
     doomed = []

@@ -37,7 +37,7 @@ from cloudmic.ingest.ledger import Ledger
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.catalog_json import CatalogEntry, update_catalog
 from cloudmic.storage.location import Location
-from cloudmic.storage.versions import new_version_id, pointer_location
+from cloudmic.storage.versions import Dataset, new_version_id, pointer_location
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +46,12 @@ LEDGER = "ledger"  # beside it: the finished units
 
 
 @dataclass(frozen=True)
-class Staging:
-    """Where one ingest run writes: its private folder (the ledger and the name of its
-    version) and the version folder its parts go to, incomplete until published."""
+class Staging(Dataset):
+    """Where one ingest run writes: the version its parts go to (``base``, ``zarr``,
+    ``wds``, ``previews`` as for any :class:`Dataset`), incomplete until published, and its
+    private folder (the ledger and the name of that version)."""
 
-    root: Location
-    name: str
     private: Location
-    version: str
-
-    @property
-    def base(self) -> Location:
-        return self.root.child(rl.version_dir(self.name, self.version))
-
-    @property
-    def zarr(self) -> Location:
-        return self.base.child(rl.zarr_name(self.name))
-
-    @property
-    def wds(self) -> Location:
-        return self.base.child(rl.wds_name(self.name))
-
-    @property
-    def previews(self) -> Location:
-        return self.base.child(rl.previews_name(self.name))
 
     @property
     def ledger(self) -> Ledger:
@@ -113,7 +95,7 @@ def open_staging(root: Location, name: str, run_id: str) -> Staging:
     if version is None:
         version = new_version_id()
         target.write_bytes(json.dumps({"version": version}).encode())
-    return Staging(root, name, private, version)
+    return Staging(root, name, version, private)
 
 
 def check_writable(dest: Location) -> None:

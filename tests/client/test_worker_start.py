@@ -24,7 +24,8 @@ def url(biosr_sources, small_manifest, tmp_path_factory):
     return f"{root}/biosr.zarr"
 
 
-PROBE = textwrap.dedent('''
+# in a fresh process: is the forkserver started ahead up?
+SERVER_UP = textwrap.dedent('''
     import os, sys, json
     import multiprocessing.forkserver as fs
     import cloudmic
@@ -36,6 +37,9 @@ PROBE = textwrap.dedent('''
             t.join()
         pid = fs._forkserver._forkserver_pid
         return pid is not None and os.waitpid(pid, os.WNOHANG)[0] == 0
+''')
+
+PROBE = SERVER_UP + textwrap.dedent('''
 
     out = {}
     s = cloudmic.PatchStream(sys.argv[1], "train", ["wf", "gt"], {"y": 16, "x": 16})
@@ -145,18 +149,7 @@ def test_a_server_with_live_workers_is_not_stopped(monkeypatch):
     assert killed == [] and ta._ahead["thread"] is None
 
 
-FAILED_OPEN = textwrap.dedent('''
-    import os, sys, json
-    import multiprocessing.forkserver as fs
-    import cloudmic
-    from cloudmic.client.stream import torch_adapter as ta
-
-    def server():
-        t = ta._ahead["thread"]
-        if t is not None:
-            t.join()
-        pid = fs._forkserver._forkserver_pid
-        return pid is not None and os.waitpid(pid, os.WNOHANG)[0] == 0
+FAILED_OPEN = SERVER_UP + textwrap.dedent('''
 
     out = {}
     for make in (lambda u: cloudmic.PatchStream(u, "train", ["wf"], {"y": 16, "x": 16}),
