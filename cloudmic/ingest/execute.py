@@ -4,11 +4,12 @@ and any placement is safe; each reports to the ledger itself when it is done."""
 
 from __future__ import annotations
 
+import importlib
 import logging
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,49 @@ def dask_client(scheduler: str | None, workers: int, threads: int,
         if on_cluster:
             on_cluster(cluster.scheduler_address, client.dashboard_link)
         yield client
+
+
+class Cluster:
+    """The client of :func:`dask_client`, started on a thread of its own: the cluster's
+    processes start, and import what the units need (``preload``: module names), while
+    the caller scans the sources; and closed the same way, while the caller seals and
+    verifies. At 10% of an archive the start, the workers' first imports and the close
+    were 2-3 s of a ~20 s ingest, spent with nothing else running (issue 16)."""
+
+    def __init__(self, scheduler: str | None, workers: int, threads: int,
+                 on_cluster: Callable[[str, str | None], None] | None = None,
+                 preload: Iterable[str] = ()) -> None:
+        self._stack = ExitStack()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="cloudmic-cluster")
+        self._up = self._pool.submit(self._start, scheduler, workers, threads, on_cluster,
+                                     sorted(set(preload)))
+        self._down: Future | None = None
+
+    def _start(self, scheduler: str | None, workers: int, threads: int,
+               on_cluster: Callable[[str, str | None], None] | None,
+               preload: list[str]) -> Any:
+        client = self._stack.enter_context(dask_client(scheduler, workers, threads, on_cluster))
+        if preload:
+            client.run(_import, preload)
+        return client
+
+    def client(self) -> Any:
+        """The client, once the cluster is up (its start's error, if it failed)."""
+        return self._up.result()
+
+    def close(self, wait: bool = True) -> None:
+        """Close the client (and a LocalCluster's processes) after the start finished; with
+        ``wait=False`` return at once and let a later ``close()`` wait for it."""
+        if self._down is None:
+            self._down = self._pool.submit(self._stack.close)  # after the start: one thread
+            self._pool.shutdown(wait=False)
+        if wait:
+            self._down.result()
+
+
+def _import(modules: list[str]) -> None:
+    for name in modules:
+        importlib.import_module(name)
 
 
 @dataclass(frozen=True)

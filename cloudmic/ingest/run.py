@@ -5,12 +5,11 @@ Each step is a function of its own module; this one only wires them together.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,9 +187,34 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     or, with ``strict``, fails before anything is written.
     """
     t0 = time.perf_counter()
-    phase = _Phases()
     manifest = load_manifest(str(dataset))
     adapter = get_adapter(manifest, cache_dir)
+    root = Location.parse(dest, **(storage_options or {}))
+    # the cluster starts, and its workers import what a unit needs, while the sources are
+    # scanned; every path out of here closes it
+    dask = (execute.Cluster(scheduler, workers, threads, on_cluster,
+                            preload=_unit_modules(adapter, root))
+            if cluster or scheduler else None)
+    try:
+        return _ingest(manifest, adapter, source, root, dask, workers, progress, on_plan,
+                       cache_dir, on_fetch, strict, t0)
+    finally:
+        if dask is not None:
+            dask.close()
+
+
+def _unit_modules(adapter: Adapter, root: Location) -> list[str]:
+    """What a unit imports on a worker: this module (and through it zarr and the layout),
+    the adapter's, the encoder of sharded arrays, and the destination's filesystem."""
+    return [__name__, type(adapter).__module__, "zarrs", type(root.fs).__module__]
+
+
+def _ingest(manifest: Manifest, adapter: Adapter, source: str | Path | None, root: Location,
+            dask: execute.Cluster | None, workers: int, progress: Progress | None,
+            on_plan: Callable[[int], None] | None, cache_dir: str | Path | None,
+            on_fetch: Callable[[int, int | None], None] | None, strict: bool,
+            t0: float) -> IngestReport:
+    phase = _Phases()
     # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
     source = resolve_source(manifest, source, cache_dir=cache_dir, progress=on_fetch)
     inv = adapter.scan(source)
@@ -203,7 +227,6 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
                                + "\n  to publish a partial copy on purpose, ingest without "
                                "--strict (strict=False)")
     phase.lap("scan")
-    root = Location.parse(dest, **(storage_options or {}))
     check_writable(root)
     units = plan_units(inv, manifest)
     run_id = fingerprint_run_id(manifest, inv, __version__)
@@ -217,30 +240,19 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         if progress and done:
             progress(len(done), sum(done[k]["array_bytes"] for k in done))
         log.info("ingest %s: %d units into %s", manifest.name, len(todo), staging.base.url)
-        with (execute.dask_client(scheduler, workers, threads, on_cluster)
-              if (cluster or scheduler) and todo else _no_client()) as client:
-            phase.lap("start")  # the staging, and the cluster's processes
-            fresh = _run_units(adapter, inv, todo, zarr_loc, wds_loc, ledger, client, workers,
-                               progress)
-            phase.lap("units")
+        client = dask.client() if dask is not None and todo else None
+        phase.lap("start")  # the staging, and what is left of the cluster's start
+        fresh = _run_units(adapter, inv, todo, zarr_loc, wds_loc, ledger, client, workers,
+                           progress)
+        if dask is not None:
+            dask.close(wait=False)  # its processes stop while the version is sealed
+        phase.lap("units")
         by_key = {**done, **{r["unit"]: r for r in fresh}}
         results = [by_key[u.key] for u in units]
         sizes, prov = _seal(adapter, manifest, inv, results, zroot, zarr_loc, wds_loc)
         phase.lap("seal")
-        # shards just written: sizes and ETags from a listing, a sample read back (the
-        # full read is `cloudmic verify`'s job)
-        report = verify_dataset(staging.base, manifest.name, expected=expected, strict=strict,
-                                full=False, staged=True,
-                                etags={r["shard"]["url"]: r["shard"]["etag"]
-                                       for r in results if "etag" in r["shard"]})
-        report.problems += verify_against_source(adapter, inv, units, zroot)
-        phase.lap("verify")
-        if not report.ok:
-            raise VerifyFailed(f"{staging.base.url}: verification failed, nothing published:"
-                               "\n  " + "\n  ".join(report.problems))
-        # previews come from the verified store; a failure only warns (data still publishes)
-        previews = write_previews(zarr_loc, staging.previews, manifest.name)
-        phase.lap("previews")
+        report, previews = _verify(adapter, manifest, inv, units, results, staging, zroot,
+                                   expected, strict, phase)
         parts = [rl.zarr_name(manifest.name), rl.wds_name(manifest.name)]
         parts += [rl.previews_name(manifest.name)] if previews else []
         facts = {"title": manifest.title, "license": manifest.license,
@@ -261,6 +273,8 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
             "to resume", manifest.name, staging.private.url)
         raise
     staging.discard(parts=False)
+    if dask is not None:
+        dask.close()  # closed meanwhile, as a rule: the report's time includes any rest
     phase.lap("publish")
     return IngestReport(manifest.name, root.url, run_id, entry["groups"],
                         sum(prov["records"].values()), len(units), inv.file_count,
@@ -268,6 +282,30 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
                         sizes["wds_bytes"], time.perf_counter() - t0, entry["version"],
                         root.child(entry["zarr"]).url, list(report.warnings),
                         phases=phase.seconds, unit_seconds=_unit_seconds(results))
+
+
+def _verify(adapter: Adapter, manifest: Manifest, inv: Inventory, units: list[Unit],
+            results: list[dict[str, Any]], staging: Staging, zroot: zarr.Group,
+            expected: dict[str, Any], strict: bool, phase: _Phases) -> tuple[Any, bool]:
+    """The check before publishing, then the previews, from the verified store:
+    (the verify report, whether previews exist). Raises :class:`VerifyFailed` on a problem.
+    (Writing the previews on a thread beside the check measured no faster: DeepCAD's check
+    slowed by more than its previews took.)"""
+    # shards just written: sizes and ETags from a listing, a sample read back (the full
+    # read is `cloudmic verify`'s job)
+    report = verify_dataset(staging.base, manifest.name, expected=expected, strict=strict,
+                            full=False, staged=True,
+                            etags={r["shard"]["url"]: r["shard"]["etag"]
+                                   for r in results if "etag" in r["shard"]})
+    report.problems += verify_against_source(adapter, inv, units, zroot)
+    phase.lap("verify")
+    if not report.ok:
+        raise VerifyFailed(f"{staging.base.url}: verification failed, nothing published:"
+                           "\n  " + "\n  ".join(report.problems))
+    # a failure of the previews only warns: the data still publishes without them
+    previews = write_previews(staging.zarr, staging.previews, manifest.name)
+    phase.lap("previews")
+    return report, previews
 
 
 class _Phases:
@@ -343,11 +381,6 @@ def _stored_bytes(zarr_loc: Location) -> int:
     sizes = zarr_loc.fs.du(zarr_loc.path, total=False)
     root = zarr_loc.child("zarr.json").path
     return int(sum(v for k, v in sizes.items() if k.rstrip("/") != root))
-
-
-@contextlib.contextmanager
-def _no_client() -> Iterator[None]:
-    yield None
 
 
 def _split_sizes(inv: Inventory) -> dict[str, int]:

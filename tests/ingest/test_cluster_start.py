@@ -1,0 +1,63 @@
+"""The ingest's dask cluster starts on a thread while the sources are scanned, its workers
+importing what a unit needs, and closes on every way out (issue 16: start, first imports
+and close were 2-3 s of a small ingest with nothing else running)."""
+
+from __future__ import annotations
+
+import sys
+
+import psutil
+import pytest
+
+from cloudmic.errors import SourceError
+from cloudmic.ingest import execute, ingest
+
+
+def _children() -> list[psutil.Process]:
+    """This process's live descendants but multiprocessing's resource tracker (one per
+    process that ever spawned, by design)."""
+    alive = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if (p.status() != psutil.STATUS_ZOMBIE
+                    and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())):
+                alive.append(p)
+        except psutil.Error:  # gone meanwhile
+            pass
+    return alive
+
+
+def _loaded(modules: list[str]) -> bool:
+    return all(m in sys.modules for m in modules)
+
+
+def test_workers_start_with_the_units_modules_imported_and_stop_on_close():
+    before = {p.pid for p in _children()}
+    modules = ["cloudmic.ingest.run", "cloudmic.datasets.deepcad", "zarrs"]
+    cluster = execute.Cluster(None, 2, 1, preload=modules)
+    loaded = cluster.client().run(_loaded, modules)
+    assert len(loaded) == 2 and all(loaded.values())
+    cluster.close(wait=False)  # returns at once; a second close waits
+    cluster.close()
+    psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=10)
+    assert {p.pid for p in _children()} <= before
+
+
+def test_a_cluster_that_cannot_start_fails_when_the_units_need_it():
+    cluster = execute.Cluster("tcp://127.0.0.1:9", 1, 1)  # nothing listens there
+    with pytest.raises(OSError):
+        cluster.client()
+    cluster.close()  # nothing to close, and no error of its own
+
+
+def test_bad_input_found_while_the_cluster_starts_leaves_no_process(biosr_copy,
+                                                                     small_manifest, tmp_path):
+    before = {p.pid for p in _children()}
+    mt = biosr_copy("uint16")
+    culprit = mt / "training_gt" / "00000012.tif"
+    culprit.write_bytes(culprit.read_bytes()[:5000])
+    with pytest.raises(SourceError, match="truncated TIFF"):
+        ingest(str(small_manifest), mt.parent.parent, str(tmp_path / "root"), cluster=True)
+    psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=10)
+    assert {p.pid for p in _children()} <= before
+    assert not (tmp_path / "root").exists()
