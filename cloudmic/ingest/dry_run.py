@@ -40,13 +40,14 @@ class Rate:
 
 PEAK_OF = "the whole process tree"  # what every rate's peak_mb covers
 
-# 2026-12-03 (publishing without copies, ADR 0010); compression is the synthetic copies'
+# 2026-12-03 (publishing without copies, ADR 0010; STED-FM and DeepCAD re-run after the
+# proportional verify and the cluster started during the scan); compression is the synthetic copies'
 # (bench/results/codecs.md: the real STED-FM crops here compress ~1.8x, the synthetic ~6x)
 RATES: dict[str, Rate] = {
     name: Rate(*figures, f"bench/results/full_size.json: {name}")
     for name, figures in {"biosr": (20.85, 950, 1.367),
-                          "sted-fm": (30.68, 950, 6.250),
-                          "deepcad": (26.60, 795, 2.975),
+                          "sted-fm": (27.36, 951, 6.250),
+                          "deepcad": (25.92, 812, 2.975),
                           "platelet-em": (4.65, 872, 9.852),
                           "dl-smlm": (13.63, 645, 2.650)}.items()
 }
