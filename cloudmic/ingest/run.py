@@ -176,11 +176,12 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
 
     Units run on ``workers`` threads here, or with ``cluster=True`` on a dask LocalCluster
     of ``workers`` processes x ``threads``, or on an existing ``scheduler``
-    (``tcp://host:8786``). The units write straight into the new version's folder, which
-    stays unlisted until it is published; a private staging folder, named by a fingerprint
-    of manifest and sources, names that version and keeps a ledger of finished units: after
-    a crash (even ``kill -9``) the same call resumes, redoing only unfinished units, and
-    publishes the same bytes.
+    (``tcp://host:8786``); the cluster starts while the sources are scanned. The units
+    write straight into the new version's folder, which stays unlisted until it is
+    published; a private staging folder, named by a fingerprint of manifest and sources,
+    names that version and keeps a ledger of finished units: after a crash (even
+    ``kill -9``) the same call resumes, redoing only unfinished units, and publishes the
+    same bytes.
 
     The samples found per split are compared with the publisher's counts in the manifest
     (``expected``): a partial copy publishes with a warning in the report's ``warnings``,
