@@ -97,8 +97,13 @@ class Cluster:
 
 
 def _import(modules: list[str]) -> None:
+    """Import ``modules`` ahead of the work; one that is not installed is left for the work
+    to need or not (a preload saves time, it never fails a run the work would not fail)."""
     for name in modules:
-        importlib.import_module(name)
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            log.debug("preload: %s is not importable here", name)
 
 
 @dataclass(frozen=True)

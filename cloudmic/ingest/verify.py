@@ -215,15 +215,15 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
                                    f"index.json says {info['zarr_length']}")
     listed_in = wloc.child(rl.INDEX).url
     order = rng.sample(range(len(shards)), len(shards))  # a seeded shuffle
+    # read back: every shard, or (the ingest's check) ``sample`` of them, at least one, plus
+    # those the listing cannot vouch for; a fixed four read half the shards of a small
+    # dataset and made its check cost more than a full-size one's (issue 16). The records
+    # compared with Zarr come from the first sampled shards.
+    sampled = order if full else order[:max(1, math.ceil(sample * len(shards)))]
+    picked = set(sampled[:max(1, records // 4)])
     if full:
         reread = set(range(len(shards)))
-        picked = set(order[:max(1, records // 4)])  # their records are compared with Zarr
     else:
-        # the read-back is ``sample`` of the shards, at least one: a fixed count (it was
-        # four) read half the shards of a small dataset and made its verify cost more than
-        # a full-size one's (issue 16); the records compared come from the same shards
-        sampled = order[:max(1, math.ceil(sample * len(shards)))]
-        picked = set(sampled[:max(1, records // 4)])
         bad, unchecked = _check_stored(report, wloc, shards, listed_in, etags or {})
         reread = (unchecked | set(sampled)) - bad
     compared = 0

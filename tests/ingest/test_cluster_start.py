@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import sys
 
+import dask
 import psutil
 import pytest
 
@@ -43,10 +44,23 @@ def test_workers_start_with_the_units_modules_imported_and_stop_on_close():
     assert {p.pid for p in _children()} <= before
 
 
+def test_a_module_a_worker_lacks_does_not_stop_its_start():
+    """A preload only saves time: an optional module that is not installed (the work may
+    do without it) leaves the cluster usable."""
+    cluster = execute.Cluster(None, 1, 1, preload=["cloudmic.ingest.run", "no_such_module_x"])
+    try:
+        loaded = cluster.client().run(_loaded, ["cloudmic.ingest.run"])
+        assert list(loaded.values()) == [True]
+    finally:
+        cluster.close()
+
+
 def test_a_cluster_that_cannot_start_fails_when_the_units_need_it():
-    cluster = execute.Cluster("tcp://127.0.0.1:9", 1, 1)  # nothing listens there
-    with pytest.raises(OSError):
-        cluster.client()
+    # nothing listens there; give up after 2 s, not the default 30
+    with dask.config.set({"distributed.comm.timeouts.connect": "2s"}):
+        cluster = execute.Cluster("tcp://127.0.0.1:9", 1, 1)
+        with pytest.raises(OSError):
+            cluster.client()
     cluster.close()  # nothing to close, and no error of its own
 
 
