@@ -10,6 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -293,12 +294,15 @@ def _verify(adapter: Adapter, manifest: Manifest, inv: Inventory, units: list[Un
     (Writing the previews on a thread beside the check measured no faster: DeepCAD's check
     slowed by more than its previews took.)"""
     # shards just written: sizes and ETags from a listing, a sample read back (the full
-    # read is `cloudmic verify`'s job)
-    report = verify_dataset(staging.base, manifest.name, expected=expected, strict=strict,
-                            full=False, staged=True,
-                            etags={r["shard"]["url"]: r["shard"]["etag"]
-                                   for r in results if "etag" in r["shard"]})
-    report.problems += verify_against_source(adapter, inv, units, zroot)
+    # read is `cloudmic verify`'s job); beside it, on a thread, windows of the source read
+    # again (local reads and decodes while the shards come from the store)
+    with ThreadPoolExecutor(1, thread_name_prefix="cloudmic-verify-source") as pool:
+        against = pool.submit(verify_against_source, adapter, inv, units, zroot)
+        report = verify_dataset(staging.base, manifest.name, expected=expected, strict=strict,
+                                full=False, staged=True,
+                                etags={r["shard"]["url"]: r["shard"]["etag"]
+                                       for r in results if "etag" in r["shard"]})
+        report.problems += against.result()
     phase.lap("verify")
     if not report.ok:
         raise VerifyFailed(f"{staging.base.url}: verification failed, nothing published:"
