@@ -146,8 +146,11 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         bars[0].set_postfix_str(f"{human_bytes(written[0])} written")
 
     def on_cluster(address: str, dashboard: str | None) -> None:
+        # called from the cluster's thread, often before the plan (and its bar) exists;
+        # stderr, beside the bars: stdout may be --json
         if not args.quiet:
-            bars[0].write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}")
+            tqdm.write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}",
+                       file=sys.stderr)
 
     try:
         report = ingest(args.dataset, None if args.fetch else args.source, args.dest,

@@ -34,8 +34,10 @@ def test_synth_ingest_ls_info_verify_on_s3(tmp_path, s3_env):
         "-q")
     assert (src / "BioSR/Microtubules/test_wf/level_09/001.tif").exists()
     root = "s3://cli-test"
-    out = cli("ingest", "biosr", "--source", str(src), "--dest", root, "--json", "-q").stdout
-    report = json.loads(out)
+    # not quiet: the bar and the cluster's line on stderr, the report alone on stdout
+    proc = cli("ingest", "biosr", "--source", str(src), "--dest", root, "--json")
+    report = json.loads(proc.stdout)
+    assert "dask scheduler tcp://127.0.0.1:" in proc.stderr and "ingest biosr" in proc.stderr
     assert report["groups"] == {"train": 20, "validate": 2, "test": 1}
     listing = cli("ls", root).stdout
     assert "biosr" in listing and "train 20" in listing

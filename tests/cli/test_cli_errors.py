@@ -293,3 +293,21 @@ def test_the_command_exits_with_mains_code_and_skips_the_last_full_collection(mo
     with pytest.raises(SystemExit) as stop:
         cli.run()
     assert stop.value.code == 2 and frozen == [True]
+
+
+def test_the_cluster_line_prints_before_the_plan_exists(monkeypatch, tmp_path, capsys):
+    """The cluster starts during the scan, so it reports its address before the unit bar
+    exists: that once crashed the CLI with an IndexError (without -q)."""
+    import cloudmic.ingest as ingest_mod
+
+    def fake(*args, on_cluster, on_plan, progress, **kwargs):
+        on_cluster("tcp://127.0.0.1:1", None)  # before the plan, as a fast cluster does
+        on_plan(1)
+        progress(1, 10)
+        raise cli.CloudmicError("stop here")
+
+    monkeypatch.setattr(ingest_mod, "ingest", fake)
+    code = cli.main(["ingest", "dl-smlm", "--source", str(tmp_path), "--dest", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "dask scheduler tcp://127.0.0.1:1; dashboard (none)" in err
+    assert "stop here" in err and "IndexError" not in err
