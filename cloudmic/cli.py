@@ -121,7 +121,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         return cmd_ingest_dry_run(args)
     from tqdm import tqdm
 
-    from cloudmic.ingest import ingest
+    from cloudmic.ingest.execute import Cluster
 
     fetch_bar = tqdm(unit="B", unit_scale=True, desc=f"fetch {args.dataset}",
                      disable=args.quiet or not (args.fetch or "://" in str(args.source)))
@@ -152,13 +152,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             tqdm.write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}",
                        file=sys.stderr)
 
+    from cloudmic.manifest import load_manifest
+
+    load_manifest(args.dataset)  # an unknown dataset is told before a cluster starts
+    # the cluster starts before the ingest's own imports (zarr, the adapters: ~0.6 s), which
+    # then overlap its processes' start; ingest() closes it
+    dask = (Cluster(args.scheduler, args.workers, args.threads, on_cluster)
+            if args.scheduler or not args.in_process else None)
     try:
+        from cloudmic.ingest import ingest
+
         report = ingest(args.dataset, None if args.fetch else args.source, args.dest,
                         workers=args.workers, threads=args.threads,
-                        cluster=not args.in_process, scheduler=args.scheduler,
+                        cluster=dask or False, scheduler=args.scheduler,
                         progress=progress, on_cluster=on_cluster, on_plan=on_plan,
                         cache_dir=args.cache, on_fetch=fetched, strict=args.strict)
     finally:
+        if dask is not None:
+            dask.close()  # already closed by ingest(), unless its import failed
         fetch_bar.close()
         for b in bars:
             b.close()

@@ -63,28 +63,37 @@ class Cluster:
     processes start, and import what the units need (``preload``: module names), while
     the caller scans the sources; and closed the same way, while the caller seals and
     verifies. At 10% of an archive the start, the workers' first imports and the close
-    were 2-3 s of a ~20 s ingest, spent with nothing else running (issue 16)."""
+    were 2-3 s of a ~20 s ingest, spent with nothing else running (issue 16). The CLI
+    starts one before importing the ingest, and :func:`cloudmic.ingest.ingest` adds the
+    modules to preload once it knows the adapter and the destination."""
 
     def __init__(self, scheduler: str | None, workers: int, threads: int,
                  on_cluster: Callable[[str, str | None], None] | None = None,
                  preload: Iterable[str] = ()) -> None:
         self._stack = ExitStack()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="cloudmic-cluster")
-        self._up = self._pool.submit(self._start, scheduler, workers, threads, on_cluster,
-                                     sorted(set(preload)))
+        self._up = self._pool.submit(self._start, scheduler, workers, threads, on_cluster)
+        self._ready: Future = self._up
         self._down: Future | None = None
+        if preload:
+            self.preload(preload)
 
     def _start(self, scheduler: str | None, workers: int, threads: int,
-               on_cluster: Callable[[str, str | None], None] | None,
-               preload: list[str]) -> Any:
-        client = self._stack.enter_context(dask_client(scheduler, workers, threads, on_cluster))
-        if preload:
-            client.run(_import, preload)
-        return client
+               on_cluster: Callable[[str, str | None], None] | None) -> Any:
+        return self._stack.enter_context(dask_client(scheduler, workers, threads, on_cluster))
+
+    def preload(self, modules: Iterable[str]) -> None:
+        """Have every worker import ``modules`` as soon as the cluster is up (on the
+        cluster's thread: this returns at once); :meth:`client` waits for it."""
+        names, up = sorted(set(modules)), self._up
+        self._ready = self._pool.submit(lambda: up.result().run(_import, names))
 
     def client(self) -> Any:
-        """The client, once the cluster is up (its start's error, if it failed)."""
-        return self._up.result()
+        """The client, once the cluster is up and its workers have imported what they were
+        asked to (its start's error, if it failed)."""
+        client = self._up.result()
+        self._ready.result()
+        return client
 
     def close(self, wait: bool = True) -> None:
         """Close the client (and a LocalCluster's processes) after the start finished; with

@@ -161,7 +161,8 @@ def _index(manifest: Manifest, inv: Inventory, results: list[dict[str, Any]]) ->
 
 
 def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int = 2,
-           threads: int = 1, cluster: bool = False, scheduler: str | None = None,
+           threads: int = 1, cluster: bool | execute.Cluster = False,
+           scheduler: str | None = None,
            storage_options: dict[str, Any] | None = None,
            progress: Progress | None = None, on_plan: Callable[[int], None] | None = None,
            on_cluster: Callable[[str, str | None], None] | None = None,
@@ -177,7 +178,9 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
 
     Units run on ``workers`` threads here, or with ``cluster=True`` on a dask LocalCluster
     of ``workers`` processes x ``threads``, or on an existing ``scheduler``
-    (``tcp://host:8786``); the cluster starts while the sources are scanned. The units
+    (``tcp://host:8786``); the cluster starts while the sources are scanned (or earlier:
+    ``cluster`` may be an :class:`~cloudmic.ingest.execute.Cluster` the caller started;
+    this call closes it). The units
     write straight into the new version's folder, which stays unlisted until it is
     published; a private staging folder, named by a fingerprint of manifest and sources,
     names that version and keeps a ledger of finished units: after a crash (even
@@ -189,20 +192,32 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     or, with ``strict``, fails before anything is written.
     """
     t0 = time.perf_counter()
-    manifest = load_manifest(str(dataset))
-    adapter = get_adapter(manifest, cache_dir)
-    root = Location.parse(dest, **(storage_options or {}))
-    # the cluster starts, and its workers import what a unit needs, while the sources are
-    # scanned; every path out of here closes it
-    dask = (execute.Cluster(scheduler, workers, threads, on_cluster,
-                            preload=_unit_modules(adapter, root))
-            if cluster or scheduler else None)
-    try:
+    dask = cluster if isinstance(cluster, execute.Cluster) else None
+    try:  # every path out of here closes the cluster
+        manifest = load_manifest(str(dataset))
+        adapter = get_adapter(manifest, cache_dir)
+        root = Location.parse(dest, **(storage_options or {}))
+        # the cluster starts (if the caller has not started it), and its workers import
+        # what a unit needs, while the sources are scanned
+        preload = _unit_modules(adapter, root)
+        if dask is not None:
+            dask.preload(preload)
+        elif cluster or scheduler:
+            dask = execute.Cluster(scheduler, workers, threads, on_cluster, preload=preload)
         return _ingest(manifest, adapter, source, root, dask, workers, progress, on_plan,
                        cache_dir, on_fetch, strict, t0)
     finally:
         if dask is not None:
             dask.close()
+
+
+def _warm(root: Location) -> None:
+    """One read of ``root``, so that its filesystem's client and connection exist; any
+    error is left to :func:`check_writable` to report."""
+    try:
+        root.exists()
+    except Exception as exc:
+        log.debug("%s: not reachable yet (%s)", root.url, exc)
 
 
 def _unit_modules(adapter: Adapter, root: Location) -> list[str]:
@@ -217,6 +232,11 @@ def _ingest(manifest: Manifest, adapter: Adapter, source: str | Path | None, roo
             on_fetch: Callable[[int, int | None], None] | None, strict: bool,
             t0: float) -> IngestReport:
     phase = _Phases()
+    # the destination's client (on S3 ~0.3 s to build) gets ready during the scan, by a
+    # read: nothing is written before the scan has checked every source file
+    warm = ThreadPoolExecutor(1, thread_name_prefix="cloudmic-dest")
+    warm.submit(_warm, root)
+    warm.shutdown(wait=False)  # never waited for: check_writable reports what is wrong
     # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
     source = resolve_source(manifest, source, cache_dir=cache_dir, progress=on_fetch)
     inv = adapter.scan(source)

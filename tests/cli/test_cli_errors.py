@@ -307,7 +307,8 @@ def test_the_cluster_line_prints_before_the_plan_exists(monkeypatch, tmp_path, c
         raise cli.CloudmicError("stop here")
 
     monkeypatch.setattr(ingest_mod, "ingest", fake)
-    code = cli.main(["ingest", "dl-smlm", "--source", str(tmp_path), "--dest", str(tmp_path)])
+    code = cli.main(["ingest", "dl-smlm", "--source", str(tmp_path), "--dest", str(tmp_path),
+                     "--in-process"])  # the fake stands for the cluster's calls
     err = capsys.readouterr().err
     assert code == 2 and "dask scheduler tcp://127.0.0.1:1; dashboard (none)" in err
     assert "stop here" in err and "IndexError" not in err

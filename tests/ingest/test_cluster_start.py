@@ -44,6 +44,18 @@ def test_workers_start_with_the_units_modules_imported_and_stop_on_close():
     assert {p.pid for p in _children()} <= before
 
 
+def test_modules_asked_for_after_the_start_are_imported_before_the_client_is_given():
+    """The CLI starts the cluster before it imports the ingest; ingest() then names what
+    the workers must import (the adapter's module, the destination's filesystem)."""
+    cluster = execute.Cluster(None, 1, 1)
+    try:
+        cluster.preload(["cloudmic.datasets.sted_fm"])
+        loaded = cluster.client().run(_loaded, ["cloudmic.datasets.sted_fm"])
+        assert list(loaded.values()) == [True]
+    finally:
+        cluster.close()
+
+
 def test_a_module_a_worker_lacks_does_not_stop_its_start():
     """A preload only saves time: an optional module that is not installed (the work may
     do without it) leaves the cluster usable."""
