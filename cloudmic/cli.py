@@ -116,12 +116,26 @@ def cmd_ingest_dry_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _start_cluster(args: argparse.Namespace,
+                   on_cluster: Callable[[str, str | None], None]) -> Any:
+    """The ingest's dask cluster (None with --in-process), started before the ingest's own
+    imports (zarr, the adapters: ~0.6 s), which then overlap its processes' start;
+    ingest() closes it. An unknown dataset or destination is told before it starts."""
+    from cloudmic.ingest.execute import Cluster
+    from cloudmic.manifest import load_manifest
+    from cloudmic.storage.location import Location
+
+    load_manifest(args.dataset)
+    Location.parse(args.dest)
+    if args.in_process and not args.scheduler:
+        return None
+    return Cluster(args.scheduler, args.workers, args.threads, on_cluster)
+
+
 def cmd_ingest(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_ingest_dry_run(args)
     from tqdm import tqdm
-
-    from cloudmic.ingest.execute import Cluster
 
     fetch_bar = tqdm(unit="B", unit_scale=True, desc=f"fetch {args.dataset}",
                      disable=args.quiet or not (args.fetch or "://" in str(args.source)))
@@ -152,13 +166,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             tqdm.write(f"dask scheduler {address}; dashboard {dashboard or '(none)'}",
                        file=sys.stderr)
 
-    from cloudmic.manifest import load_manifest
-
-    load_manifest(args.dataset)  # an unknown dataset is told before a cluster starts
-    # the cluster starts before the ingest's own imports (zarr, the adapters: ~0.6 s), which
-    # then overlap its processes' start; ingest() closes it
-    dask = (Cluster(args.scheduler, args.workers, args.threads, on_cluster)
-            if args.scheduler or not args.in_process else None)
+    dask = _start_cluster(args, on_cluster)
     try:
         from cloudmic.ingest import ingest
 
@@ -477,9 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run() -> None:
     """The ``cloudmic`` command: :func:`main`, then exit without the interpreter's last full
     garbage collection of what the command left (``gc.freeze``: the exit's collection skips
-    those objects; atexit handlers, flushes and frees run as usual). That collection took
-    0.4-0.6 s after every ingest, a fixed cost of each run (issue 16); a process exiting has
-    no use for it. (Tests call :func:`main` and keep their collector.)"""
+    those objects; atexit handlers and flushes run as usual, only objects in reference
+    cycles are left to the process's end). That collection took 0.4-0.6 s after every
+    ingest, a fixed cost of each run (issue 16). (Tests call :func:`main` and keep their
+    collector.)"""
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -46,7 +46,7 @@ PREVIEWS_JSON = PREVIEWS_INDEX  # the name under <dataset>.previews/ (storage.ro
 FORMAT = 1
 MAX_SIDE = 512  # pixels a side of a preview PNG (larger planes are block-averaged down)
 MAX_READ = 2048  # pixels a side read from one plane; beyond that a centre crop is read
-TRACE_FRAMES = 600  # frames of the movie trace (20 s at 30 Hz), read a shard at a time
+TRACE_FRAMES = 600  # frames of the movie trace (20 s at 30 Hz), READS shards at a time
 PERCENTILES = (0.5, 99.8)
 GAP = 2  # pixels between the tiles of a strip
 READS = 8  # planes read at once (each a shard-index GET, then chunk GETs, one after another)
@@ -119,8 +119,8 @@ def read_plane(arr: Any, lead: tuple[int, ...]) -> np.ndarray:
 
 
 def _map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``[fn(x) for x in items]``, READS at a time: on an object store a plane's read is
-    latency, not bandwidth (24 STED-FM crops read one by one took 0.4 s)."""
+    """``[fn(x) for x in items]``, READS at a time: on an object store a plane's read (or a
+    file's write) is latency, not bandwidth (24 STED-FM crops read one by one took 0.4 s)."""
     if len(items) < 2:
         return [fn(x) for x in items]
     with ThreadPoolExecutor(min(READS, len(items)), thread_name_prefix="cloudmic-preview") as pool:
@@ -395,7 +395,7 @@ def _level(st: _Store, image: str, k: int) -> ArrayMeta:
 
 def _frame_means(arr: Any, n: int) -> list[float]:
     """The mean of each of the first ``n`` frames, read a shard at a time, READS shards at
-    once: memory stays at READS shards whatever the movie's length."""
+    once: memory stays at READS shards per trace whatever the movie's length."""
     block = (arr.shards or arr.chunks)[0]
 
     def means(start: int) -> list[float]:
@@ -506,8 +506,7 @@ def write_previews(zarr_loc: Location, dest: Location, dataset: str) -> bool:
     try:
         files = make_previews(zarr_loc, dataset)
         index = files.pop(PREVIEWS_JSON)
-        with ThreadPoolExecutor(READS, thread_name_prefix="cloudmic-preview") as pool:
-            list(pool.map(lambda kv: dest.child(kv[0]).write_bytes(kv[1]), sorted(files.items())))
+        _map(lambda kv: dest.child(kv[0]).write_bytes(kv[1]), sorted(files.items()))
         dest.child(PREVIEWS_JSON).write_bytes(index)  # last: it lists the files before it
         return True
     except Exception as exc:

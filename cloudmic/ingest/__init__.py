@@ -5,7 +5,10 @@ cluster (:mod:`cloudmic.ingest.execute`, standard library only) before the inges
 imports (zarr and the adapters, ~0.6 s), so that the two overlap.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from cloudmic.ingest.run import IngestReport, ingest
 
 __all__ = ["IngestReport", "ingest"]
 

@@ -85,8 +85,15 @@ class Cluster:
     def preload(self, modules: Iterable[str]) -> None:
         """Have every worker import ``modules`` as soon as the cluster is up (on the
         cluster's thread: this returns at once); :meth:`client` waits for it."""
-        names, up = sorted(set(modules)), self._up
-        self._ready = self._pool.submit(lambda: up.result().run(_import, names))
+        if self._down is not None:
+            raise RuntimeError("Cluster.preload() after close()")
+        names, up, before = sorted(set(modules)), self._up, self._ready
+
+        def run() -> None:
+            before.result()  # an earlier preload's error is not lost
+            up.result().run(_import, names)
+
+        self._ready = self._pool.submit(run)
 
     def client(self) -> Any:
         """The client, once the cluster is up and its workers have imported what they were

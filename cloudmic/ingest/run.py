@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -179,8 +180,9 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
     Units run on ``workers`` threads here, or with ``cluster=True`` on a dask LocalCluster
     of ``workers`` processes x ``threads``, or on an existing ``scheduler``
     (``tcp://host:8786``); the cluster starts while the sources are scanned (or earlier:
-    ``cluster`` may be an :class:`~cloudmic.ingest.execute.Cluster` the caller started;
-    this call closes it). The units
+    ``cluster`` may be an :class:`~cloudmic.ingest.execute.Cluster` the caller started,
+    with its own workers, threads, scheduler and ``on_cluster``; this call closes it,
+    whatever happens). The units
     write straight into the new version's folder, which stays unlisted until it is
     published; a private staging folder, named by a fingerprint of manifest and sources,
     names that version and keeps a ledger of finished units: after a crash (even
@@ -199,11 +201,11 @@ def ingest(dataset: str, source: str | Path | None, dest: str, *, workers: int =
         root = Location.parse(dest, **(storage_options or {}))
         # the cluster starts (if the caller has not started it), and its workers import
         # what a unit needs, while the sources are scanned
-        preload = _unit_modules(adapter, root)
         if dask is not None:
-            dask.preload(preload)
+            dask.preload(_unit_modules(adapter, root))
         elif cluster or scheduler:
-            dask = execute.Cluster(scheduler, workers, threads, on_cluster, preload=preload)
+            dask = execute.Cluster(scheduler, workers, threads, on_cluster,
+                                   preload=_unit_modules(adapter, root))
         return _ingest(manifest, adapter, source, root, dask, workers, progress, on_plan,
                        cache_dir, on_fetch, strict, t0)
     finally:
@@ -234,9 +236,8 @@ def _ingest(manifest: Manifest, adapter: Adapter, source: str | Path | None, roo
     phase = _Phases()
     # the destination's client (on S3 ~0.3 s to build) gets ready during the scan, by a
     # read: nothing is written before the scan has checked every source file
-    warm = ThreadPoolExecutor(1, thread_name_prefix="cloudmic-dest")
-    warm.submit(_warm, root)
-    warm.shutdown(wait=False)  # never waited for: check_writable reports what is wrong
+    # (a daemon: never waited for, not even at exit; check_writable reports what is wrong)
+    threading.Thread(target=_warm, args=(root,), name="cloudmic-dest", daemon=True).start()
     # URLs and zips (or None: the manifest's downloads) -> a cached, verified local tree
     source = resolve_source(manifest, source, cache_dir=cache_dir, progress=on_fetch)
     inv = adapter.scan(source)

@@ -87,3 +87,16 @@ def test_bad_input_found_while_the_cluster_starts_leaves_no_process(biosr_copy,
     psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=10)
     assert {p.pid for p in _children()} <= before
     assert not (tmp_path / "root").exists()
+
+
+def test_a_cluster_the_caller_started_is_closed_when_ingest_fails_early(tmp_path):
+    """The CLI starts the cluster before the ingest's imports and hands it over: ingest()
+    closes it on every path, here a destination no backend knows."""
+    before = {p.pid for p in _children()}
+    cluster = execute.Cluster(None, 1, 1)
+    with pytest.raises(Exception, match="nosuchscheme"):
+        ingest("dl-smlm", tmp_path, "nosuchscheme://bucket/root", cluster=cluster)
+    with pytest.raises(RuntimeError, match="after close"):
+        cluster.preload(["zarr"])  # closed: nothing more is scheduled on it
+    psutil.wait_procs([p for p in _children() if p.pid not in before], timeout=10)
+    assert {p.pid for p in _children()} <= before

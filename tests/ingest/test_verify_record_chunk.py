@@ -72,3 +72,16 @@ def test_a_true_record_passes_and_a_shifted_or_resized_one_is_caught(root, rng):
         assert problem == "k: low differs between the WebDataset record and Zarr"
     short = _compare_record(g, _record(data[16:47], {"t": [16, 48]}), "k", rng)
     assert short == "k: low is (31, 40, 36) in the WebDataset record, its Zarr region (32, 40, 36)"
+
+
+def test_a_region_past_the_end_is_clipped_as_numpy_clips(root):
+    g, data = root
+    arr = g["rec/0/low"]
+    sel = _selection(arr, {"t": [48, 80], "x": [-8, X]})  # the last tile of a short movie
+    assert sel == (slice(48, T), slice(0, Y), slice(X - 8, X))
+    assert _compare_record(g, _record(data[48:], {"t": [48, 80]}), "k",
+                           random.Random(1)) is None
+    empty = _selection(arr, {"t": [T, T + 4]})
+    narrow, part = _one_chunk(arr, empty, data[T:], random.Random(0))
+    assert narrow[0] == slice(T, T)  # nothing to draw from along t: it stays empty
+    assert part.shape == data[narrow].shape and part.shape[0] == 0
