@@ -30,7 +30,7 @@ from cloudmic.ingest.plan import plan_units
 from cloudmic.ingest.publish import Staging, check_writable, open_staging, publish
 from cloudmic.ingest.verify import compare_counts, verify_against_source, verify_dataset
 from cloudmic.ingest.wds_writer import write_shard
-from cloudmic.layout.zarr_layout import create_group, write_unit
+from cloudmic.layout.zarr_layout import create_groups, write_unit
 from cloudmic.manifest import Manifest, load_manifest
 from cloudmic.sources import resolve_source
 from cloudmic.storage import root_layout as rl
@@ -377,8 +377,7 @@ def _open_parts(manifest: Manifest, inv: Inventory, run_id: str, staging: Stagin
                                         zarr_format=3), done
     zroot = zarr.open_group(staging.zarr.zarr_store(), mode="w", zarr_format=3,
                             attributes={"cloudmic": _provenance(manifest, inv, run_id)})
-    for g in inv.groups:
-        create_group(zroot, g, manifest.storage)
+    create_groups(zroot, inv.groups, manifest.storage)
     ledger.mark_created()
     return staging, zroot, {}
 
