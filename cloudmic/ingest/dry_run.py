@@ -46,10 +46,10 @@ PEAK_OF = "the whole process tree"  # what every rate's peak_mb covers
 RATES: dict[str, Rate] = {
     name: Rate(*figures, f"bench/results/full_size.json: {name}")
     for name, figures in {"biosr": (20.85, 950, 1.367),
-                          "sted-fm": (27.36, 951, 6.250),
-                          "deepcad": (25.92, 812, 2.975),
-                          "platelet-em": (4.65, 872, 9.852),
-                          "dl-smlm": (13.63, 645, 2.650)}.items()
+                          "sted-fm": (29.55, 954, 6.250),
+                          "deepcad": (28.28, 814, 2.975),
+                          "platelet-em": (4.39, 870, 9.852),
+                          "dl-smlm": (17.75, 695, 2.650)}.items()
 }
 
 
