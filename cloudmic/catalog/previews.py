@@ -17,8 +17,8 @@ first image-like variable):
 
 Reads are bounded whatever the store's size: a plane larger than ``MAX_READ`` pixels a side
 is read as a centre crop, pyramids are read at the level that fits ``MAX_SIDE``, and the
-movie trace covers at most ``TRACE_FRAMES`` frames of the coarsest level, ``READS`` shards at
-a time.
+movie trace covers at most ``TRACE_FRAMES`` frames of the coarsest level, ``AT_ONCE`` shards
+at a time (:mod:`cloudmic.storage.requests`).
 Intensities are percentile-scaled to 8 bits; the PNG bytes are a pure function of the
 stored values (re-ingesting the same sources rewrites the same previews).
 """
@@ -29,7 +29,6 @@ import json
 import logging
 import re
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +37,7 @@ import numpy as np
 
 from cloudmic.client.metadata import ArrayMeta, read_store_metadata
 from cloudmic.storage.location import Location
+from cloudmic.storage.requests import at_once
 from cloudmic.storage.root_layout import PREVIEWS_INDEX
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,9 @@ PREVIEWS_JSON = PREVIEWS_INDEX  # the name under <dataset>.previews/ (storage.ro
 FORMAT = 1
 MAX_SIDE = 512  # pixels a side of a preview PNG (larger planes are block-averaged down)
 MAX_READ = 2048  # pixels a side read from one plane; beyond that a centre crop is read
-TRACE_FRAMES = 600  # frames of the movie trace (20 s at 30 Hz), READS shards at a time
+TRACE_FRAMES = 600  # frames of the movie trace (20 s at 30 Hz), AT_ONCE shards at a time
 PERCENTILES = (0.5, 99.8)
 GAP = 2  # pixels between the tiles of a strip
-READS = 8  # planes read at once (each a shard-index GET, then chunk GETs, one after another)
 PNG_LEVEL = 6  # zlib's default: level 9 took 40 ms on a sparse crop, 15x level 6, for 8% less
 FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -118,18 +117,9 @@ def read_plane(arr: Any, lead: tuple[int, ...]) -> np.ndarray:
     return shrink(np.asarray(arr[(*lead, ys, xs)]))
 
 
-def _map(fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-    """``[fn(x) for x in items]``, READS at a time: on an object store a plane's read (or a
-    file's write) is latency, not bandwidth (24 STED-FM crops read one by one took 0.4 s)."""
-    if len(items) < 2:
-        return [fn(x) for x in items]
-    with ThreadPoolExecutor(min(READS, len(items)), thread_name_prefix="cloudmic-preview") as pool:
-        return list(pool.map(fn, items))
-
-
 def read_planes(arr: Any, leads: list[tuple[int, ...]]) -> list[np.ndarray]:
     """:func:`read_plane` of each lead index, read concurrently."""
-    return _map(lambda lead: read_plane(arr, lead), leads)
+    return at_once(lambda lead: read_plane(arr, lead), leads)
 
 
 def strip(tiles: list[np.ndarray], gap: int = GAP) -> np.ndarray:
@@ -394,15 +384,15 @@ def _level(st: _Store, image: str, k: int) -> ArrayMeta:
 
 
 def _frame_means(arr: Any, n: int) -> list[float]:
-    """The mean of each of the first ``n`` frames, read a shard at a time, READS shards at
-    once: memory stays at READS shards per trace whatever the movie's length."""
+    """The mean of each of the first ``n`` frames, read a shard at a time, AT_ONCE shards
+    at once: memory stays at AT_ONCE shards per trace whatever the movie's length."""
     block = (arr.shards or arr.chunks)[0]
 
     def means(start: int) -> list[float]:
         frames = np.asarray(arr[start:min(start + block, n)])
         return frames.mean(axis=(1, 2), dtype=np.float64).tolist()
 
-    return [v for part in _map(means, list(range(0, n, block))) for v in part]
+    return [v for part in at_once(means, list(range(0, n, block))) for v in part]
 
 
 def _deepcad(st: _Store) -> list[Figure]:
@@ -415,7 +405,7 @@ def _deepcad(st: _Store) -> list[Figure]:
     paths = [p for p in ("low", "high") if "multiscales" in _ome(st, f"{rec}/{p}")]
     coarse = {p: _level(st, f"{rec}/{p}", -1) for p in paths}
     n = min(TRACE_FRAMES, *(c.shape[0] for c in coarse.values()))
-    traces = _map(lambda p: _frame_means(st.array(coarse[p].path), n), paths)  # both at once
+    traces = at_once(lambda p: _frame_means(st.array(coarse[p].path), n), paths)  # both at once
     series = {p: [_num(v) for v in trace] for p, trace in zip(paths, traces, strict=True)}
     t_values: np.ndarray | None = None
     for p in paths:
@@ -432,7 +422,7 @@ def _deepcad(st: _Store) -> list[Figure]:
     ref = series.get("high") or series[paths[0]]
     frame = int(np.argmax(ref))  # an active moment: the brightest frame of the window
     level0 = {p: _level(st, f"{rec}/{p}", 0) for p in paths}
-    frames = _map(lambda p: read_plane(st.array(level0[p].path), (frame,)), paths)
+    frames = at_once(lambda p: read_plane(st.array(level0[p].path), (frame,)), paths)
     panels = [Panel(f"{p}-frame.png", f"{p} SNR, frame {frame}", f"{level0[p].path}[{frame}]",
                     to_uint8(img), f"{level0[p].path}[{frame}]")
               for p, img in zip(paths, frames, strict=True)]
@@ -506,7 +496,7 @@ def write_previews(zarr_loc: Location, dest: Location, dataset: str) -> bool:
     try:
         files = make_previews(zarr_loc, dataset)
         index = files.pop(PREVIEWS_JSON)
-        _map(lambda kv: dest.child(kv[0]).write_bytes(kv[1]), sorted(files.items()))
+        at_once(lambda kv: dest.child(kv[0]).write_bytes(kv[1]), sorted(files.items()))
         dest.child(PREVIEWS_JSON).write_bytes(index)  # last: it lists the files before it
         return True
     except Exception as exc:

@@ -9,7 +9,7 @@ import json
 import math
 import random
 import tarfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +20,7 @@ import zarr
 from cloudmic.errors import StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
+from cloudmic.storage.requests import AT_ONCE, at_once
 from cloudmic.storage.versions import Dataset, resolve
 
 
@@ -50,22 +51,6 @@ class _HashingReader:
         self.h.update(chunk)
         self.size += len(chunk)
         return chunk
-
-
-# Zarr region reads in flight at once: each is a shard-index GET then chunk GETs, one after
-# another, so on S3 sixteen records' regions read one by one cost ~0.8 s at 10% of a DeepCAD
-# pair (issue 16); zarr's sync API is safe from several threads (one event loop serves them)
-REGION_READS = 8
-
-
-def _in_parallel(fn: Callable[..., Any], jobs: Iterable[tuple[Any, ...]]) -> list[Any]:
-    """``[fn(*job) for job in jobs]``, up to REGION_READS at a time, results in order."""
-    jobs = list(jobs)
-    if len(jobs) < 2:
-        return [fn(*job) for job in jobs]
-    with ThreadPoolExecutor(min(REGION_READS, len(jobs)),
-                            thread_name_prefix="cloudmic-verify") as pool:
-        return list(pool.map(lambda job: fn(*job), jobs))
 
 
 # a shard is read back in pieces of this size: with s3fs's default block (50 MiB) the
@@ -308,7 +293,7 @@ def verify_dataset(root: Location, dataset: str, *, records: int = 16,
         # one shard's sample (up to 4 DeepCAD records of ~31 MB), whatever the dataset
         jobs = [(zroot, rec, f"{s['url']}:{key}", None if full else random.Random(rng.random()))
                 for key, rec in recs]
-        report.problems += [p for p in _in_parallel(_compare_record, jobs) if p]
+        report.problems += [p for p in at_once(lambda job: _compare_record(*job), jobs) if p]
         compared += len(jobs)
     report.checks.append(f"{len(reread)} of {len(shards)} shard(s) read back: size and sha256 "
                          "match index.json")
@@ -458,7 +443,7 @@ def verify_against_source(adapter: Any, inv: Any, units: list[Any], zroot: zarr.
     rng = random.Random(seed)
     windows = [(adapter, inv, zroot, _window(inv.group(u.group), u, rows, rng))
                for u in rng.sample(units, min(samples, len(units)))]
-    return [p for found in _in_parallel(_check_window, windows) for p in found]
+    return [p for found in at_once(lambda w: _check_window(*w), windows) for p in found]
 
 
 def _check_window(adapter: Any, inv: Any, zroot: zarr.Group, unit: Any) -> list[str]:
@@ -472,7 +457,7 @@ def _check_window(adapter: Any, inv: Any, zroot: zarr.Group, unit: Any) -> list[
         start, stop = spec.unit_region(unit.start, unit.stop, group.length)
         return g[spec.name][start:stop]
 
-    with ThreadPoolExecutor(min(REGION_READS, max(1, len(specs))),
+    with ThreadPoolExecutor(min(AT_ONCE, max(1, len(specs))),
                             thread_name_prefix="cloudmic-verify") as pool:
         regions = {spec.name: pool.submit(stored, spec) for spec in specs}
         data = adapter.read_unit(inv, unit)

@@ -6,9 +6,6 @@ is lost silently (STACK-NOTES "Parallel writes"), so every region write is check
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
-
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
@@ -16,6 +13,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from cloudmic.layout.schema import GroupSpec, Unit, VarSpec
 from cloudmic.layout.shard_writer import write_region
 from cloudmic.manifest import Storage
+from cloudmic.storage.requests import AT_ONCE, at_once
 
 
 def compressors(storage: Storage) -> tuple:
@@ -60,31 +58,18 @@ def chunking(spec: VarSpec, storage: Storage) -> tuple[tuple[int, ...], tuple[in
     return chunks, shards
 
 
-# metadata writes in flight while the groups are created: each array's creation is several
-# requests one after another (its parents checked, its zarr.json, eager coordinates), so
-# DL-SMLM's 12 cells x 20 arrays took 4.75 s of a 22 s ingest on S3 one by one (issue 16);
-# zarr's sync API serves several threads from its one event loop
-CREATE_AT_ONCE = 8
-
-
 def create_groups(root: zarr.Group, groups: list[GroupSpec], storage: Storage) -> None:
     """Create every group (with its sub-groups' attributes) and then every array of them
-    (data written later by units, eager coordinates now), CREATE_AT_ONCE at a time. A group
-    inside another group is created after it (creating a group clears what is under it)."""
+    (data written later by units, eager coordinates now), several at a time
+    (:mod:`cloudmic.storage.requests`: DL-SMLM's 12 cells x 20 arrays took 4.75 s on S3 one
+    by one). A group inside another group is created after it (creating a group clears
+    what is under it)."""
     names = [g.name for g in groups]
     nested = any(a != b and b.startswith(f"{a}/") for a in names for b in names)
-    made = _at_once(lambda g: _create_group(root, g), groups, 1 if nested else CREATE_AT_ONCE)
+    made = at_once(lambda g: _create_group(root, g), groups, 1 if nested else AT_ONCE)
     arrays = [(made_g, g, spec) for made_g, g in zip(made, groups, strict=True)
               for spec in g.variables]
-    _at_once(lambda job: _create_array(*job, storage), arrays, CREATE_AT_ONCE)
-
-
-def _at_once(fn: Any, items: list[Any], threads: int) -> list[Any]:
-    """``[fn(x) for x in items]``, ``threads`` at a time; the first error raises."""
-    if threads < 2 or len(items) < 2:
-        return [fn(item) for item in items]
-    with ThreadPoolExecutor(min(threads, len(items)), thread_name_prefix="cloudmic-create") as pool:
-        return list(pool.map(fn, items))
+    at_once(lambda job: _create_array(*job, storage), arrays)
 
 
 def _create_group(root: zarr.Group, group: GroupSpec) -> zarr.Group:
