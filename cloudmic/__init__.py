@@ -33,6 +33,10 @@ def __getattr__(name: str) -> Any:
     if name in _LAZY:
         from importlib import import_module
 
+        if name == "shards":  # its loader workers' server (PatchStream, Mix: in their package)
+            from cloudmic.client.stream.workers import start_on_first_use
+
+            start_on_first_use()
         return getattr(import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'cloudmic' has no attribute {name!r}")
 

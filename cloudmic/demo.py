@@ -34,7 +34,7 @@ DEMO_DATASETS = demo_datasets()
 
 def _stream(url: str, args: dict[str, Any], batches: int, batch_size: int) -> dict[str, Any]:
     import cloudmic
-    from cloudmic.client.stream.torch_adapter import no_workers_ahead
+    from cloudmic.client.stream.workers import no_workers_ahead
 
     no_workers_ahead()
     stream = cloudmic.PatchStream(url, **args, seed=0)

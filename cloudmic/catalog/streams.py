@@ -52,10 +52,11 @@ def stream_args(dataset: str, kinds: list[dict[str, Any]],
     """PatchStream arguments that work for this store, and the epoch length they give: the
     manifest's ``example.stream``, else the first image-like variable with a 64-pixel
     window. Each candidate is checked by constructing the stream (metadata only)."""
-    from cloudmic.client.stream import PatchStream
-    from cloudmic.client.stream.torch_adapter import no_workers_ahead
+    from cloudmic.client.stream.workers import no_workers_ahead
 
-    no_workers_ahead()
+    no_workers_ahead()  # before the lookup below, which would start it
+    from cloudmic.client.stream import PatchStream
+
     _, arrays = read_store_metadata(loc)
     for c in _candidates(dataset, kinds):
         fitted = _shrunk(c, arrays)

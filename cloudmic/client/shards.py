@@ -26,7 +26,8 @@ from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.patch_stream import check_choice
 from cloudmic.client.stream.reader import is_transient, unreadable
 from cloudmic.client.stream.sampling import rng
-from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, workers_ahead
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
+from cloudmic.client.stream.workers import workers_ahead
 from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location

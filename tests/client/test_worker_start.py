@@ -1,6 +1,8 @@
-"""Loader workers start fast: the forkserver is started when a stream opens, ahead of
-``loader()``, stopped again if the process's first pass runs in-process, and the first
-batch waits for one block, not for the whole read-ahead."""
+"""Loader workers start fast: the forkserver is started when a stream class is first looked
+up (before this process imports torch) or when a stream opens, ahead of ``loader()``;
+stopped again if the process's first pass runs in-process; its workers take the parent's
+environment of when the loader was made; and the first batch waits for one block, not for
+the whole read-ahead."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ SERVER_UP = textwrap.dedent('''
     import os, sys, json
     import multiprocessing.forkserver as fs
     import cloudmic
-    from cloudmic.client.stream import torch_adapter as ta
+    from cloudmic.client.stream import workers as ta
 
     def server():
         t = ta._ahead["thread"]
@@ -129,7 +131,7 @@ def test_a_server_with_live_workers_is_not_stopped(monkeypatch):
     import multiprocessing.popen_forkserver as pf
     import threading
 
-    from cloudmic.client.stream import torch_adapter as ta
+    from cloudmic.client.stream import workers as ta
 
     class Child:
         _popen = object.__new__(pf.Popen)
@@ -175,3 +177,48 @@ def test_a_stream_that_fails_to_open_leaves_no_server(url):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got == {"errors": ["StoreNotFoundError", "StoreNotFoundError"],
                    "after_failure": [False, False], "after_open": True}
+
+
+# a script file, not -c: its workers import the worker_init_fn from it (forkserver main_path)
+LATE_ENV = SERVER_UP + textwrap.dedent('''
+
+    def need_env(worker_id):
+        if os.environ.get("CLOUDMIC_LATE") != "set after the server started":
+            raise RuntimeError("the worker lacks a variable the parent set")
+        if "CLOUDMIC_GONE" in os.environ:
+            raise RuntimeError("the worker kept a variable the parent removed")
+
+
+    def main():
+        out = {}
+        os.environ["CLOUDMIC_GONE"] = "1"
+        from cloudmic.client.stream import workers
+        workers.start_on_first_use()
+        out["torch_when_started"] = "torch" in sys.modules
+        cloudmic.PatchStream  # the lookup imports torch here, beside the server's imports
+        out["up_before_any_open"] = server()
+        del os.environ["CLOUDMIC_GONE"]
+        os.environ["CLOUDMIC_LATE"] = "set after the server started"
+        s = cloudmic.PatchStream(sys.argv[1], "train", ["wf"], {"y": 16, "x": 16})
+        loader = s.loader(8, num_workers=2, worker_init_fn=need_env)
+        out["keys"] = len({k for b in loader for k in b["__key__"]})
+        print(json.dumps(out))
+
+
+    if __name__ == "__main__":
+        main()
+''')
+
+
+def test_server_starts_on_first_lookup_and_workers_get_the_parents_environment(url, tmp_path):
+    """Looking up ``cloudmic.PatchStream`` starts the workers' server before this process
+    imports torch (their imports overlap); variables the script sets or removes after that
+    still reach the workers (their stores read credentials from the environment)."""
+    pytest.importorskip("torch")
+    script = tmp_path / "late_env.py"
+    script.write_text(LATE_ENV)
+    r = subprocess.run([sys.executable, str(script), url], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got == {"torch_when_started": False, "up_before_any_open": True, "keys": 40}

@@ -22,6 +22,10 @@ _LAZY = {"Mix": "mix", "PatchStream": "patch_stream", "merge_states": "patch_str
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
+        if name in ("Mix", "PatchStream"):  # loader workers' server: before torch loads here
+            from cloudmic.client.stream.workers import start_on_first_use
+
+            start_on_first_use()
         return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -17,12 +17,8 @@ from typing import Any
 import numpy as np
 
 from cloudmic.client.stream import distribute
-from cloudmic.client.stream.torch_adapter import (
-    TrackingLoader,
-    get_worker_info,
-    stop_ahead,
-    worker,
-)
+from cloudmic.client.stream.torch_adapter import TrackingLoader, get_worker_info, worker
+from cloudmic.client.stream.workers import stop_ahead
 
 
 def layout_fingerprint(parts: Any) -> str:

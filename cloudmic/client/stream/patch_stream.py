@@ -30,7 +30,8 @@ from cloudmic.client.stream import distribute, plan, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
 from cloudmic.client.stream.reader import BlockReader, Cut, ReadSpec
 from cloudmic.client.stream.sampling import Sampler, block_order, label_pick, rng, tiles
-from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info, workers_ahead
+from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
+from cloudmic.client.stream.workers import workers_ahead
 from cloudmic.errors import StoreError
 from cloudmic.storage.location import Location
 from cloudmic.storage.versions import resolve

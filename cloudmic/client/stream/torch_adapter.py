@@ -7,11 +7,11 @@ torch is optional: without it a stream is a plain iterable. Anything that implem
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
+
+from cloudmic.client.stream.workers import forkserver, with_parent_environment
 
 try:  # a torch IterableDataset when torch is installed, a plain iterable otherwise
     from torch.utils.data import IterableDataset as StreamBase
@@ -64,7 +64,8 @@ class TrackingLoader:
 
     Workers start with ``forkserver``: forked from a clean server process, never from the
     training process (whose store clients and threads a fork would copy, STACK-NOTES); the
-    stream started that server when it opened (:func:`prestart_workers`).
+    server started when the stream class was first used (:mod:`.workers`), and each
+    worker takes this process's environment as it is when the loader is made.
     ``drop_last=True`` drops each worker's last, partial batch. The loader sets the
     stream's ``batch_size``: make one loader per stream (two loaders over one stream share
     the last one's batch size).
@@ -79,6 +80,7 @@ class TrackingLoader:
         if num_workers:
             if "multiprocessing_context" not in kwargs:  # the caller's own, if given
                 kwargs["multiprocessing_context"] = forkserver()
+            kwargs["worker_init_fn"] = with_parent_environment(kwargs.get("worker_init_fn"))
             # big arrays cross as tensors in shared memory, small ones inline in the pickle
             kwargs.setdefault("collate_fn", functools.partial(as_tensors, min_bytes=64 << 10))
         else:
@@ -121,95 +123,3 @@ def as_tensors(obj: Any, min_bytes: int = 0) -> Any:
     if isinstance(obj, list):
         return [as_tensors(v, min_bytes) for v in obj]
     return obj
-
-
-PRELOAD = ["torch", "numpy", "zarr", "zarrs", "obstore", "cloudmic.client.stream.mix",
-           "cloudmic.client.shards"]
-
-
-def forkserver() -> Any:
-    """forkserver with the stream's heavy modules preloaded: a worker starts in
-    milliseconds instead of importing torch and zarr afresh (spawn); and, unlike a plain
-    fork of the training process, it inherits no running store client or thread. The
-    server starts in the background (if :func:`prestart_workers` has not started it yet)."""
-    import multiprocessing as mp
-
-    _ahead["wanted"] = True  # a loader with workers: never stop it now
-    _start_in_background()
-    return mp.get_context("forkserver")
-
-
-# A stream starts the workers' forkserver when it opens, ahead of loader(): its imports
-# (torch alone ~1.2 s on these cores) then overlap the stream's own metadata reads and the
-# caller's set-up. If the process's first pass runs in-process instead, that server is
-# stopped, and no later stream of the process starts one ahead again.
-_ahead: dict[str, Any] = {"tried": False, "wanted": False, "thread": None}
-
-
-def prestart_workers() -> bool:
-    """Start the forkserver now, once per process, when torch is installed (and the
-    platform has forkserver: not on Windows); True if this call started it."""
-    if StreamBase is object or _ahead["tried"]:
-        return False
-    _ahead["tried"] = True
-    with contextlib.suppress(ValueError):  # no forkserver here: a loader with workers says so
-        _ahead["thread"] = _start_in_background()
-    return _ahead["thread"] is not None
-
-
-@contextlib.contextmanager
-def workers_ahead() -> Iterator[None]:
-    """Around a stream's opening: the forkserver starts ahead (:func:`prestart_workers`);
-    if the opening fails (no such dataset, a bad argument), the server it started is
-    stopped, and a later stream starts one again."""
-    started = prestart_workers()
-    try:
-        yield
-    except BaseException:
-        if started:
-            stop_ahead()
-            _ahead["tried"] = False
-        raise
-
-
-def no_workers_ahead() -> None:
-    """This process opens streams without loader workers (the catalog reads their metadata,
-    the demo iterates in-process): start no forkserver ahead for them (and stop one a
-    stream started before)."""
-    _ahead["tried"] = True
-    stop_ahead()
-
-
-def stop_ahead() -> None:
-    """The stream is used without this process's loader workers: a pass runs in-process, or
-    it is pickled for other workers (a DataLoader of the caller's own, with spawn). A
-    forkserver started ahead for workers that never came is then stopped, so its imports
-    take no CPU from that pass and its memory goes (a loader with workers made later
-    starts it again)."""
-    thread, _ahead["thread"] = _ahead["thread"], None
-    if thread is None or _ahead["wanted"]:
-        return
-    import multiprocessing as mp
-    import multiprocessing.forkserver as fs
-    import multiprocessing.popen_forkserver as pf
-    import os
-    import signal
-
-    thread.join()
-    if any(isinstance(getattr(p, "_popen", None), pf.Popen) for p in mp.active_children()):
-        return  # the server is one per process: live workers of the caller's came from it
-    server = fs._forkserver  # no public API stops it; Python's own tests use _stop()
-    with contextlib.suppress(Exception):
-        if server._forkserver_pid is not None:
-            os.kill(server._forkserver_pid, signal.SIGKILL)
-            server._stop()
-
-
-def _start_in_background() -> threading.Thread:
-    import multiprocessing as mp
-    import multiprocessing.forkserver as fs
-
-    mp.get_context("forkserver").set_forkserver_preload(PRELOAD)
-    t = threading.Thread(target=fs.ensure_running, daemon=True, name="forkserver-start")
-    t.start()
-    return t
