@@ -1,0 +1,157 @@
+"""S3 and S3-compatible stores (SeaweedFS, MinIO, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from cloudmic.storage.backends.base import (
+    BODY_RETRIES,
+    PIECE_BYTES,
+    Backend,
+    Capabilities,
+    bucket_prefix,
+)
+
+if TYPE_CHECKING:
+    import fsspec
+
+
+# the part size of an S3 multipart upload, passed to s3fs explicitly: the ETag depends on it.
+# s3fs sends a file smaller than two parts in one PUT, read whole, and holds max_concurrency
+# parts at once, each twice (its read and aiohttp's payload copy): with its default 50 MiB,
+# one upload held ~200 MiB of a worker (issue 16). 8 MiB (the AWS CLI's default) holds ~32 MiB
+# and allows objects up to 80 GiB (10,000 parts; shards are a few hundred MB)
+S3_PART_BYTES = 8 << 20
+
+
+def s3_single_put(size: int, part_bytes: int = S3_PART_BYTES) -> bool:
+    """Whether s3fs uploads a file of ``size`` bytes in one PUT (``S3FileSystem._put_file``)."""
+    return size < min(5 << 30, 2 * part_bytes)
+
+
+
+def _embedded_s3_options() -> dict[str, Any]:
+    from cloudmic.storage import seaweed
+
+    info = seaweed.status()
+    return info.storage_options() if info else {}
+
+
+class S3Backend(Backend):
+    """S3 and S3-compatible stores (SeaweedFS, MinIO, ...): AWS conventions
+    (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``, ``AWS_REGION``);
+    with none set and the embedded store running, its keys."""
+
+    schemes = ("s3",)
+    caps = Capabilities(writable=True, folders=False, conditional_put=True, checksum="s3-etag")
+    protocol = "s3"
+    credentials_hint = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL)"
+    example = "s3://my-bucket/prefix"
+    one_get = {"max_concurrency": 1}  # else s3fs sends a HEAD, and ranged GETs above 50 MB
+    part_bytes = S3_PART_BYTES
+    pipe_command = "aws s3 cp {u} -"
+
+    def resolve_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """s3fs options: the caller's, else the AWS environment, else the embedded store."""
+        opts = dict(options)
+        if "key" in opts or "anon" in opts or "profile" in opts:
+            return opts
+        env_key = os.environ.get("AWS_ACCESS_KEY_ID")
+        if env_key:
+            opts.update(key=env_key, secret=os.environ.get("AWS_SECRET_ACCESS_KEY"))
+            endpoint = (os.environ.get("AWS_ENDPOINT_URL")
+                        or os.environ.get("AWS_ENDPOINT_URL_S3"))
+            if endpoint:
+                opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
+            return opts
+        return {**_embedded_s3_options(), **opts}
+
+    def get_pieces(self, fs: fsspec.AbstractFileSystem, path: str,
+                   feed: Callable[[bytes], None]) -> None:
+        """The body of one GET, fed as it arrives (s3fs's own cat_file, minus the wait for
+        the last byte); ``feed`` runs on s3fs's event loop thread. A body that breaks off
+        is asked for again from the byte where it broke (a ranged GET, if the object is
+        still the same: ``If-Match`` its ETag), as s3fs retries a whole read."""
+        from botocore.exceptions import IncompleteReadError
+        from fsspec.asyn import sync
+        from s3fs.core import S3_RETRYABLE_ERRORS, version_id_kw
+
+        bucket, key, version = fs.split_path(path)
+        broken = (*S3_RETRYABLE_ERRORS, IncompleteReadError, ConnectionError)
+
+        async def drain() -> None:
+            fed, size, etag = 0, None, None
+            for attempt in range(BODY_RETRIES + 1):
+                rest = {"Range": f"bytes={fed}-"} if fed else {}
+                rest.update({"IfMatch": etag} if fed and etag else {})
+                resp = await fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                         **version_id_kw(version), **rest)
+                if size is None:
+                    size, etag = resp.get("ContentLength"), resp.get("ETag")
+                try:
+                    while piece := await resp["Body"].read(PIECE_BYTES):
+                        feed(piece)
+                        fed += len(piece)
+                    if size is not None and fed != size:
+                        raise ConnectionError(f"the body ended at byte {fed} of {size}")
+                    return
+                except broken as exc:
+                    if attempt == BODY_RETRIES:
+                        raise ConnectionError(f"{path}: the body broke off on each of "
+                                              f"{attempt + 1} GETs, last at byte {fed} of "
+                                              f"{size}: {exc}") from exc
+                    await asyncio.sleep(0.2 * 2 ** attempt)
+                finally:
+                    resp["Body"].close()
+
+        sync(fs.loop, drain)
+
+    @staticmethod
+    def endpoint(options: dict[str, Any]) -> str | None:
+        return ((options.get("client_kwargs") or {}).get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL"))
+
+    def object_store(self, url: str, options: dict[str, Any]) -> Any:
+        from obstore.store import S3Store
+
+        bucket, prefix = bucket_prefix(self.fs_path(url))
+        endpoint = self.endpoint(options)
+        region = ((options.get("client_kwargs") or {}).get("region_name")
+                  or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                  or "us-east-1")
+        config: dict[str, Any] = {"region": region}
+        if options.get("key"):
+            config.update(access_key_id=options["key"], secret_access_key=options["secret"])
+        if options.get("anon"):
+            config["skip_signature"] = True
+        if endpoint:  # an S3-compatible server: path-style unless told otherwise
+            virtual = (options.get("config_kwargs") or {}).get("s3", {}).get(
+                "addressing_style") == "virtual"
+            config.update(endpoint=endpoint, virtual_hosted_style_request=virtual)
+        client = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
+        return S3Store(bucket, prefix=prefix, client_options=client, **config)
+
+    def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
+        # the part size is explicit: the ETag depends on it. s3fs holds max_concurrency parts
+        # in memory at once (10 by default); 2 keeps the upload streaming
+        fs.put_file(local, path, chunksize=S3_PART_BYTES, max_concurrency=2)
+
+    def stored_md5(self, info: dict[str, Any]) -> str | None:
+        tag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return tag or None
+
+    def snippet_lines(self, options: dict[str, Any]) -> list[str]:
+        endpoint = (options.get("client_kwargs") or {}).get("endpoint_url")
+        kwargs = (f", \"client_kwargs\": {{\"endpoint_url\": {json.dumps(endpoint)}}}"
+                  if endpoint else "")
+        if options.get("anon"):
+            return [f"storage_options = {{\"anon\": True{kwargs}}}"]
+        return ["# keys from the environment (or your AWS profile); a public bucket: "
+                "{\"anon\": True}",
+                "storage_options = {\"key\": os.environ.get(\"AWS_ACCESS_KEY_ID\"),",
+                "                   \"secret\": os.environ.get(\"AWS_SECRET_ACCESS_KEY\")"
+                + kwargs.replace(", ", ",\n                   ", 1) + "}"]
