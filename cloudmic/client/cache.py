@@ -3,7 +3,10 @@
 Decoding a shard costs more CPU than fetching it (STACK-NOTES); later epochs read the same
 blocks, so keeping decoded blocks on local disk saves both. Entries are ``.npy`` files
 written atomically (temp file + rename), so concurrent workers never read half a file; the
-byte limit is kept by evicting the least recently used entries after each write.
+byte limit is kept by evicting the least recently used entries. The folder is listed (a
+stat per entry) only when this process's count of its bytes passes the limit, or after an
+eighth of the limit written since the last listing (other workers write too): not after
+every write, which cost O(entries) per block read on a cache of many small blocks.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ class BlockCache:
             raise ValueError(f"cache_bytes must be positive, got {max_bytes!r}")
         self.folder, self.max_bytes = Path(folder).expanduser(), int(max_bytes)
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._known: int | None = None  # the folder's bytes at the last listing, plus ours
+        self._since = 0  # bytes this process wrote since that listing
 
     def _path(self, key: str) -> Path:
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.npy"
@@ -41,8 +46,13 @@ class BlockCache:
         fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             np.save(f, arr, allow_pickle=False)
+            size = f.tell()
         os.replace(tmp, self._path(key))
-        self._evict()
+        self._known = None if self._known is None else self._known + size
+        self._since += size
+        if (self._known is None or self._known > self.max_bytes
+                or self._since > self.max_bytes // 8):
+            self._evict()
 
     def _evict(self) -> None:
         entries = []
@@ -58,6 +68,7 @@ class BlockCache:
                 break
             p.unlink(missing_ok=True)
             total -= size
+        self._known, self._since = total, 0
 
     def nbytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.glob("*.npy"))

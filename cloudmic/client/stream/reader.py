@@ -116,6 +116,7 @@ class BlockReader:
         self._groups: dict[int, Any] = {}
         self._lock = threading.Lock()
         self._store: Any = None
+        self._block_cache: Any = None  # one per process: it counts the bytes it wrote
 
     def __getstate__(self) -> dict[str, Any]:  # opened handles stay in their process
         return {"spec": self.spec, "sampler": self.sampler}
@@ -169,9 +170,11 @@ class BlockReader:
     def _cache(self) -> Any:
         if self.spec.cache_dir is None:
             return None
-        from cloudmic.client.cache import BlockCache
+        if self._block_cache is None:
+            from cloudmic.client.cache import BlockCache
 
-        return BlockCache(self.spec.cache_dir, self.spec.cache_bytes)
+            self._block_cache = BlockCache(self.spec.cache_dir, self.spec.cache_bytes)
+        return self._block_cache
 
     def read(self, take: Take, epoch: int) -> Cut | None:
         """Read ``take``'s block and cut its rows; None when a damaged block is skipped."""
