@@ -187,9 +187,10 @@ def test_previews_are_deterministic(published):
 
 def test_preview_reads_are_bounded(published, monkeypatch):
     """A huge plane is read as a centre crop and the movie trace covers a bounded window."""
+    import cloudmic.catalog.images as images
     import cloudmic.catalog.previews as previews
 
-    monkeypatch.setattr(previews, "MAX_READ", 32)
+    monkeypatch.setattr(images, "MAX_READ", 32)
     monkeypatch.setattr(previews, "TRACE_FRAMES", 8)
     files = make_previews(Location.parse(published["root"] / "dl-smlm.zarr"), "dl-smlm")
     assert imagecodecs.png_decode(files["sr.png"]).shape == (32, 32)
