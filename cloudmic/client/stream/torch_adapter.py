@@ -139,8 +139,7 @@ def shared_tensors(batch: Any, min_bytes: int = SHARED_MIN_BYTES) -> Any:
     place, cut that cost by about a third: 2 workers sending 32 x 2 x 64x64 float32
     batches and doing nothing else delivered 294-355 batches/s as one tensor per array,
     449-530 this way (the training process's CPU per batch 1.3-1.5 -> 0.85-0.92 ms).
-    Everything else as
-    :func:`as_tensors`.
+    Everything else as :func:`as_tensors`.
     """
     import numpy as np
     import torch
