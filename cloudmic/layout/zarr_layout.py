@@ -6,6 +6,8 @@ is lost silently (STACK-NOTES "Parallel writes"), so every region write is check
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
@@ -13,7 +15,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 from cloudmic.layout.schema import GroupSpec, Unit, VarSpec
 from cloudmic.layout.shard_writer import write_region
 from cloudmic.manifest import Storage
-from cloudmic.storage.requests import AT_ONCE, at_once
+from cloudmic.storage.requests import at_once
 
 
 def compressors(storage: Storage) -> tuple:
@@ -60,16 +62,33 @@ def chunking(spec: VarSpec, storage: Storage) -> tuple[tuple[int, ...], tuple[in
 
 def create_groups(root: zarr.Group, groups: list[GroupSpec], storage: Storage) -> None:
     """Create every group (with its sub-groups' attributes) and then every array of them
-    (data written later by units, eager coordinates now), several at a time
-    (:mod:`cloudmic.storage.requests`: DL-SMLM's 12 cells x 20 arrays took 4.75 s on S3 one
-    by one). A group inside another group is created after it (creating a group clears
-    what is under it)."""
-    names = [g.name for g in groups]
-    nested = any(a != b and b.startswith(f"{a}/") for a in names for b in names)
-    made = at_once(lambda g: _create_group(root, g), groups, 1 if nested else AT_ONCE)
-    arrays = [(made_g, g, spec) for made_g, g in zip(made, groups, strict=True)
-              for spec in g.variables]
-    at_once(lambda job: _create_array(*job, storage), arrays)
+    (data written later by units, eager coordinates now), under an empty ``root``.
+
+    The hierarchy is built by zarr's own calls in memory, then its documents (and the eager
+    coordinates' chunks) are written to the store several at a time
+    (:mod:`cloudmic.storage.requests`): the same bytes, without the requests zarr sends to
+    check each new node's parents. Built in place on S3, DL-SMLM's 12 cells x 20 arrays
+    took 4.75 s one by one and 2.9 s 8 at a time; platelet-em's 2 volumes x 52 nodes 2.85 s.
+    A group inside another group is created after it (creating a group clears what is
+    under it), before any array."""
+    from zarr.storage import MemoryStore
+
+    docs: dict[str, Any] = {}
+    mem_root = zarr.open_group(MemoryStore(docs), mode="w", zarr_format=3)
+    made = [_create_group(mem_root, g) for g in groups]
+    for made_g, g in zip(made, groups, strict=True):
+        for spec in g.variables:
+            _create_array(made_g, g, spec, storage)
+    docs.pop("zarr.json")  # the root's own document is written already, with its attributes
+    _write_documents(root, docs)
+
+
+def _write_documents(root: zarr.Group, docs: dict[str, Any]) -> None:
+    from zarr.core.sync import sync
+
+    store, prefix = root.store_path.store, root.store_path.path
+    at_once(lambda kv: sync(store.set(f"{prefix}/{kv[0]}" if prefix else kv[0], kv[1])),
+            sorted(docs.items()))
 
 
 def _create_group(root: zarr.Group, group: GroupSpec) -> zarr.Group:
