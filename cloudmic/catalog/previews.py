@@ -15,7 +15,8 @@ first image-like variable):
   of ``ome.image-label.colors``
 - deepcad: a low / high SNR frame pair and the mean intensity over time of both paths
 
-Reads are bounded whatever the store's size: a plane larger than ``MAX_READ`` pixels a side
+Reads are bounded whatever the store's size (the pixel helpers and their limits live in
+:mod:`cloudmic.catalog.images`): a plane larger than ``MAX_READ`` pixels a side
 is read as a centre crop, pyramids are read at the level that fits ``MAX_SIDE``, and the
 movie trace covers at most ``TRACE_FRAMES`` frames of the coarsest level, ``AT_ONCE`` shards
 at a time (:mod:`cloudmic.storage.requests`).
