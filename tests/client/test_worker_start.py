@@ -222,3 +222,22 @@ def test_server_starts_on_first_lookup_and_workers_get_the_parents_environment(u
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got == {"torch_when_started": False, "up_before_any_open": True, "keys": 40}
+
+
+NOT_STARTED = textwrap.dedent('''
+    import json, sys
+    import cloudmic
+    from cloudmic.client.stream import pool, workers  # submodules: no lookup of a stream
+    cloudmic.open, cloudmic.render, cloudmic.__version__
+    print(json.dumps({"thread": workers._ahead["thread"] is not None,
+                      "torch": "torch" in sys.modules}))
+''')
+
+
+def test_importing_cloudmic_or_its_other_names_starts_no_server():
+    """Only a stream class starts the workers' server: ``import cloudmic`` (the CLI, a dask
+    worker unpickling a block read) and the notebook names neither start it nor load torch."""
+    r = subprocess.run([sys.executable, "-c", NOT_STARTED], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"thread": False, "torch": False}
