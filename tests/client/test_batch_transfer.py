@@ -95,3 +95,10 @@ def test_a_loader_with_workers_delivers_the_stream_s_pixels(url, monkeypatch):
             assert np.array_equal(w.numpy(), here[k])
             seen += 1
     assert seen == len(here)
+
+
+def test_an_array_listed_twice_is_copied_once():
+    a = np.ones((4, 64, 64), np.float32)
+    out = shared_tensors({"x": a, "y": [a]}, min_bytes=4096)
+    assert out["x"].untyped_storage().nbytes() == a.nbytes  # one copy in the segment
+    assert out["y"][0] is out["x"]

@@ -31,10 +31,10 @@ SERVER_UP = textwrap.dedent('''
     import os, sys, json
     import multiprocessing.forkserver as fs
     import cloudmic
-    from cloudmic.client.stream import workers as ta
+    from cloudmic.client.stream import workers as w
 
     def server():
-        t = ta._ahead["thread"]
+        t = w._ahead["thread"]
         if t is not None:
             t.join()
         pid = fs._forkserver._forkserver_pid
@@ -131,7 +131,7 @@ def test_a_server_with_live_workers_is_not_stopped(monkeypatch):
     import multiprocessing.popen_forkserver as pf
     import threading
 
-    from cloudmic.client.stream import workers as ta
+    from cloudmic.client.stream import workers as w
 
     class Child:
         _popen = object.__new__(pf.Popen)
@@ -141,14 +141,14 @@ def test_a_server_with_live_workers_is_not_stopped(monkeypatch):
     monkeypatch.setattr("os.kill", lambda pid, sig: killed.append(pid))
     t = threading.Thread(target=lambda: None)
     t.start()
-    monkeypatch.setitem(ta._ahead, "thread", t)
-    monkeypatch.setitem(ta._ahead, "wanted", False)
+    monkeypatch.setitem(w._ahead, "thread", t)
+    monkeypatch.setitem(w._ahead, "wanted", False)
     import multiprocessing.forkserver as fs
 
     monkeypatch.setattr(fs._forkserver, "_forkserver_pid", 12345)  # a server to stop
     monkeypatch.setattr(fs._forkserver, "_stop", lambda: None)
-    ta.stop_ahead()
-    assert killed == [] and ta._ahead["thread"] is None
+    w.stop_ahead()
+    assert killed == [] and w._ahead["thread"] is None
 
 
 FAILED_OPEN = SERVER_UP + textwrap.dedent('''
