@@ -185,10 +185,6 @@ def raw_copy(name: str, src: str, dest: str, opts: dict, out_bytes: int) -> dict
             "written": sum(w for _, w in done), "peak_tree_mb": rss.sum_peak_kb * 1024 / MB}
 
 
-def _cpu_s(times: Any) -> float:
-    return times.user + times.system
-
-
 def cli_ingest(name: str, src: str, dest: str, env: dict[str, str],
                server_pid: int) -> dict[str, Any]:
     """``cloudmic ingest`` with its defaults, as a user runs it: peak RSS of its tree, and
@@ -198,7 +194,8 @@ def cli_ingest(name: str, src: str, dest: str, env: dict[str, str],
     import psutil
 
     server = psutil.Process(server_pid)
-    server_cpu0, kids0 = _cpu_s(server.cpu_times()), resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu0 = harness.cpu_seconds(server.cpu_times())
+    kids0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     clock = harness.Stopwatch()
     proc = subprocess.Popen([sys.executable, "-m", "cloudmic.cli", "ingest", name,
                              "--source", src, "--dest", dest, "--json", "-q"],
@@ -209,7 +206,7 @@ def cli_ingest(name: str, src: str, dest: str, env: dict[str, str],
         seconds = clock.s
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     tree_cpu = (kids.ru_utime + kids.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
-    server_cpu = _cpu_s(server.cpu_times()) - server_cpu0
+    server_cpu = harness.cpu_seconds(server.cpu_times()) - server_cpu0
     if proc.returncode != 0:
         raise RuntimeError(f"cloudmic ingest {name} failed: {stderr[-2000:]}")
     report = json.loads(stdout[stdout.index("{"):])

@@ -58,13 +58,73 @@ def median(xs: Iterable[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+SERVER_PID_ENV = "CLOUDMIC_BENCH_SERVER_PID"  # the S3 server's pid, for CpuLedger
+
+
+def cpu_seconds(times: Any) -> float:
+    return times.user + times.system
+
+
+class CpuLedger:
+    """Who used the CPU during a span: this process (all its threads), its descendants
+    (DataLoader workers, a forkserver's children, a LocalCluster's processes: the live ones
+    by pid, the reaped ones through ``RUSAGE_CHILDREN``), the S3 server (pid from
+    ``SERVER_PID_ENV``) and the whole machine (``/proc/stat``: busy = all but idle and
+    iowait). ``stop()`` gives CPU seconds per part, ``other_s`` (the machine minus the
+    parts: an external dask cluster, the bench's parent, anything else running) and
+    ``cores_busy`` (machine busy / (cores x wall)): near 1.0, the reader is CPU-bound and
+    only fewer CPU seconds per item make it faster."""
+
+    def __init__(self) -> None:
+        import psutil
+
+        self._psutil, self._me = psutil, psutil.Process()
+        pid = os.environ.get(SERVER_PID_ENV)
+        self._server = psutil.Process(int(pid)) if pid else None
+        self._start = self._now()
+
+    def _now(self) -> dict[str, Any]:
+        kids: dict[int, float] = {}
+        for kid in self._me.children(recursive=True):
+            if self._server is not None and kid.pid == self._server.pid:
+                continue  # a server this process started is the server, not a worker
+            with contextlib.suppress(self._psutil.Error):
+                kids[kid.pid] = cpu_seconds(kid.cpu_times())
+        reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+        m = self._psutil.cpu_times()
+        server = float("nan")
+        if self._server is not None:
+            with contextlib.suppress(self._psutil.Error):
+                server = cpu_seconds(self._server.cpu_times())
+        return {"main": cpu_seconds(self._me.cpu_times()), "kids": kids,
+                "reaped": reaped.ru_utime + reaped.ru_stime, "server": server,
+                "machine": sum(m) - m.idle - getattr(m, "iowait", 0.0)
+                - getattr(m, "guest", 0.0) - getattr(m, "guest_nice", 0.0),
+                "wall": time.perf_counter()}
+
+    def stop(self) -> dict[str, float]:
+        a, b = self._start, self._now()
+        workers = sum(v - a["kids"].get(pid, 0.0) for pid, v in b["kids"].items())
+        workers += b["reaped"] - a["reaped"]
+        parts = {"main_s": b["main"] - a["main"], "workers_s": workers,
+                 "server_s": b["server"] - a["server"]}
+        machine, wall = b["machine"] - a["machine"], b["wall"] - a["wall"]
+        known = sum(v for v in parts.values() if v == v)  # nan (no server pid) left out
+        return {**{k: round(v, 3) for k, v in parts.items()},
+                "other_s": round(max(0.0, machine - known), 3),
+                "machine_s": round(machine, 3), "cores": os.cpu_count() or 1,
+                "cores_busy": round(machine / ((os.cpu_count() or 1) * wall), 3)}
+
+
 class EpochClock:
     """One timed pass over a loader: ``batch()`` after each batch is consumed, ``record()``
-    after the last. The first-batch time includes consuming that batch, like every other."""
+    after the last. The first-batch time includes consuming that batch, like every other;
+    the record holds the pass's CPU ledger (``cpu``, see CpuLedger)."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch, self.samples, self.nbytes = epoch, 0, 0
         self.first: float | None = None
+        self.cpu = CpuLedger()
         self.t0 = time.perf_counter()
 
     def batch(self, samples: int, nbytes: int) -> None:
@@ -75,8 +135,10 @@ class EpochClock:
 
     def record(self, **extra: Any) -> dict[str, Any]:
         dt = time.perf_counter() - self.t0
+        cpu = self.cpu.stop()
         n = self.samples
         return {"epoch": self.epoch, "samples": n, "seconds": dt, "first_batch_s": self.first,
+                "cpu": cpu,
                 "samples_per_s": n / dt, "decoded_bytes_per_sample": self.nbytes / max(n, 1),
                 **extra, "rss_after_mb": round(rss_now_mb(), 1)}
 

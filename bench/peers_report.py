@@ -48,6 +48,7 @@ def summarise(result: dict[str, Any]) -> None:
                 "cache_mb": eps[0].get("cache_mb"),
                 "check_ok": all(ch["ok"] for ch in checks),
                 "check": _check_text(checks)}
+            m["cpu"] = _cpu_per_patch(eps)
             cc = cnt.get(label) if isinstance(cnt, dict) else None
             m["bytes_per_patch"] = cc["bytes_per_patch"] if cc else None
             m["requests_per_patch"] = cc["requests_per_patch"] if cc else None
@@ -79,6 +80,57 @@ def summarise(result: dict[str, Any]) -> None:
             for e in r["epochs"]:
                 e["first_indices"] = e.pop("order")[:16]
     _ratios(result)
+
+
+CPU_PARTS = ("main", "workers", "server", "other")
+
+
+def _cpu_per_patch(eps: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Medians over runs of the epoch's CPU ledger: us of CPU per patch by part (training
+    process, its workers, the S3 server, the rest of the machine) and cores busy."""
+    eps = [e for e in eps if e.get("cpu") and e["samples"]]
+    if not eps:
+        return None
+    out = {k: median([e["cpu"][f"{k}_s"] / e["samples"] * 1e6 for e in eps
+                      if e["cpu"][f"{k}_s"] == e["cpu"][f"{k}_s"]]) for k in CPU_PARTS}
+    out["total"] = median([e["cpu"]["machine_s"] / e["samples"] * 1e6 for e in eps])
+    out["cores_busy"] = median([e["cpu"]["cores_busy"] for e in eps])
+    return out
+
+
+def limit_cpu(lim: dict[str, Any]) -> dict[str, float] | None:
+    """The raw GETs' own ledger, per sample (the floor under any reader of these bytes)."""
+    c = lim.get("cpu")
+    if not c:
+        return None
+    n = c["samples"]
+    return {**{k: c[f"{k}_s"] / n * 1e6 for k in CPU_PARTS},
+            "total": c["machine_s"] / n * 1e6, "cores_busy": c["cores_busy"]}
+
+
+def fmt_cpu_table(result: dict[str, Any]) -> list[list[str]]:
+    """Where the CPU went, per row: us of CPU per patch by process, and cores busy."""
+    head = ["reader", "loader", "epoch", "patches/s", "cores busy", "training process",
+            "workers", "S3 server", "other", "total us/patch", "x the GETs' own"]
+    floor = limit_cpu(result["limit"])
+    rows = []
+    if floor:
+        rows.append(["LIMIT raw GET of the Zarr bytes", result["limit"]["client"], "-",
+                     f"{result['limit']['samples_per_s']:.0f}", f"{floor['cores_busy']:.0%}",
+                     *(f"{floor[k]:.0f}" for k in CPU_PARTS), f"{floor['total']:.0f}",
+                     "1.00"])
+    for c in result["configs"]:
+        for label in ("cold", "warm"):
+            m = c.get(label)
+            cpu = m and m.get("cpu")
+            if not cpu:
+                continue
+            loader = f"DL{c['workers']}" + (" + cluster" if c["reader"] in DASK else "")
+            rows.append([LABELS[c["reader"]], loader, label, f"{m['samples_per_s']:.0f}",
+                         f"{cpu['cores_busy']:.0%}", *(f"{cpu[k]:.0f}" for k in CPU_PARTS),
+                         f"{cpu['total']:.0f}",
+                         _f(cpu["total"] / floor["total"] if floor else None, ".2f")])
+    return [head, *rows]
 
 
 def _check_text(checks: list[dict[str, Any]]) -> str:
@@ -316,6 +368,19 @@ def render_md(result: dict[str, Any], table: list[list[str]], gtable: list[list[
         "over the whole epoch, first reads and (cold) the worker start included: at this "
         "size an epoch lasts seconds, so see `1st batch s`. `*` = epoch capped (xbatcher, "
         "see notes). Local cache = what the reader keeps on local disk after the epoch.",
+        "",
+        "## Where the CPU goes (us of CPU per delivered patch, median of the runs)",
+        "",
+        *md_table(fmt_cpu_table(result)),
+        "",
+        "Each epoch's CPU ledger (bench/harness.py `CpuLedger`): the training process (all "
+        "its threads), its descendants (DataLoader workers, a LocalCluster), the S3 server, "
+        "and the rest of the machine (an external dask cluster, the bench's parent, anything "
+        "else running), from /proc; cores busy = the machine's busy CPU time / (cores x the "
+        "epoch's wall time). Near 100%, a reader is CPU-bound: it gets faster only by "
+        "spending fewer CPU us per patch. The LIMIT row is one pass of the raw GETs alone, "
+        "per sample: what moving these bytes through this server costs the same cores; "
+        "x the GETs' own = the row's total / the LIMIT row's.",
         "",
         "## Shuffle quality (orders the timed epochs delivered; definitions in "
         "bench/README.md)",

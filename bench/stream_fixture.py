@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness import MB, Workspace, log, timed
+from harness import MB, SERVER_PID_ENV, CpuLedger, Workspace, log, timed
 
 try:  # LazyShards is a torch IterableDataset (torch is needed anyway)
     from torch.utils.data import IterableDataset
@@ -70,8 +70,9 @@ def serve(ws: Workspace) -> tuple[dict[str, str], dict[str, Any]]:
     """Start the server; (environment for the children, storage options). This process's
     environment gets the AWS_* variables too: WebDataset openers and obstore read them."""
     info = ws.s3()
-    env = {**os.environ, **info.env()}
+    env = {**os.environ, **info.env(), SERVER_PID_ENV: str(info.pid)}  # CpuLedger's server
     os.environ.update(info.env())
+    os.environ[SERVER_PID_ENV] = str(info.pid)
     log(f"SeaweedFS up at {info.endpoint} ({ws.setup['server_up_s']:.1f} s)")
     return env, info.storage_options()
 
@@ -267,6 +268,10 @@ class Limit:
         self.record["samples_per_s"] = self.record["MBps"] * MB / bytes_per_sample
         self._pass = obstore_fetcher(f"s3://{BUCKET}", so, objs)
         self._best = str(self.record["obstore_best"]["concurrency"])
+        ledger = CpuLedger()  # what the GETs alone cost the cores: the floor under any reader
+        self.another_pass()
+        self.record["cpu"] = {**ledger.stop(),
+                              "samples": round(sum(objs.values()) / bytes_per_sample)}
 
     def another_pass(self) -> float:
         mbps = self._pass(int(self._best))
