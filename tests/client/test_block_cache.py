@@ -39,3 +39,20 @@ def test_two_workers_writing_the_same_folder_overshoot_by_at_most_their_slack(tm
     for i in range(200):
         (a if i % 2 else b).put(f"k{i}", np.zeros(1000, np.uint8))
         assert _folder_bytes(a) <= limit + 2 * (limit // 8 + 1128)
+
+
+def test_a_hit_is_mapped_read_only_and_outlives_its_eviction(tmp_path):
+    """A hit is the file mapped, not read into memory: the cut copies only the windows it
+    takes. The map is read-only (nothing writes into a cached block by accident), and a file
+    another worker evicts while it is mapped stays readable until the map goes."""
+    cache = BlockCache(tmp_path / "c", max_bytes=1 << 20)
+    block = np.arange(4 * 16 * 16, dtype=np.float32).reshape(4, 16, 16)
+    cache.put("b", block)
+    hit = cache.get("b")
+    assert isinstance(hit, np.memmap) and not hit.flags.writeable
+    np.testing.assert_array_equal(hit, block)
+    for p in cache.folder.glob("*.npy"):
+        p.unlink()  # evicted by another process meanwhile
+    window = np.array(hit[1:3, 4:8, 4:8])
+    np.testing.assert_array_equal(window, block[1:3, 4:8, 4:8])
+    assert cache.get("b") is None  # gone for the next reader
