@@ -241,3 +241,62 @@ def test_importing_cloudmic_or_its_other_names_starts_no_server():
                        timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"thread": False, "torch": False}
+
+
+# a training script that ends with its loader (persistent workers) still alive
+ENDS_WITH_LOADER = textwrap.dedent('''
+    import sys
+    import cloudmic
+
+    if __name__ == "__main__":
+        s = cloudmic.PatchStream(sys.argv[1], "train", ["wf", "gt"], {"y": 16, "x": 16})
+        loader = s.loader(8, num_workers=2, persistent_workers=True)
+        for epoch in range(2):
+            n = sum(len(b["wf"]) for b in loader)
+        print(n)
+''')
+
+
+def test_a_script_ending_with_live_workers_warns_of_no_leaked_semaphores(
+        biosr_sources, small_manifest, tmp_path):
+    """Torch terminates persistent workers at exit; a semaphore made in a worker is then
+    never unlinked and Python warns at shutdown (numcodecs' Blosc made one on first use,
+    decoding a shard cut by the array's edge: 40 samples in shards of 16 here)."""
+    import yaml
+
+    raw = yaml.safe_load(small_manifest.read_text())
+    raw["storage"]["shard"]["sample"] = 16
+    manifest = tmp_path / "biosr.yaml"
+    manifest.write_text(yaml.safe_dump(raw))
+    ingest(str(manifest), biosr_sources["uint16"], str(tmp_path / "root"))
+    script = tmp_path / "train.py"
+    script.write_text(ENDS_WITH_LOADER)
+    r = subprocess.run([sys.executable, str(script), f"{tmp_path}/root/biosr.zarr"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["40"]
+    assert "leaked" not in r.stderr, r.stderr[-2000:]
+
+
+def test_blosc_gets_a_thread_lock_once_and_still_decodes():
+    code = textwrap.dedent('''
+        import threading, numpy as np
+        from numcodecs import Blosc, blosc
+        from cloudmic.client.stream.reader import blosc_thread_lock
+        blosc_thread_lock()
+        assert type(blosc.get_mutex()) is type(threading.Lock())
+        x = np.arange(5000, dtype="f4")
+        codec = Blosc(cname="zstd", clevel=3, shuffle=Blosc.BITSHUFFLE)
+        assert np.frombuffer(codec.decode(codec.encode(x)), "f4").tolist() == x.tolist()
+        print("ok")
+    ''')
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "ok", r.stderr[-2000:]
+    # a lock already made (here, or by an ingest in this process) is left as it is
+    from numcodecs import blosc
+
+    from cloudmic.client.stream.reader import blosc_thread_lock
+
+    before = blosc.get_mutex()
+    blosc_thread_lock()
+    assert blosc.get_mutex() is before

@@ -134,6 +134,7 @@ class BlockReader:
     def _open_group(self, gi: int) -> Any:
         import zarr
 
+        blosc_thread_lock()
         if self._store is None:
             self._store = Location(self.spec.url, self.spec.storage_options).zarr_store(
                 read_only=True)
@@ -252,6 +253,23 @@ def codec_pipeline(path: str) -> Iterator[None]:
 
     with _CONFIG, zarr.config.set({"codec_pipeline.path": path}):
         yield
+
+
+def blosc_thread_lock() -> None:
+    """Give numcodecs' Blosc a thread lock before its first use in this process.
+
+    Blosc guards its global state with a ``multiprocessing.Lock`` made on first use
+    (numcodecs#230), a named semaphore that only a clean exit unlinks. Torch terminates
+    persistent DataLoader workers when the training process exits, so every script that
+    ended with its loader alive printed "resource_tracker: There appear to be 2 leaked
+    semaphore objects" (one per worker: zarr's own pipeline decodes the edge shards, see
+    read_whole_shards). Blosc's state is per process, so a thread lock guards it as well."""
+    try:
+        from numcodecs import blosc
+    except ImportError:  # pragma: no cover - zarr requires numcodecs
+        return
+    if getattr(blosc, "_MUTEX_IS_INIT", True) is False:
+        blosc._MUTEX, blosc._MUTEX_IS_INIT = threading.Lock(), True
 
 
 def read_whole_shards(a: Any, start: int, stop: int) -> np.ndarray:
