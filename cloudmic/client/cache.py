@@ -68,7 +68,10 @@ class BlockCache:
         for _, size, p in sorted(entries):  # oldest use first
             if total <= self.max_bytes:
                 break
-            p.unlink(missing_ok=True)
+            try:
+                p.unlink(missing_ok=True)
+            except OSError:  # mapped by a reader where that forbids removal (Windows)
+                continue
             total -= size
         self._known, self._since = total, 0
 

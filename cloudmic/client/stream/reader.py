@@ -268,8 +268,12 @@ def blosc_thread_lock() -> None:
         from numcodecs import blosc
     except ImportError:  # pragma: no cover - zarr requires numcodecs
         return
-    if getattr(blosc, "_MUTEX_IS_INIT", True) is False:
-        blosc._MUTEX, blosc._MUTEX_IS_INIT = threading.Lock(), True
+    with _BLOSC:  # two readers opening at once must not hand Blosc two different locks
+        if getattr(blosc, "_MUTEX_IS_INIT", True) is False:
+            blosc._MUTEX, blosc._MUTEX_IS_INIT = threading.Lock(), True
+
+
+_BLOSC = threading.Lock()
 
 
 def read_whole_shards(a: Any, start: int, stop: int) -> np.ndarray:
