@@ -13,6 +13,7 @@ every write, which cost O(entries) per block read on a cache of many small block
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -39,7 +40,8 @@ class BlockCache:
             arr = np.load(path, mmap_mode="r", allow_pickle=False)
         except (FileNotFoundError, ValueError, OSError):  # missing, or evicted meanwhile
             return None
-        os.utime(path)  # recently used
+        with contextlib.suppress(OSError):  # evicted by another worker since: still mapped
+            os.utime(path)  # recently used
         return arr
 
     def put(self, key: str, arr: np.ndarray) -> None:

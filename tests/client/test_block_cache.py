@@ -56,3 +56,18 @@ def test_a_hit_is_mapped_read_only_and_outlives_its_eviction(tmp_path):
     window = np.array(hit[1:3, 4:8, 4:8])
     np.testing.assert_array_equal(window, block[1:3, 4:8, 4:8])
     assert cache.get("b") is None  # gone for the next reader
+
+
+def test_a_hit_evicted_before_it_is_marked_used_is_still_returned(tmp_path, monkeypatch):
+    cache = BlockCache(tmp_path / "c", max_bytes=1 << 20)
+    cache.put("b", np.ones(100, np.float32))
+    real_load = np.load
+
+    def load_then_evicted(path, *a, **k):
+        arr = real_load(path, *a, **k)
+        path.unlink()  # another worker evicts it between the map and the touch
+        return arr
+
+    monkeypatch.setattr(np, "load", load_then_evicted)
+    hit = cache.get("b")
+    assert hit is not None and float(hit.sum()) == 100.0
