@@ -61,7 +61,7 @@ def _cpu_now(server_pid: int | None) -> tuple[float, float]:
     me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
     server = psutil.Process(server_pid).cpu_times() if server_pid else None
     return (me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-            server.user + server.system if server else 0.0)
+            harness.cpu_seconds(server) if server else 0.0)
 
 
 def run_ingest(src: str, dest: str, opts: dict, workers: int, cluster: bool,

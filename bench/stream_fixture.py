@@ -70,9 +70,8 @@ def serve(ws: Workspace) -> tuple[dict[str, str], dict[str, Any]]:
     """Start the server; (environment for the children, storage options). This process's
     environment gets the AWS_* variables too: WebDataset openers and obstore read them."""
     info = ws.s3()
-    env = {**os.environ, **info.env(), SERVER_PID_ENV: str(info.pid)}  # CpuLedger's server
-    os.environ.update(info.env())
-    os.environ[SERVER_PID_ENV] = str(info.pid)
+    os.environ.update(info.env(), **{SERVER_PID_ENV: str(info.pid)})  # CpuLedger's server
+    env = dict(os.environ)
     log(f"SeaweedFS up at {info.endpoint} ({ws.setup['server_up_s']:.1f} s)")
     return env, info.storage_options()
 

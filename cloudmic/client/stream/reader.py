@@ -255,6 +255,9 @@ def codec_pipeline(path: str) -> Iterator[None]:
         yield
 
 
+_BLOSC = threading.Lock()  # serializes blosc_thread_lock
+
+
 def blosc_thread_lock() -> None:
     """Give numcodecs' Blosc a thread lock before its first use in this process.
 
@@ -271,9 +274,6 @@ def blosc_thread_lock() -> None:
     with _BLOSC:  # two readers opening at once must not hand Blosc two different locks
         if getattr(blosc, "_MUTEX_IS_INIT", True) is False:
             blosc._MUTEX, blosc._MUTEX_IS_INIT = threading.Lock(), True
-
-
-_BLOSC = threading.Lock()
 
 
 def read_whole_shards(a: Any, start: int, stop: int) -> np.ndarray:
