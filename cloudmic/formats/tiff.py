@@ -29,6 +29,7 @@ import numpy as np
 import tifffile
 
 from cloudmic.errors import SourceError
+from cloudmic.formats import tiff_plain
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 MiB = 1024 * 1024
@@ -152,6 +153,9 @@ def is_lfs_pointer(path: Path) -> bool:
 
 def inspect_tiff(path: Path) -> TiffInfo:
     """Read the header only, and check that every image strip lies inside the file."""
+    plain, size = _peek(path)
+    if plain is not None and plain.end <= size:
+        return TiffInfo(path, plain.shape, plain.dtype, 1, size)
     size = os.path.getsize(path)
     with open_tiff(path) as tif:
         try:
@@ -169,6 +173,17 @@ def inspect_tiff(path: Path) -> TiffInfo:
                 f"not a readable TIFF ({type(exc).__name__}: {exc})",
                 "check that the file is a TIFF from the published dataset and download it again",
             ) from exc
+
+
+def _peek(path: Path) -> tuple[tiff_plain.Plain | None, int]:
+    """The file's plain page (``tiff_plain``) if it is one, and the file's size."""
+    try:
+        with open(path, "rb") as f:
+            return tiff_plain.parse(f.read(tiff_plain.HEAD_BYTES)), os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        raise
+    except OSError:  # not a regular file, say: tifffile's path names the problem
+        return None, 0
 
 
 def read_tiff(path: Path, *, expected_shape: tuple[int, ...] | None = None
@@ -190,6 +205,10 @@ def decode_tiff_bytes(blob: bytes, *, where: object,
     Shape (against ``expected_shape``) and decoded size (against ``len(blob)``) are checked
     from the headers before a pixel is decoded.
     """
+    plain = tiff_plain.parse(blob)
+    if plain is not None and plain.end <= len(blob):  # uncompressed: no size to check
+        check_expected_shape(where, plain.shape, expected_shape)
+        return plain.pixels(blob)
     try:
         with indexed(tifffile.TiffFile(io.BytesIO(blob))) as tif:
             series = tif.series[0]
