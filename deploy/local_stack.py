@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudmic.errors import StoreError
+from cloudmic.ingest.execute import MALLOC_ENV
 from cloudmic.storage import process, seaweed
 from cloudmic.storage.process import group_alive, group_members
 
@@ -183,7 +184,7 @@ class LocalStack:
         return out
 
     def _child_env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**MALLOC_ENV, **os.environ}  # the ingest workers' allocator, unless set here
         env.update(self.env())
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env

@@ -1,5 +1,7 @@
 """TIFF reading with the checks a published dataset needs: shape and dtype come from each
 file (never from documentation), and a truncated or corrupt file is named, not guessed at.
+The plainest layout (one uncompressed grayscale page in strips) is read from its header by
+``tiff_plain``; every other file, and every error message, goes through tifffile.
 
 Memory bound. Headers are read first (tifffile keeps ~2 KB of objects per page header), and
 pixels are decoded only when what the headers declare is plausible:
