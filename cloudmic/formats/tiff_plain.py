@@ -1,10 +1,10 @@
 """The plainest TIFF, read from its header without tifffile's object model.
 
-Nearly every file of BioSR (87,900 TIFFs) and of STED-FM's TIFF archives is one
-uncompressed grayscale page in strips. For such a file tifffile builds its page, tag and
+Every file of the synthetic BioSR (87,900 TIFFs at the published size) is one uncompressed
+grayscale page in strips. For such a file tifffile builds its page, tag and
 series objects, ~170 us a file on this machine, around a header that ``struct`` reads in
 ~6 us: BioSR's scan of every header and its units' decodes spent most of their Python time
-there (``bench/bench_tiff_plain.py``).
+there (``bench/bench_tiff.py``).
 
 This module recognises exactly that layout and nothing else: classic TIFF (not BigTIFF),
 one page (no next IFD), no compression or predictor, one sample per pixel, black is zero,
@@ -13,7 +13,8 @@ ImageDescription or tifffile's own ``{"shape": [height, width]}``. Every tag
 must be a baseline one of ``_ALLOWED``: a vendor's private tag or a metadata description
 (ImageJ, OME, MetaMorph, LSM, FluoView, Micro-Manager...) can change what the pixels mean.
 Anything else gives None and the caller reads the file with tifffile, which stays the reader
-of record and the source of every error message. ``tests/formats/test_tiff_plain.py``
+of record and the source of every error message (STED-FM's TIFF crops, for one, carry an
+ImageJ description; the writer of the published BioSR files is not documented). ``tests/formats/test_tiff_plain.py``
 checks the two agree on every file this module accepts.
 """
 
