@@ -14,8 +14,8 @@ must be a baseline one of ``_ALLOWED``: a vendor's private tag or a metadata des
 (ImageJ, OME, MetaMorph, LSM, FluoView, Micro-Manager...) can change what the pixels mean.
 Anything else gives None and the caller reads the file with tifffile, which stays the reader
 of record and the source of every error message (STED-FM's TIFF crops, for one, carry an
-ImageJ description; the writer of the published BioSR files is not documented). ``tests/formats/test_tiff_plain.py``
-checks the two agree on every file this module accepts.
+ImageJ description; the writer of the published BioSR files is not documented).
+``tests/formats/test_tiff_plain.py`` checks the two agree on every file this module accepts.
 """
 
 from __future__ import annotations

@@ -40,8 +40,8 @@ def run_threads(fn: Task, args: list[tuple], workers: int) -> Iterator[dict[str,
 # and unmapped when freed. Buffers under 4 MiB now come from the heap, and at most 32 MiB of
 # free heap is kept; one arena for all threads (zarrs and hashlib allocate on threads of
 # their own), so that those 32 MiB are not kept per thread. A/B at 20% of the published
-# sizes, 2 workers to the embedded S3 (bench/results/malloc_ab.md): the workers' CPU -26% to
-# -30% for BioSR, STED-FM and DeepCAD, units 1.2-1.26x faster, peak memory unchanged
+# sizes, 2 workers to the embedded S3 (bench/results/malloc_ab.md): BioSR, STED-FM and
+# DeepCAD 1.15-1.25x faster end to end, 23-29% less CPU, peak memory unchanged
 # (without the arena and 4 MiB limits, the peak of the process tree grew by ~150 MB).
 MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_THRESHOLD_": str(4 << 20),
               "MALLOC_TRIM_THRESHOLD_": str(32 << 20)}

@@ -53,7 +53,7 @@ def test_every_plain_dtype_and_byte_order(dtype, byteorder):
 
 @pytest.mark.parametrize("rowsperstrip", [1, 2, 3, 7, 1000])
 @pytest.mark.parametrize("kw", [{}, {"metadata": None}, {"software": "MyScope 1.0"},
-                                {"description": "ignored?", "metadata": None}])
+                                {"description": "a note", "metadata": None}])
 def test_strips_and_the_tags_writers_add(rowsperstrip, kw):
     blob = _tiff(_pixels((7, 5), "u2"), rowsperstrip=rowsperstrip, **kw)
     if "description" in kw:  # a description that is not tifffile's shape says "not plain"
@@ -126,11 +126,10 @@ def test_the_header_read_and_the_file_size_decide(tmp_path):
     assert tiff_plain.parse(path.read_bytes()[:tiff_plain.HEAD_BYTES]) is not None
 
 
-def test_a_header_beyond_the_head_read_goes_to_tifffile():
+def test_a_header_beyond_the_head_read_goes_to_tifffile(monkeypatch):
     # tiff_bytes-style layout: strips first, IFD at the end of a 128 KiB file
-    import sys
     from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).parents[1] / "fuzz"))
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "fuzz"))
     from tiffgen import Page, tiff_bytes
 
     strip = bytes(256 * 256 * 2)

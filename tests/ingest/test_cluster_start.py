@@ -52,7 +52,7 @@ def _malloc_env() -> dict[str, str | None]:
 
 def test_workers_allocate_with_the_ingest_s_malloc_settings(monkeypatch):
     """Not dask's MALLOC_TRIM_THRESHOLD_=65536 alone (a fresh mmap for every buffer over
-    128 KiB): the units ran 1.2-1.26x faster with MALLOC_ENV (bench/results/malloc_ab.md)."""
+    128 KiB): ingests ran 1.15-1.25x faster with MALLOC_ENV (bench/results/malloc_ab.md)."""
     for k in execute.MALLOC_ENV:
         monkeypatch.delenv(k, raising=False)
     cluster = execute.Cluster(None, 1, 1)
