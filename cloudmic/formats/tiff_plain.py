@@ -50,6 +50,7 @@ _ALLOWED: dict[int, frozenset[int] | None] = {
     317: frozenset({1}),  # Predictor: none
     339: None, 340: None, 341: None,  # SampleFormat, SMin/SMaxSampleValue
 }
+_REQUIRED = frozenset({256, 257, 262, 273, 279})  # size, photometric, where the strips are
 _TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8}
 _INT_FORMATS = {1: "B", 3: "H", 4: "I"}
 _DTYPES = {(1, 8): "u1", (1, 16): "u2", (1, 32): "u4", (1, 64): "u8", (2, 8): "i1",
@@ -105,7 +106,7 @@ def _parse(b: bytes) -> Plain:
     for code, allowed in _ALLOWED.items():
         if allowed is not None and code in tags and _one(bo, tags[code]) not in allowed:
             raise _NotPlain
-    if 262 not in tags:
+    if not _REQUIRED <= tags.keys():
         raise _NotPlain
     width, height = _one(bo, tags[256]), _one(bo, tags[257])
     bits = _one(bo, tags[258]) if 258 in tags else 1
@@ -174,7 +175,7 @@ def _check_description(value: tuple[int, int, bytes], shape: tuple[int, int]) ->
         raise _NotPlain
     try:
         meta = json.loads(data.rstrip(b"\0"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         raise _NotPlain from None
     dims = meta.get("shape") if isinstance(meta, dict) else None
     if dims != list(shape):  # [1, h, w] too: tifffile's series keeps the unit axis

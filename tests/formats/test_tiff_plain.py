@@ -113,6 +113,23 @@ def test_strips_out_of_order_or_short_go_to_tifffile():
     assert tiff_plain.parse(bytes(short)) is None
 
 
+def test_a_description_nested_past_the_stack_goes_to_tifffile():
+    blob = _tiff(_pixels((6, 5), "u2"), description="[" * 30000 + "]" * 30000,
+                 metadata=None)
+    assert tiff_plain.parse(blob) is None
+
+
+@pytest.mark.parametrize("tag", [256, 257, 262, 273, 279])
+def test_a_page_without_a_required_tag_goes_to_tifffile(tag):
+    """Its code turned into an allowed tag's (PageName): tiff_plain must not guess, and the
+    file goes to tifffile (whose error, if any, decode_tiff_bytes names)."""
+    blob = bytearray(_tiff(_pixels((6, 5), "u2"), metadata=None))
+    with tifffile.TiffFile(io.BytesIO(bytes(blob))) as tif:
+        entry = next(t for t in tif.pages.first.tags if t.code == tag).offset
+    struct.pack_into("<H", blob, entry, 285)
+    assert tiff_plain.parse(bytes(blob)) is None
+
+
 def test_the_header_read_and_the_file_size_decide(tmp_path):
     data = _pixels((300, 200), "f4")
     path = tmp_path / "a.tif"
