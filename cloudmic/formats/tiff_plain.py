@@ -106,7 +106,7 @@ def _parse(b: bytes) -> Plain:
     for code, allowed in _ALLOWED.items():
         if allowed is not None and code in tags and _one(bo, tags[code]) not in allowed:
             raise _NotPlain
-    if not _REQUIRED <= tags.keys():
+    if not tags.keys() >= _REQUIRED:
         raise _NotPlain
     width, height = _one(bo, tags[256]), _one(bo, tags[257])
     bits = _one(bo, tags[258]) if 258 in tags else 1
