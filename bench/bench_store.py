@@ -242,10 +242,7 @@ def main() -> None:
     record["params"] = {"seconds": args.seconds, "object_bytes": OBJECT_BYTES}
     with harness.Workspace("bench-store-", None, {}) as ws:
         record["runs"] = run(ws, args.seconds, args.debug_port)
-    harness.close_record(record, started)
-    md = report(record)
-    print(md)
-    print(f"wrote {harness.write_results(args.json, record, md)}")
+    harness.finish(record, started, report(record), args.json)
 
 
 if __name__ == "__main__":

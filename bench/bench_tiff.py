@@ -149,10 +149,7 @@ def main() -> None:
     with harness.Workspace("bench-tiff-", None, setup) as ws:  # no server: local files
         record["variants"] = {v: run_variant(ws.tmp, v, args.pairs, args.repeats)
                               for v in ("uint16", "float32")}
-    harness.close_record(record, started)
-    md = report(record)
-    print(md)
-    print(f"wrote {harness.write_results(args.json, record, md)}")
+    harness.finish(record, started, report(record), args.json)
 
 
 if __name__ == "__main__":

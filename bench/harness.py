@@ -361,6 +361,14 @@ def close_record(record: dict[str, Any], started: Stopwatch) -> None:
     record["total_runtime_s"] = started.s
 
 
+def finish(record: dict[str, Any], started: Stopwatch, md_text: str,
+           json_path: Path | str) -> None:
+    """A bench's last step: close the record, print its report, write both files."""
+    close_record(record, started)
+    print(md_text)
+    print(f"wrote {write_results(json_path, record, md_text)}")
+
+
 # --------------------------------------------------------------------------- result files
 def write_results(json_path: Path | str, record: dict[str, Any], md_text: str,
                   md_path: Path | str | None = None) -> Path:

@@ -158,7 +158,7 @@ def inspect_tiff(path: Path) -> TiffInfo:
     plain, size = _peek(path)
     if plain is not None and plain.end <= size:
         return TiffInfo(path, plain.shape, plain.dtype, 1, size)
-    size = os.path.getsize(path)
+    size = size or os.path.getsize(path)  # 0: _peek could not open it (tifffile says why)
     with open_tiff(path) as tif:
         try:
             series = tif.series[0]
