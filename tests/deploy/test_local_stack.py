@@ -73,6 +73,11 @@ def test_stack_writes_to_s3_survives_a_killed_worker_and_stops_clean(tmp_path: P
             assert len(workers) == 2
             worker_pids = _worker_pids(client)
             assert len(worker_pids) == 2
+            # the ingest workers' allocator (cloudmic.ingest.execute.MALLOC_ENV), not dask's
+            from cloudmic.ingest.execute import MALLOC_ENV
+            if not any(k in os.environ for k in MALLOC_ENV):
+                seen = client.run(lambda: {k: os.environ.get(k) for k in MALLOC_ENV})
+                assert list(seen.values()) == [MALLOC_ENV] * 2
 
             def put(i: int) -> tuple[int, str, str]:
                 # runs on a worker: plain s3fs, configured only by the inherited AWS_* env
