@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -98,9 +99,20 @@ class Ledger:
             return False
 
 
-def remove_partials(wds_loc: Location) -> None:
-    """Temp tars a killed unit left behind (``*.tar.part``): never published."""
-    if not wds_loc.caps.folders or not Path(wds_loc.path).exists():
-        return
-    for p in Path(wds_loc.path).rglob("*.part"):
-        p.unlink(missing_ok=True)
+# Temp files a killed unit leaves in a staged local folder, never published: our tars
+# (``*.tar.part``, wds_writer) and zarr's LocalStore atomic writes (``<key>.<uuid hex>.partial``,
+# zarr.storage._local._atomic_write), which a kill -9 between its write and rename leaves
+# beside the chunk it was replacing.
+_TEMP_FILES = {"wds": re.compile(r"\.part$"), "zarr": re.compile(r"\.[0-9a-f]{32}\.partial$")}
+
+
+def remove_partials(wds_loc: Location, zarr_loc: Location | None = None) -> None:
+    """Remove the temp files a killed unit left in the staged shards and store (local
+    folders only: an object store has no half-written objects)."""
+    for kind, loc in (("wds", wds_loc), ("zarr", zarr_loc)):
+        if loc is None or not loc.caps.folders or not Path(loc.path).exists():
+            continue
+        for p in Path(loc.path).rglob("*"):
+            if p.is_file() and _TEMP_FILES[kind].search(p.name):
+                log.info("removing %s, left by a stopped run", p)
+                p.unlink(missing_ok=True)

@@ -386,7 +386,7 @@ def _seal(adapter: Adapter, manifest: Manifest, inv: Inventory, results: list[di
           zroot: zarr.Group, zarr_loc: Location, wds_loc: Location,
           ) -> tuple[dict[str, int], dict[str, Any]]:
     """After the units: dataset-level attributes, index.json, sizes, consolidated metadata."""
-    remove_partials(wds_loc)
+    remove_partials(wds_loc, zarr_loc)
     adapter.finalize(inv, zroot)
     index = _index(manifest, inv, results)
     wds_loc.child(rl.INDEX).write_bytes(json.dumps(index, indent=1, sort_keys=True).encode())

@@ -64,6 +64,32 @@ def test_a_stopped_ingest_resumes_and_redoes_only_unfinished_units(
     assert not list((dest / ".cloudmic" / "staging").iterdir())  # ledger gone once published
 
 
+def test_temp_files_a_killed_unit_left_are_not_published(
+        biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
+    """kill -9 inside zarr's atomic write leaves ``<chunk>.<uuid hex>.partial`` beside the
+    chunk (seen in CI); inside ours, ``*.tar.part``. The resumed run publishes neither."""
+    real, calls = run.run_unit, []
+
+    def power_cut(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("power cut")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run, "run_unit", power_cut)
+    dest = tmp_path / "root"
+    with pytest.raises(RuntimeError, match="power cut"):
+        ingest(str(small_manifest), biosr_sources["uint16"], str(dest), workers=1)
+    staged = next((dest / "biosr.releases").iterdir())  # the version the units write into
+    chunk = next(p for p in staged.rglob("*") if p.is_file() and p.parent.name == "c")
+    (chunk.parent / f"{chunk.name}.{'3a1b8b7278414d52a76a89dff1849901'}.partial").write_bytes(b"")
+    shard = next(staged.rglob("*.tar"))
+    (shard.parent / "tmpx1y2z3.tar.part").write_bytes(b"half a tar")
+    monkeypatch.setattr(run, "run_unit", real)
+    ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
+    assert _published(dest) == clean
+
+
 def test_changed_sources_start_a_fresh_staging(biosr_sources, small_manifest, tmp_path):
     from cloudmic.datasets import get_adapter
     from cloudmic.ingest.ledger import run_id
