@@ -9,12 +9,13 @@ there (``bench/bench_tiff.py``).
 This module recognises exactly that layout and nothing else: classic TIFF (not BigTIFF),
 one page (no next IFD), no compression or predictor, one sample per pixel, black is zero,
 chunky, strips (not tiles) that follow one another, at least 2 x 2 pixels, and either no
-ImageDescription or tifffile's own ``{"shape": [height, width]}``. Every tag
-must be a baseline one of ``_ALLOWED``: a vendor's private tag or a metadata description
-(ImageJ, OME, MetaMorph, LSM, FluoView, Micro-Manager...) can change what the pixels mean.
-Anything else gives None and the caller reads the file with tifffile, which stays the reader
-of record and the source of every error message (STED-FM's TIFF crops, for one, carry an
-ImageJ description; the writer of the published BioSR files is not documented).
+ImageDescription, tifffile's own ``{"shape": [height, width]}`` or an ImageJ description of
+one image (STED-FM's TIFF crops: ``tifffile.imwrite(buf, crop, imagej=True)``). Every tag
+must be a baseline one of ``_ALLOWED``: a vendor's private tag or another metadata
+description (OME, an ImageJ stack, MetaMorph, LSM, FluoView, Micro-Manager...) can change
+what the pixels mean. Anything else gives None and the caller reads the file with tifffile,
+which stays the reader of record and the source of every error message (the writer of the
+published BioSR files is not documented).
 ``tests/formats/test_tiff_plain.py`` checks the two agree on every file this module accepts.
 """
 
@@ -168,15 +169,41 @@ def _strips_start(bo: str, tags: dict, row_bytes: int, height: int) -> int:
 
 
 def _check_description(value: tuple[int, int, bytes], shape: tuple[int, int]) -> None:
-    """Only tifffile's own shape description, naming this page's shape, leaves the page
-    plain: any other says how to read the pixels (ImageJ, OME, a vendor)."""
+    """Only a description that leaves the page's own shape keeps it plain: tifffile's
+    ``{"shape": [h, w]}`` naming this page, or an ImageJ one of a single image. Any other
+    says how to read the pixels (OME, a vendor, an ImageJ stack or hyperstack)."""
     typ, _, data = value
     if typ != 2:
         raise _NotPlain
+    text = data.rstrip(b"\0")
+    if text.lstrip().startswith(b"ImageJ="):
+        _check_imagej(text)
+        return
     try:
-        meta = json.loads(data.rstrip(b"\0"))
+        meta = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested past Python's stack
         raise _NotPlain from None
     dims = meta.get("shape") if isinstance(meta, dict) else None
     if dims != list(shape):  # [1, h, w] too: tifffile's series keeps the unit axis
         raise _NotPlain
+
+
+# The ImageJ keys that shape a series (tifffile's _series_imagej); every other key
+# (min, max, unit, spacing, mode, hyperstack, loop...) leaves the pixels as they are.
+_IMAGEJ_SHAPE_KEYS = frozenset({"images", "channels", "slices", "frames"})
+
+
+def _check_imagej(text: bytes) -> None:
+    """An ImageJ description of one 2-D image, as ``tifffile.imwrite(..., imagej=True)``
+    writes it for a STED-FM crop (``ImageJ=1.11a\\nimages=1\\nhyperstack=true\\n...``):
+    read line by line as tifffile reads it, every shape key absent or exactly ``1``."""
+    try:
+        desc = text.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise _NotPlain from None  # tifffile falls back to cp1252: let it
+    if desc[-10:].strip().endswith("OME>"):
+        raise _NotPlain  # tifffile tries the OME series first
+    for line in desc.splitlines():
+        key, sep, val = line.partition("=")
+        if sep and key.strip() in _IMAGEJ_SHAPE_KEYS and val.strip() != "1":
+            raise _NotPlain

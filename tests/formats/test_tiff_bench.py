@@ -18,7 +18,7 @@ def test_tiff_bench_runs_tiny(tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     record = json.loads(out.read_text())
-    assert set(record["variants"]) == {"uint16", "float32"}
+    assert set(record["variants"]) == {"BioSR uint16", "BioSR float32", "STED-FM ImageJ crops"}
     for variant in record["variants"].values():
         assert variant["files"] == variant["plain_files"] == 8
         assert len(variant["rows"]) == 6

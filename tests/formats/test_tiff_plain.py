@@ -63,7 +63,7 @@ def test_strips_and_the_tags_writers_add(rowsperstrip, kw):
     dict(data=((6, 6), "u2"), compression="lzw"),
     dict(data=((6, 6), "u2"), compression="zlib", predictor=True),
     dict(data=((32, 32), "u2"), tile=(16, 16)),
-    dict(data=((6, 6), "u2"), imagej=True),
+    dict(data=((3, 6, 6), "u2"), imagej=True),  # an ImageJ stack: images=3, three pages
     dict(data=((6, 6), "u2"), ome=True),
     dict(data=((6, 6), "u2"), bigtiff=True),
     dict(data=((6, 6, 3), "u1"), photometric="rgb"),
@@ -82,6 +82,35 @@ def test_strips_and_the_tags_writers_add(rowsperstrip, kw):
 def test_everything_else_goes_to_tifffile(case):
     shape, dtype = case.pop("data")
     blob = _tiff(_pixels(shape, dtype), **case)
+    assert tiff_plain.parse(blob) is None
+    want = _tifffile_reads(blob)[2]
+    np.testing.assert_array_equal(decode_tiff_bytes(blob, where="x"), want)
+
+
+@pytest.mark.parametrize("dtype", ["u1", "u2", "f4"])  # the dtypes ImageJ files hold
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+@pytest.mark.parametrize("kw", [{}, {"metadata": {"unit": "um", "spacing": 0.5}},
+                                {"resolution": (10.0, 10.0)}])
+def test_an_imagej_page_of_one_image(dtype, byteorder, kw):
+    """STED-FM's TIFF crops: ``tifffile.imwrite(buf, crop, imagej=True)``."""
+    blob = _tiff(_pixels((7, 5), dtype), imagej=True, byteorder=byteorder, **kw)
+    assert b"ImageJ=" in blob and b"images=1" in blob
+    _same_as_tifffile(blob)
+
+
+@pytest.mark.parametrize("description", [
+    "ImageJ=1.11a\nimages=3\n",  # a stack the one page's bytes do not hold
+    "ImageJ=1.11a\nimages=1\nchannels=2\n",
+    "ImageJ=1.11a\nimages=1\nslices=2\n",
+    "ImageJ=1.11a\nframes=2\n",
+    "ImageJ=1.11a\nimages=1.0\n",  # tifffile reads a float: not the plain 1
+    "ImageJ=1.11a\nimages=1\nimages=2\n",  # the last one counts in tifffile
+    "ImageJ=1.11a\nimages=1\nnote=<OME>",  # ends like OME-XML: tifffile tries OME first
+    "SCIFIO=0.0.0\nimages=1\n",  # tifffile reads it as ImageJ; not recognised here
+    "ImageJ\nimages=1\n",
+])
+def test_an_imagej_description_that_shapes_the_pixels_goes_to_tifffile(description):
+    blob = _tiff(_pixels((6, 6), "u2"), description=description, metadata=None)
     assert tiff_plain.parse(blob) is None
     want = _tifffile_reads(blob)[2]
     np.testing.assert_array_equal(decode_tiff_bytes(blob, where="x"), want)
@@ -161,15 +190,27 @@ def test_the_synthetic_datasets_take_the_plain_path(tmp_path):
         assert files
         for f in files:
             _same_as_tifffile(f.read_bytes())
+    import tarfile
+
+    from cloudmic.synth.sted_fm import synth_sted_fm
+
+    synth_sted_fm(tmp_path / "sted", crops=24, variant="tiff", unlabelled=0, seed=1)
+    (archive,) = (tmp_path / "sted").glob("*.tar")
+    with tarfile.open(archive) as tar:
+        members = [m for m in tar.getmembers() if m.isfile()]
+        assert len(members) == 24
+        for m in members:
+            _same_as_tifffile(tar.extractfile(m).read())
 
 
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.data())
 def test_mutated_plain_tiffs_agree_with_tifffile_or_go_to_it(data):
     """Whatever a damaged header says, a page tiff_plain accepts is what tifffile reads."""
-    dtype = data.draw(st.sampled_from(DTYPES))
+    imagej = data.draw(st.booleans())  # ImageJ's description is mutated too
+    dtype = data.draw(st.sampled_from(["u1", "u2", "f4"] if imagej else DTYPES))
     bo = data.draw(st.sampled_from(["<", ">"]))
-    blob = bytearray(_tiff(_pixels((6, 5), dtype), byteorder=bo,
+    blob = bytearray(_tiff(_pixels((6, 5), dtype), byteorder=bo, imagej=imagej,
                            rowsperstrip=data.draw(st.sampled_from([2, 6]))))
     for _ in range(data.draw(st.integers(1, 4))):
         i = data.draw(st.integers(0, min(len(blob), 400) - 1))
