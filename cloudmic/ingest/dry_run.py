@@ -40,17 +40,17 @@ class Rate:
 
 PEAK_OF = "the whole process tree"  # what every rate's peak_mb covers
 
-# 2026-12-03 (publishing without copies, ADR 0010; STED-FM and DeepCAD re-run after the
-# proportional verify and the cluster started during the scan; BioSR re-run 2026-12-04 after
-# plain TIFF pages were read from their header); compression is the synthetic copies'
-# (bench/results/codecs.md: the real STED-FM crops here compress ~1.8x, the synthetic ~6x)
+# 2026-12-05, every dataset at its published size with the workers' allocator settings
+# (ingest/execute.py MALLOC_ENV) and plain TIFF pages read from their header; compression is
+# the synthetic copies' (bench/results/codecs.md: the real STED-FM crops here compress ~1.8x,
+# the synthetic ~6x)
 RATES: dict[str, Rate] = {
     name: Rate(*figures, f"bench/results/full_size.json: {name}")
-    for name, figures in {"biosr": (35.62, 985, 1.367),
-                          "sted-fm": (29.55, 954, 6.250),
-                          "deepcad": (28.28, 814, 2.975),
-                          "platelet-em": (4.39, 870, 9.852),
-                          "dl-smlm": (17.75, 695, 2.650)}.items()
+    for name, figures in {"biosr": (46.49, 987, 1.367),
+                          "sted-fm": (49.93, 954, 6.250),
+                          "deepcad": (48.33, 828, 2.975),
+                          "platelet-em": (8.19, 892, 9.852),
+                          "dl-smlm": (28.33, 724, 2.650)}.items()
 }
 
 
