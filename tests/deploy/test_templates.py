@@ -509,6 +509,26 @@ def test_seaweedfs_template_flags_serve_s3_with_the_generated_identities(
                     sock.unlink(missing_ok=True)
 
 
+def test_dask_workers_and_only_they_set_the_ingest_allocator(resources):
+    """cloudmic.ingest.execute.MALLOC_ENV on every ``dask worker`` container (ingest units
+    1.15-1.25x, the stream's dask path 1.17-1.24x), on no other container and not in the
+    image: a training process with it streams 21-28% slower (bench/results/
+    stream_malloc_ab.md)."""
+    from cloudmic.ingest.execute import MALLOC_ENV
+
+    workers = 0
+    for where, c in _all_containers(resources):
+        env = {name: e.get("value") for name, e in _env(c).items() if name in MALLOC_ENV}
+        if c.get("args", [])[:2] == ["dask", "worker"]:
+            workers += 1
+            assert env == MALLOC_ENV, where
+        else:
+            assert not env, where
+    assert workers >= 2  # the ingest job's workers and the notebook cluster's
+    assert "MALLOC_" not in (DEPLOY / "Dockerfile").read_text().replace(
+        "MALLOC_ENV", "")
+
+
 # ------------------------------------------------------------------ Dockerfile and README
 
 

@@ -64,14 +64,6 @@ def test_workers_allocate_with_the_ingest_s_malloc_settings(monkeypatch):
         == 65536  # only the ingest's own cluster is changed
 
 
-def test_the_image_sets_the_same_malloc_settings():
-    from pathlib import Path
-
-    dockerfile = (Path(__file__).parents[2] / "deploy" / "Dockerfile").read_text()
-    for k, v in execute.MALLOC_ENV.items():
-        assert f"{k}={v}" in dockerfile, k
-
-
 def test_modules_asked_for_after_the_start_are_imported_before_the_client_is_given():
     """The CLI starts the cluster before it imports the ingest; ingest() then names what
     the workers must import (the adapter's module, the destination's filesystem)."""
