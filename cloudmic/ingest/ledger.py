@@ -99,16 +99,16 @@ class Ledger:
             return False
 
 
-# Temp files a killed unit leaves in a staged local folder, never published: our tars
-# (``*.tar.part``, wds_writer) and zarr's LocalStore atomic writes (``<key>.<uuid hex>.partial``,
-# zarr.storage._local._atomic_write), which a kill -9 between its write and rename leaves
-# beside the chunk it was replacing.
+# Temp files a killed unit leaves in the local folder of the version it writes, never
+# published: our tars (``*.tar.part``, wds_writer) and zarr's LocalStore atomic writes
+# (``<key>.<uuid hex>.partial``, zarr.storage._local._atomic_write), which a kill -9 between
+# the write and the rename leaves beside the chunk it was writing.
 _TEMP_FILES = {"wds": re.compile(r"\.part$"), "zarr": re.compile(r"\.[0-9a-f]{32}\.partial$")}
 
 
 def remove_partials(wds_loc: Location, zarr_loc: Location | None = None) -> None:
-    """Remove the temp files a killed unit left in the staged shards and store (local
-    folders only: an object store has no half-written objects)."""
+    """Remove the temp files a killed unit left among the version's shards and in its
+    store (local folders only: an object store has no half-written objects)."""
     for kind, loc in (("wds", wds_loc), ("zarr", zarr_loc)):
         if loc is None or not loc.caps.folders or not Path(loc.path).exists():
             continue
