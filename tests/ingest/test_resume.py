@@ -82,7 +82,7 @@ def test_temp_files_a_killed_unit_left_are_not_published(
         ingest(str(small_manifest), biosr_sources["uint16"], str(dest), workers=1)
     staged = next((dest / "biosr.releases").iterdir())  # the version the units write into
     chunk = next(p for p in staged.rglob("*") if p.is_file() and p.parent.name == "c")
-    (chunk.parent / f"{chunk.name}.{'3a1b8b7278414d52a76a89dff1849901'}.partial").write_bytes(b"")
+    (chunk.parent / f"{chunk.name}.3a1b8b7278414d52a76a89dff1849901.partial").write_bytes(b"")
     shard = next(staged.rglob("*.tar"))
     (shard.parent / "tmpx1y2z3.tar.part").write_bytes(b"half a tar")
     monkeypatch.setattr(run, "run_unit", real)
