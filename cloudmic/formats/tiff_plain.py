@@ -28,6 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# the parser TiffFile.imagej_metadata uses (not re-exported by the tifffile package)
+from tifffile.tifffile import imagej_description_metadata
+
 HEAD_BYTES = 64 * 1024  # what a header check reads of a file: a plain header comes first
 _MAX_TAGS = 256
 _MAX_STRIPS = 1 << 16
@@ -190,20 +193,23 @@ def _check_description(value: tuple[int, int, bytes], shape: tuple[int, int]) ->
 
 # The ImageJ keys that shape a series (tifffile's _series_imagej); every other key
 # (min, max, unit, spacing, mode, hyperstack, loop...) leaves the pixels as they are.
-_IMAGEJ_SHAPE_KEYS = frozenset({"images", "channels", "slices", "frames"})
+_IMAGEJ_SHAPE_KEYS = ("images", "channels", "slices", "frames")
 
 
 def _check_imagej(text: bytes) -> None:
     """An ImageJ description of one 2-D image, as ``tifffile.imwrite(..., imagej=True)``
-    writes it for a STED-FM crop (``ImageJ=1.11a\\nimages=1\\nhyperstack=true\\n...``):
-    read line by line as tifffile reads it, every shape key absent or exactly ``1``."""
+    writes it for a STED-FM crop (``ImageJ=1.11a\\nimages=1\\nhyperstack=true\\n...``): read
+    by tifffile's own parser, every shape key absent or the integer 1."""
     try:
         desc = text.decode("utf-8").strip()
     except UnicodeDecodeError:
         raise _NotPlain from None  # tifffile falls back to cp1252: let it
     if desc[-10:].strip().endswith("OME>"):
         raise _NotPlain  # tifffile tries the OME series first
-    for line in desc.splitlines():
-        key, sep, val = line.partition("=")
-        if sep and key.strip() in _IMAGEJ_SHAPE_KEYS and val.strip() != "1":
-            raise _NotPlain
+    try:
+        meta = imagej_description_metadata(desc)
+    except ValueError:
+        raise _NotPlain from None
+    counts = [meta.get(k, 1) for k in _IMAGEJ_SHAPE_KEYS]
+    if any(type(n) is not int or n != 1 for n in counts):  # 1.0, True, "1x": tifffile's call
+        raise _NotPlain

@@ -36,8 +36,9 @@ def clean(biosr_sources, small_manifest, tmp_path_factory) -> dict[str, str]:
     return _published(root)
 
 
-def test_a_stopped_ingest_resumes_and_redoes_only_unfinished_units(
-        biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
+def _stopped_in_third_unit(manifest: Path, source: Path, dest: Path, monkeypatch) -> list[str]:
+    """Ingest ``source`` into ``dest`` in one thread until its third unit fails ("power
+    cut"); the keys of the units tried, in order. ``run.run_unit`` is the real one after."""
     real, calls = run.run_unit, []
 
     def power_cut(*args, **kwargs):
@@ -47,9 +48,17 @@ def test_a_stopped_ingest_resumes_and_redoes_only_unfinished_units(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(run, "run_unit", power_cut)
-    dest = tmp_path / "root"
     with pytest.raises(RuntimeError, match="power cut"):
-        ingest(str(small_manifest), biosr_sources["uint16"], str(dest), workers=1)
+        ingest(str(manifest), source, str(dest), workers=1)
+    monkeypatch.setattr(run, "run_unit", real)
+    return calls
+
+
+def test_a_stopped_ingest_resumes_and_redoes_only_unfinished_units(
+        biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
+    real = run.run_unit
+    dest = tmp_path / "root"
+    calls = _stopped_in_third_unit(small_manifest, biosr_sources["uint16"], dest, monkeypatch)
     assert not (dest / "biosr.zarr").exists() and not (dest / "catalog.json").exists()
     finished = {p.stem.replace("__", "/") for p in _ledger(dest)}
     assert len(finished) >= 2 and calls[2] not in finished  # the failed unit is not recorded
@@ -68,24 +77,13 @@ def test_temp_files_a_killed_unit_left_are_not_published(
         biosr_sources, small_manifest, clean, tmp_path, monkeypatch):
     """kill -9 inside zarr's atomic write leaves ``<chunk>.<uuid hex>.partial`` beside the
     chunk (seen in CI); inside ours, ``*.tar.part``. The resumed run publishes neither."""
-    real, calls = run.run_unit, []
-
-    def power_cut(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise RuntimeError("power cut")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(run, "run_unit", power_cut)
     dest = tmp_path / "root"
-    with pytest.raises(RuntimeError, match="power cut"):
-        ingest(str(small_manifest), biosr_sources["uint16"], str(dest), workers=1)
+    _stopped_in_third_unit(small_manifest, biosr_sources["uint16"], dest, monkeypatch)
     staged = next((dest / "biosr.releases").iterdir())  # the version the units write into
     chunk = next(p for p in staged.rglob("*") if p.is_file() and p.parent.name == "c")
     (chunk.parent / f"{chunk.name}.3a1b8b7278414d52a76a89dff1849901.partial").write_bytes(b"")
     shard = next(staged.rglob("*.tar"))
     (shard.parent / "tmpx1y2z3.tar.part").write_bytes(b"half a tar")
-    monkeypatch.setattr(run, "run_unit", real)
     ingest(str(small_manifest), biosr_sources["uint16"], str(dest))
     assert _published(dest) == clean
 
