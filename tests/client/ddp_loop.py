@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -123,6 +124,13 @@ def main() -> None:
     # to it aborted once at exit (SIGABRT, after all batches, results written)
     dist.barrier()
     dist.destroy_process_group()
+    # Then leave without interpreter finalization: torch's C++ teardown there still aborted
+    # rank 0 once in ~10 CI runs ("terminate called without an active exception", after the
+    # barrier and destroy above; not reproduced in 50 runs, idle or under load). Everything
+    # this test checks is written and closed by now, so a clean exit is all that is left.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":  # the guard keeps forkserver loader workers from re-running this
