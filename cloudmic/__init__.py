@@ -24,7 +24,7 @@ _LAZY = {
     "PatchStream": "cloudmic.client.stream",
     "Mix": "cloudmic.client.stream",
     "shards": "cloudmic.client.shards",
-    "ingest": "cloudmic.ingest.run",
+    "ingest": "cloudmic.ingest",  # the package, callable: see its docstring
     "render": "cloudmic.client.render",
 }
 
@@ -37,7 +37,8 @@ def __getattr__(name: str) -> Any:
             from cloudmic.client.stream.workers import start_on_first_use
 
             start_on_first_use()
-        return getattr(import_module(_LAZY[name]), name)
+        module = import_module(_LAZY[name])
+        return module if name == "ingest" else getattr(module, name)
     raise AttributeError(f"module 'cloudmic' has no attribute {name!r}")
 
 

@@ -3,8 +3,15 @@
 ``ingest`` and ``IngestReport`` load on first use (PEP 562): the CLI starts the dask
 cluster (:mod:`cloudmic.ingest.execute`, standard library only) before the ingest's own
 imports (zarr and the adapters, ~0.6 s), so that the two overlap.
+
+``cloudmic.ingest(dataset, source, dest, ...)`` is the API and ``cloudmic.ingest`` this
+package: once the package is imported Python binds the name ``cloudmic.ingest`` to it, so
+the package itself is callable and calls :func:`cloudmic.ingest.run.ingest` (a lookup in
+``cloudmic``'s namespace would give the function only on the first call of a process).
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers and IDEs see
@@ -19,3 +26,13 @@ def __getattr__(name: str) -> Any:
 
         return getattr(run, name)
     raise AttributeError(f"module 'cloudmic.ingest' has no attribute {name!r}")
+
+
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from cloudmic.ingest.run import ingest
+
+        return ingest(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage
