@@ -25,6 +25,12 @@ def __getattr__(name: str) -> Any:
         from cloudmic.ingest import run
 
         return getattr(run, name)
+    if name == "__signature__":  # help() and IDEs show the function's parameters
+        import inspect
+
+        from cloudmic.ingest import run
+
+        return inspect.signature(run.ingest)
     raise AttributeError(f"module 'cloudmic.ingest' has no attribute {name!r}")
 
 

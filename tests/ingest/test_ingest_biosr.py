@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -106,6 +107,8 @@ def test_catalog_is_written_last_and_lists_dataset(root_url, biosr_sources, smal
 def test_rerun_rewrites_the_same_bytes(tmp_path, biosr_sources, small_manifest):
     """Through the API as DESIGN names it, twice in one process: ``cloudmic.ingest`` is
     also the name of the package, which Python binds there once it is imported."""
+    assert list(inspect.signature(cloudmic.ingest).parameters)[:3] == ["dataset", "source",
+                                                                       "dest"]  # help()
     root = str(tmp_path / "root")
     cloudmic.ingest(str(small_manifest), biosr_sources["uint16"], root)
     first = snapshot(root)
