@@ -44,6 +44,12 @@ SIZES: dict[str, dict[str, Any]] = {
                 "args": {"crops": 37387, "unlabelled": 0, "variant": "uint16"},
                 "what": "one archive of 37,387 uint16 224x224 crops (issue 16: the smallest "
                         "published archive's size)"},
+    # the same archive as STED-FM's TIFF variant (a raw ImageJ TIFF per member): the other
+    # parser, read from the header (formats/tiff_plain.py)
+    "sted-fm-tiff": {"dataset": "sted-fm", "short": "37,387 TIFF crops",
+                     "args": {"crops": 37387, "unlabelled": 0, "variant": "tiff"},
+                     "what": "the same archive as raw ImageJ TIFF members "
+                             "(STED-FM-dataset-crops-tiff-raw.tar)"},
     "deepcad": {"short": "2 x 4,680 frames 490^2", "args": {"frames": 4680, "size": 490},
                 "what": "one recording pair, 2 x 4,680 frames of 490x490 uint16 (~4.5 GB, "
                         "the published zip size)"},
@@ -56,11 +62,17 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
+def dataset_of(name: str) -> str:
+    """The manifest (and generator) of a row: its name, unless the row is a variant."""
+    return SIZES[name].get("dataset", name)
+
+
 def _scaled(name: str, scale: float) -> dict[str, Any]:
     """The synth arguments at ``scale`` of the published counts (lengths, not frame sizes)."""
     args = dict(SIZES[name]["args"])
     counts = {"biosr": ("train", "validate", "test"), "sted-fm": ("crops",),
-              "deepcad": ("frames",), "platelet-em": ("slices",), "dl-smlm": ("cells",)}[name]
+              "deepcad": ("frames",), "platelet-em": ("slices",),
+              "dl-smlm": ("cells",)}[dataset_of(name)]
     for k in counts:
         args[k] = max(2 if k != "slices" else 16, round(args[k] * scale))
     return args
@@ -227,16 +239,18 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         server = ws.s3()
         src = str(ws.tmp / "src")
         harness.log(f"{name}: synthesising {row['synth_args']}")
-        row["synth"] = harness.run_isolated(synthesise, name, src, row["synth_args"])
+        row["synth"] = harness.run_isolated(synthesise, dataset_of(name), src,
+                                            row["synth_args"])
         harness.log(f"{name}: {row['synth']['bytes'] / 1e9:.2f} GB in {row['synth']['files']} "
                     f"files ({row['synth']['seconds']:.0f} s); ingesting")
         _evict(src)
         env = {k: v for k, v in server.env().items()}
-        row["ingest"] = cli_ingest(name, src, ws.dest("ingest"), env, server.pid)
+        row["ingest"] = cli_ingest(dataset_of(name), src, ws.dest("ingest"), env, server.pid)
         out_bytes = row["ingest"]["zarr_bytes"] + row["ingest"]["wds_bytes"]
         _evict(src)
         harness.log(f"{name}: ingest {row['ingest']['seconds']:.0f} s; raw copy")
-        row["raw_copy"] = harness.run_isolated(raw_copy, name, src, ws.dest("raw"), ws.opts,
+        row["raw_copy"] = harness.run_isolated(raw_copy, dataset_of(name), src, ws.dest("raw"),
+                                               ws.opts,
                                                out_bytes)
         row["store_peak_mb"] = harness.proc_status_mb(server.pid, "VmHWM") * 1.048576
     ing, raw = row["ingest"], row["raw_copy"]
