@@ -138,3 +138,31 @@ def test_patches_cut_on_a_dask_cluster_equal_local_ones(local_root):
                  cloudmic.PatchStream(url, "train", ["wf"], PATCH, seed=4,
                                       scheduler=cluster.scheduler_address)]
     assert there == here
+
+
+def test_a_pass_left_unfinished_closes_without_waiting_for_its_reads(local_root):
+    """A pass abandoned mid-epoch (a break, an error in the loop) is closed whenever its
+    generator is collected, which can be on zarr's event-loop thread. Every read here also
+    needs that loop (as zarr's reads do), so waiting there for the reads in flight would
+    never end: that hung a test process at exit for good."""
+    import asyncio
+
+    from zarr.core.sync import _get_loop, sync
+
+    stream = cloudmic.PatchStream(f"{local_root}/biosr.zarr", "train", ["wf"], PATCH, seed=3)
+    read = stream.reader.read
+
+    def read_on_the_loop(*args):
+        sync(asyncio.sleep(0.3))  # in flight when the pass is closed below
+        return read(*args)
+
+    stream.reader.read = read_on_the_loop
+    items = iter(stream)
+    next(items)
+
+    async def close() -> None:
+        items.close()  # blocks the loop thread for as long as the close takes
+
+    started = time.perf_counter()
+    asyncio.run_coroutine_threadsafe(close(), _get_loop()).result(timeout=20)
+    assert time.perf_counter() - started < 5

@@ -222,12 +222,17 @@ def merge_states(states: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def thread_reads(reader: BlockReader, takes: list[distribute.Take], epoch: int,
                  prefetch: int) -> Iterator[Any]:
     """``submit(k)`` -> a future of ``takes[k]``'s cut block, read on ``prefetch`` threads
-    (zarrs decodes off the GIL, so reads overlap the training loop)."""
-    with ThreadPoolExecutor(prefetch, thread_name_prefix="cloudmic-read") as ex:
-        try:
-            yield lambda k: ex.submit(reader.read, takes[k], epoch)
-        finally:
-            ex.shutdown(wait=True, cancel_futures=True)
+    (zarrs decodes off the GIL, so reads overlap the training loop).
+
+    The end never waits for the reads in flight (they finish alone, their blocks dropped): a
+    pass left unfinished (a ``break``, an error in the loop) is closed whenever its generator
+    is collected, which may be on zarr's event-loop thread, where waiting for a read that
+    needs that loop hung the process for good."""
+    ex = ThreadPoolExecutor(prefetch, thread_name_prefix="cloudmic-read")
+    try:
+        yield lambda k: ex.submit(reader.read, takes[k], epoch)
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
 
 
 def _as_pad(cut: Cut) -> Cut:
