@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import cloudmic
@@ -180,6 +181,36 @@ def test_mix_draws_by_weight_and_resumes_each_source_exactly(url):
     r.load_state_dict(json.loads(json.dumps(m.state_dict())))
     seen += [k for b in r.loader(batch_size=4, num_workers=2) for k in b["__key__"]]
     assert sorted(seen) == sorted(full)
+
+
+def test_a_mix_of_unlike_streams_batches_with_an_error_that_says_why(url):
+    """Items of different shapes or variables are refused at the first batch with what
+    differs where, not numpy's bare shape error; unbatched they still come one by one."""
+    train = cloudmic.PatchStream(url, "train", ["wf", "gt"], PATCH, seed=1)
+    val = cloudmic.PatchStream(url, "validate", ["wf"], {"y": 8, "x": 8}, seed=2)
+    mix = cloudmic.Mix([train, val], [1, 1], seed=5)
+    assert {it["wf"].shape for it in mix} == {(16, 16), (8, 8)}
+    with pytest.raises(ValueError, match="cannot batch items of groups") as err:
+        next(iter(mix.loader(batch_size=8)))
+    for part in ("absent in 'validate'", "(32, 32) uint16 in 'train'",
+                 "(16, 16) uint16 in 'train'", "(8, 8) uint16 in 'validate'", "batch_size=None"):
+        assert part in str(err.value)
+
+
+def test_items_of_two_dtypes_are_not_cast_into_one_batch():
+    """numpy would stack uint16 and float32 items into float32 silently."""
+    from cloudmic.client.stream import pool
+    from cloudmic.client.stream.reader import Cut
+
+    def cut(group: str, dtype: str) -> Cut:
+        one = np.zeros(1, np.int64)
+        return Cut(group, {"wf": np.zeros((1, 4, 4), dtype)}, one, np.zeros(1, bool), one,
+                   np.zeros((1, 2), np.int64), ("y", "x"), [f"{group}/0"], {})
+
+    a, b = cut("a", "uint16"), cut("b", "float32")
+    assert pool.collate([(a, 0), (a, 0)])["wf"].dtype == np.uint16
+    with pytest.raises(ValueError, match=r"'wf': \(4, 4\) uint16 in 'a', \(4, 4\) float32 in 'b'"):
+        pool.collate([(a, 0), (b, 0)])
 
 
 def test_shards_cover_the_split_exactly_once_over_ranks(store_url, monkeypatch):

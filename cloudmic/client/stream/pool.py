@@ -77,6 +77,7 @@ def collate(rows: Sequence[Draw]) -> dict[str, Any]:
     """One batch: a contiguous array per variable, arrays of the per-item numbers, lists of
     the strings; the same keys a DataLoader's ``default_collate`` makes from items."""
     first = rows[0][0]
+    _check_alike(first, rows)
     out: dict[str, Any] = {
         name: np.stack([c.arrays[name][r] for c, r in rows]) for name in first.arrays}
     out["__key__"] = [c.keys[r] for c, r in rows]
@@ -90,6 +91,29 @@ def collate(rows: Sequence[Draw]) -> dict[str, Any]:
         out[name] = np.array(values) if np.asarray(values).dtype.kind in "biuf" else [
             _scalar(v) for v in values]
     return out
+
+
+def _check_alike(first: Cut, rows: Sequence[Draw]) -> None:
+    """Items batch together only with the same variables, item shapes and dtypes (numpy
+    would raise a bare shape error, or silently cast mixed dtypes). Checked once per block
+    in the batch, not per item."""
+    want = {n: (a.shape[1:], a.dtype) for n, a in first.arrays.items()}
+    for cut in {id(c): c for c, _ in rows if c is not first}.values():
+        have = {n: (a.shape[1:], a.dtype) for n, a in cut.arrays.items()}
+        if have == want:
+            continue
+        diff = "; ".join(f"{n!r}: {_desc(want.get(n))} in {first.group!r}, {_desc(have.get(n))}"
+                         f" in {cut.group!r}" for n in sorted(want.keys() | have.keys())
+                         if want.get(n) != have.get(n))
+        raise ValueError(
+            f"cannot batch items of groups {first.group!r} and {cut.group!r} together: {diff}. "
+            "Batch together only what has the same variables and patch (a Mix's streams, a "
+            "stream's groups), or iterate without batching (batch_size=None) and collate "
+            "the items yourself")
+
+
+def _desc(sig: tuple[tuple[int, ...], np.dtype] | None) -> str:
+    return "absent" if sig is None else f"{sig[0]} {sig[1]}"
 
 
 def batched(rows: Iterator[Any], size: int, drop_partial: bool = False,
