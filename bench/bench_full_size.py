@@ -239,18 +239,17 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict[str, Any]:
         server = ws.s3()
         src = str(ws.tmp / "src")
         harness.log(f"{name}: synthesising {row['synth_args']}")
-        row["synth"] = harness.run_isolated(synthesise, dataset_of(name), src,
-                                            row["synth_args"])
+        dataset = dataset_of(name)  # the manifest and generator of this row
+        row["synth"] = harness.run_isolated(synthesise, dataset, src, row["synth_args"])
         harness.log(f"{name}: {row['synth']['bytes'] / 1e9:.2f} GB in {row['synth']['files']} "
                     f"files ({row['synth']['seconds']:.0f} s); ingesting")
         _evict(src)
         env = {k: v for k, v in server.env().items()}
-        row["ingest"] = cli_ingest(dataset_of(name), src, ws.dest("ingest"), env, server.pid)
+        row["ingest"] = cli_ingest(dataset, src, ws.dest("ingest"), env, server.pid)
         out_bytes = row["ingest"]["zarr_bytes"] + row["ingest"]["wds_bytes"]
         _evict(src)
         harness.log(f"{name}: ingest {row['ingest']['seconds']:.0f} s; raw copy")
-        row["raw_copy"] = harness.run_isolated(raw_copy, dataset_of(name), src, ws.dest("raw"),
-                                               ws.opts,
+        row["raw_copy"] = harness.run_isolated(raw_copy, dataset, src, ws.dest("raw"), ws.opts,
                                                out_bytes)
         row["store_peak_mb"] = harness.proc_status_mb(server.pid, "VmHWM") * 1.048576
     ing, raw = row["ingest"], row["raw_copy"]

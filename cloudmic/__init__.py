@@ -24,7 +24,7 @@ _LAZY = {
     "PatchStream": "cloudmic.client.stream",
     "Mix": "cloudmic.client.stream",
     "shards": "cloudmic.client.shards",
-    "ingest": "cloudmic.ingest",  # the package, callable: see its docstring
+    "ingest": "cloudmic.ingest",  # a callable package: see its docstring
     "render": "cloudmic.client.render",
 }
 
@@ -38,7 +38,8 @@ def __getattr__(name: str) -> Any:
 
             start_on_first_use()
         module = import_module(_LAZY[name])
-        return module if name == "ingest" else getattr(module, name)
+        # a name that is a subpackage's is that subpackage: Python binds it here on import
+        return module if module.__name__ == f"{__name__}.{name}" else getattr(module, name)
     raise AttributeError(f"module 'cloudmic' has no attribute {name!r}")
 
 

@@ -25,9 +25,9 @@ def test_full_size_bench_runs_at_a_tiny_scale(tmp_path):
     assert sorted(rows) == ["deepcad", "dl-smlm", "sted-fm-tiff"]
     assert rows["sted-fm-tiff"]["synth"]["files"] == 1  # one TIFF archive, as published
     for name, r in rows.items():
-        # the files it reads (of a tar, the whole archive: its members plus tar headers)
-        assert r["ingest"]["bytes"] <= r["raw_copy"]["bytes"] <= (
-            r["ingest"]["bytes"] * (1.02 if name == "sted-fm-tiff" else 1)), name
+        # the files it reads, whole: an archive's tar headers are read by the raw copy but
+        # not counted in the ingest's source bytes (its members')
+        assert r["ingest"]["bytes"] <= r["raw_copy"]["bytes"] <= r["ingest"]["bytes"] * 1.02, name
         assert r["raw_copy"]["written"] == pytest.approx(
             r["ingest"]["zarr_bytes"] + r["ingest"]["wds_bytes"], rel=0.01)
         assert r["ratio_to_raw_copy"] > 0 and r["ingest"]["peak_tree_mb"] > 0
