@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -207,8 +208,24 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         streamed body sits idle behind a slow training loop until a timeout cuts it."""
         loc = Location(self._url(block), self.storage_options)
         body = loc.open_body()
-        ex.submit(loc.drain_into, body)
+        ex.submit(loc.drain_into, body, self._store(), self.paths[block])
         return body
+
+    def _store(self) -> Any:
+        """This process's obstore store at the ``.wds`` folder (None on a local disk): one
+        client for all its GETs, so they share its connections. Made where it is used:
+        never pickled, and a forked process makes its own."""
+        pid, store = self.__dict__.get("_objects", (None, None))
+        if pid != os.getpid():
+            root = Location(self.root, self.storage_options)
+            store = None if root.is_local else root.object_store()
+            self._objects = (os.getpid(), store)
+        return store
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("_objects", None)  # a live client: each process makes its own
+        return state
 
     def _take(self, take: distribute.Take, stream: IO[bytes]) -> Iterator[Record]:
         """``take``'s records from its shard: each kept row decoded once, its padding

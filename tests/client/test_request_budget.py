@@ -140,7 +140,7 @@ def test_shards_resume_a_body_that_breaks_off(published, proxy, s3_server):
     assert all(np.array_equal(got[p], whole[p]) for p in whole)
     tars = [r for r in proxy.requests if r.path.endswith(".tar")]
     cut = [r for r in tars if r.range is None and r.nbytes == 1 << 20]
-    resumed = [r for r in tars if r.range == "bytes=1048576-"]
+    resumed = [r for r in tars if (r.range or "").startswith("bytes=1048576-")]
     small = [r for r in tars if r.range is None and r.nbytes < 1 << 20]  # whole, not cut
     assert cut and len(resumed) == len(cut), show(tars)
     assert len(tars) == len(cut) + len(resumed) + len(small), show(tars)

@@ -184,6 +184,7 @@ def test_errors_name_the_split_and_the_fix(wds, tmp_path):
 
 
 def test_one_get_per_shard_read_on_s3(wds, everything, s3_env, monkeypatch):
+    import obstore
     import s3fs
 
     bucket = f"t-{uuid.uuid4().hex[:12]}"
@@ -191,25 +192,31 @@ def test_one_get_per_shard_read_on_s3(wds, everything, s3_env, monkeypatch):
     fs.mkdir(bucket)
     fs.put(str(Path(wds)) + "/", f"{bucket}/biosr.wds", recursive=True)
     calls: list[str] = []
-    real = s3fs.S3FileSystem._call_s3
+    real, real_get = s3fs.S3FileSystem._call_s3, obstore.get
 
     async def counted(self, method, *args, **kwargs):
         calls.append(method)
         return await real(self, method, *args, **kwargs)
 
+    def counted_get(store, key, *args, **kwargs):  # shard bodies: obstore, in one GET
+        calls.append(f"body {key}")
+        return real_get(store, key, *args, **kwargs)
+
     monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", counted)
+    monkeypatch.setattr(obstore, "get", counted_get)
     s = cloudmic.shards(f"s3://{bucket}/biosr.wds", "train")
     # the version pointer (absent: a root without versions) and index.json; nothing else
     # until iteration
     assert calls == ["get_object"] * 2
     assert sorted(_real(s)) == everything
-    assert calls == ["get_object"] * 5  # + one per shard
+    assert calls[2:] == [f"body {p}" for p in s.paths]  # one GET per shard
     for rank in range(7):  # a shard shared by two ranks is read by both, once each
         calls.clear()
         r = cloudmic.shards(f"s3://{bucket}/biosr.wds", "train", rank=rank, world_size=7)
         takes = r.assignment(0, rank, 7)
         items = list(r)
-        assert len(items) == 6 and calls == ["get_object"] * (2 + len(takes))
+        assert len(items) == 6 and calls == ["get_object"] * 2 + [
+            f"body {r.paths[t.block]}" for t in takes]
         assert np.all(np.diff([it["position"] for it in items if not it["pad"]]) == 1)
 
 

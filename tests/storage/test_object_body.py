@@ -121,7 +121,7 @@ def test_a_missing_object_reaches_the_reader(tmp_path):
 def test_a_closed_body_is_not_fetched(tmp_path, monkeypatch):
     calls = []
     loc = Location(str(tmp_path / "a.tar"))
-    monkeypatch.setattr(type(loc.backend), "get_pieces",
+    monkeypatch.setattr("cloudmic.storage.location._read_file",
                         lambda *a: calls.append(time.time()))
     body = ObjectBody(loc.url)
     body.close()

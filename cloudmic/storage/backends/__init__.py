@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 from cloudmic.errors import StoreError
 from cloudmic.storage.backends.azure import AzureBackend, parse_connection_string
-from cloudmic.storage.backends.base import PIECE_BYTES, Backend, Capabilities
+from cloudmic.storage.backends.base import BODY_RETRIES, PIECE_BYTES, Backend, Capabilities
 from cloudmic.storage.backends.gcs import GCSBackend
 from cloudmic.storage.backends.https import HttpBackend
 from cloudmic.storage.backends.local import LocalBackend
@@ -37,6 +37,7 @@ def backend_for(url: str) -> Backend:
     raise StoreError(f"{url}: unsupported URL scheme {scheme!r}; use {SUPPORTED}")
 
 
-__all__ = ["BACKENDS", "PIECE_BYTES", "S3_PART_BYTES", "SUPPORTED", "AzureBackend", "Backend",
-           "Capabilities", "GCSBackend", "HttpBackend", "LocalBackend", "S3Backend", "backend_for",
-           "parse_connection_string", "s3_single_put"]
+__all__ = ["BACKENDS", "BODY_RETRIES", "PIECE_BYTES", "S3_PART_BYTES", "SUPPORTED",
+           "AzureBackend", "Backend", "Capabilities", "GCSBackend", "HttpBackend",
+           "LocalBackend", "S3Backend", "backend_for", "parse_connection_string",
+           "s3_single_put"]

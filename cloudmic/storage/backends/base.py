@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -13,7 +13,7 @@ from cloudmic.errors import StoreError
 if TYPE_CHECKING:
     import fsspec
 
-PIECE_BYTES = 4 << 20  # what get_pieces hands on at a time, at most
+PIECE_BYTES = 4 << 20  # what a streamed read (Location.drain_into) hands on at a time
 BODY_RETRIES = 3  # times a GET's body that broke off is asked for again from where it broke
 
 
@@ -88,12 +88,6 @@ class Backend:
     def object_store(self, url: str, options: dict[str, Any]) -> Any:
         """An obstore store rooted at ``url`` (the fast path zarr and zarrs read through)."""
         raise NotImplementedError
-
-    def get_pieces(self, fs: fsspec.AbstractFileSystem, path: str,
-                   feed: Callable[[bytes], None]) -> None:
-        """The object at ``path`` in one GET, handed to ``feed`` in order (here: whole;
-        a store whose client streams a body hands it on as it arrives)."""
-        feed(fs.cat_file(path, **self.one_get))
 
     def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
         """Upload a local file to ``path`` (one object)."""

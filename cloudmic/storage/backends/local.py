@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from cloudmic.storage.backends.base import PIECE_BYTES, Backend, Capabilities
+from cloudmic.storage.backends.base import Backend, Capabilities
 
 if TYPE_CHECKING:
     import fsspec
@@ -36,9 +35,3 @@ class LocalBackend(Backend):
 
     def xarray_options(self, options: dict[str, Any]) -> dict[str, Any] | None:
         return None
-
-    def get_pieces(self, fs: fsspec.AbstractFileSystem, path: str,
-                   feed: Callable[[bytes], None]) -> None:
-        with open(path, "rb") as f:
-            while piece := f.read(PIECE_BYTES):
-                feed(piece)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from cloudmic.storage.backends.base import (
-    BODY_RETRIES,
-    PIECE_BYTES,
     Backend,
     Capabilities,
     bucket_prefix,
@@ -69,46 +65,6 @@ class S3Backend(Backend):
                 opts.setdefault("client_kwargs", {})["endpoint_url"] = endpoint
             return opts
         return {**_embedded_s3_options(), **opts}
-
-    def get_pieces(self, fs: fsspec.AbstractFileSystem, path: str,
-                   feed: Callable[[bytes], None]) -> None:
-        """The body of one GET, fed as it arrives (s3fs's own cat_file, minus the wait for
-        the last byte); ``feed`` runs on s3fs's event loop thread. A body that breaks off
-        is asked for again from the byte where it broke (a ranged GET, if the object is
-        still the same: ``If-Match`` its ETag), as s3fs retries a whole read."""
-        from botocore.exceptions import IncompleteReadError
-        from fsspec.asyn import sync
-        from s3fs.core import S3_RETRYABLE_ERRORS, version_id_kw
-
-        bucket, key, version = fs.split_path(path)
-        broken = (*S3_RETRYABLE_ERRORS, IncompleteReadError, ConnectionError)
-
-        async def drain() -> None:
-            fed, size, etag = 0, None, None
-            for attempt in range(BODY_RETRIES + 1):
-                rest = {"Range": f"bytes={fed}-"} if fed else {}
-                rest.update({"IfMatch": etag} if fed and etag else {})
-                resp = await fs._call_s3("get_object", Bucket=bucket, Key=key,
-                                         **version_id_kw(version), **rest)
-                if size is None:
-                    size, etag = resp.get("ContentLength"), resp.get("ETag")
-                try:
-                    while piece := await resp["Body"].read(PIECE_BYTES):
-                        feed(piece)
-                        fed += len(piece)
-                    if size is not None and fed != size:
-                        raise ConnectionError(f"the body ended at byte {fed} of {size}")
-                    return
-                except broken as exc:
-                    if attempt == BODY_RETRIES:
-                        raise ConnectionError(f"{path}: the body broke off on each of "
-                                              f"{attempt + 1} GETs, last at byte {fed} of "
-                                              f"{size}: {exc}") from exc
-                    await asyncio.sleep(0.2 * 2 ** attempt)
-                finally:
-                    resp["Body"].close()
-
-        sync(fs.loop, drain)
 
     @staticmethod
     def endpoint(options: dict[str, Any]) -> str | None:
