@@ -11,7 +11,6 @@ stream pickles to spawn/forkserver DataLoader workers.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import posixpath
@@ -20,7 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO, Any
 
 import numpy as np
-from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from cloudmic.client.stream import distribute, pool
 from cloudmic.client.stream.epochs import Epochs, layout_fingerprint
@@ -30,6 +28,7 @@ from cloudmic.client.stream.sampling import rng
 from cloudmic.client.stream.torch_adapter import StreamBase, get_worker_info
 from cloudmic.client.stream.workers import workers_ahead
 from cloudmic.errors import CloudmicError, GroupNotFoundError, StoreError, StoreNotFoundError
+from cloudmic.formats import wds_tar
 from cloudmic.storage import root_layout as rl
 from cloudmic.storage.location import Location
 from cloudmic.storage.object_body import ObjectBody
@@ -39,17 +38,18 @@ Record = dict[str, Any]
 
 
 def decode_record(sample: Record) -> Record:
-    """Decode ``*.npy`` (never with pickles), ``json`` and ``cls``; keep the rest as is."""
+    """Decode ``*.npy`` (never with pickles; the arrays view the record's own buffers),
+    ``json`` and ``cls``; keep the rest as is."""
     out: Record = {}
     for key, value in sample.items():
-        if key.endswith("npy") and isinstance(value, bytes):
-            out[key.removesuffix(".npy")] = np.load(io.BytesIO(value), allow_pickle=False)
-        elif key == "json" and isinstance(value, bytes):
+        if key.endswith("npy") and isinstance(value, bytearray):
+            out[key.removesuffix(".npy")] = wds_tar.load_npy(value)
+        elif key == "json" and isinstance(value, bytearray):
             out[key] = json.loads(value)
-        elif key == "cls" and isinstance(value, bytes):
+        elif key == "cls" and isinstance(value, bytearray):
             out[key] = int(value)
-        else:
-            out[key] = value
+        else:  # other fields as webdataset gives them: bytes
+            out[key] = bytes(value) if isinstance(value, bytearray) else value
     return out
 
 
@@ -235,8 +235,7 @@ class ShardStream(Epochs, StreamBase):  # type: ignore[misc,valid-type]
         pads = np.bincount(take.rows[take.pad], minlength=n)
         last, seen = int(take.rows.max(initial=-1)), 0
         url = self._url(take.block)
-        samples = group_by_keys(tar_file_expander([{"url": url, "stream": stream}]))
-        for i, sample in enumerate(samples):
+        for i, sample in enumerate(wds_tar.records(stream, url)):
             if i > last:
                 break
             seen = i + 1

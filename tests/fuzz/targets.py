@@ -273,6 +273,43 @@ def t_tar(data: bytes) -> None:
             _reraise_unless_project(exc)
 
 
+# ---- WebDataset shards (cloudmic.shards' reader) --------------------------------------------
+def _wds_shard(records: int, shape: tuple[int, int], dtype: str) -> bytes:
+    from cloudmic.ingest.tar_writer import TarWriter
+
+    buf = io.BytesIO()
+    w = TarWriter(buf)
+    for i in range(records):
+        w.write({"__key__": f"train-{i:06d}", "wf.npy": np.full(shape, i, dtype),
+                 "json": {"i": i}, "cls": i})
+    w.close()
+    return buf.getvalue()
+
+
+wds_shards = st.one_of(
+    mutated(st.builds(_wds_shard, st.integers(1, 3),
+                      st.tuples(st.integers(0, 4), st.integers(1, 4)),
+                      st.sampled_from(["<u2", ">f4", "<f8", "|b1"]))),
+    tars,
+    raw_bytes(1536),
+)
+
+
+def t_wds_tar(data: bytes) -> None:
+    from cloudmic.client.shards import decode_record
+    from cloudmic.client.stream.reader import unreadable
+    from cloudmic.formats import wds_tar
+
+    try:
+        try:
+            for record in wds_tar.records(io.BytesIO(data), "fuzz.tar"):
+                decode_record(record)
+        except ValueError as exc:  # damaged bytes: cloudmic.shards raises them so
+            unreadable("fuzz.tar", exc, "raise", "shards")
+    except Exception as exc:
+        _reraise_unless_project(exc)
+
+
 # ---- zip -----------------------------------------------------------------------------------
 _zip_names = st.one_of(
     st.sampled_from(["a.txt", "a/b.txt", "a/./b.txt", "x/.", "x/y", "x/", "../e", "/abs",
@@ -549,12 +586,13 @@ def t_catalog(data: bytes) -> None:
 PRELOAD = {"index_json": ["cloudmic.client.shards"],
            "index_json_splits": ["cloudmic.client.shards"],
            "catalog_json": ["cloudmic.storage.catalog_json"], "manifest": ["cloudmic.manifest"],
-           "zip": ["cloudmic.sources.zip_archive"]}
+           "zip": ["cloudmic.sources.zip_archive"], "wds_tar": ["cloudmic.client.shards"]}
 
 TARGETS: dict[str, tuple[st.SearchStrategy[bytes], Callable[[bytes], None]]] = {
     "pickle": (pickles, t_pickle),
     "npz": (npz_members, t_npz),
     "tar": (tars, t_tar),
+    "wds_tar": (wds_shards, t_wds_tar),
     "zip": (zips, t_zip),
     "tiff": (tiffs, t_tiff),
     "rle": (rle_files, t_rle),

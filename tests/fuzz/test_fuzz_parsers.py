@@ -8,8 +8,8 @@ import pytest
 from sandbox import run_worker
 
 TARGETS = [
-    "pickle", "npz", "tar", "zip", "tiff", "rle", "thunderstorm", "manifest", "catalog_json",
-    "index_json", "index_json_splits",
+    "pickle", "npz", "tar", "wds_tar", "zip", "tiff", "rle", "thunderstorm", "manifest",
+    "catalog_json", "index_json", "index_json_splits",
 ]
 
 
