@@ -87,7 +87,11 @@ def is_permanent(exc: BaseException) -> bool:
     system, exhausted memory, or input that does not match its published layout."""
     if isinstance(exc, MemoryError | SourceError | ManifestError):
         return True
-    return isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS
+    if isinstance(exc, OSError) and exc.errno in PERMANENT_ERRNOS:
+        return True
+    # obstore's refusals are not OSErrors (s3fs turns a 403 into a PermissionError)
+    return type(exc).__module__.startswith("obstore") and type(exc).__name__ in (
+        "PermissionDeniedError", "UnauthenticatedError")
 
 
 def one_line(exc: BaseException, *, read: str | None = None,

@@ -37,7 +37,7 @@ def _md5(data: bytes = b"") -> Any:
 
 class HashingWriter:
     """A write-only file that passes bytes on to ``out`` and hashes them: sha256, and with
-    ``etag`` the S3 ETag of their upload by s3fs in ``part_bytes`` parts (see :attr:`etag`),
+    ``etag`` the S3 ETag of their upload in ``part_bytes`` parts (see :attr:`etag`),
     or with ``part_bytes=None`` the md5 of the whole (what Azure and GCS report).
 
     md5 runs at ~330 MB/s here (sha256 ~1.3 GB/s), so it is spared where it can be: the
@@ -83,7 +83,7 @@ class HashingWriter:
 
     @property
     def etag(self) -> str:
-        """The ETag S3 gives these bytes uploaded by s3fs in ``part_bytes`` parts: their md5
+        """The ETag S3 gives these bytes uploaded in ``part_bytes`` parts: their md5
         for one PUT, else the md5 of the parts' md5s and ``-<number of parts>``."""
         if self._md5 is None:
             raise ValueError("HashingWriter(etag=False) computes no ETag")
@@ -119,7 +119,7 @@ def write_shard(records: Iterable[dict[str, Any]], dest: Location,
         entry = {"samples": count, "bytes": out.size, "sha256": out.sha256}
         if not folders:
             t0 = time.perf_counter()
-            dest.backend.upload(dest.fs, tmp, dest.path)
+            dest.backend.upload(dest.fs, tmp, dest.path, dest.storage_options)
             if laps is not None:
                 laps["upload"] = time.perf_counter() - t0
             entry["etag"] = out.etag

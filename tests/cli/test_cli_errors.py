@@ -145,6 +145,11 @@ def test_which_errors_are_permanent():
     assert is_permanent(MemoryError())
     assert not is_permanent(ConnectionResetError(errno.ECONNRESET, "reset"))
     assert not is_permanent(TimeoutError())
+    from obstore.exceptions import GenericError, PermissionDeniedError, UnauthenticatedError
+
+    assert is_permanent(PermissionDeniedError("403 Forbidden"))  # obstore's shard uploads
+    assert is_permanent(UnauthenticatedError("401"))
+    assert not is_permanent(GenericError("connection reset"))
 
 
 # ---- object stores ------------------------------------------------------------------------

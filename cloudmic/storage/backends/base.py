@@ -89,8 +89,9 @@ class Backend:
         """An obstore store rooted at ``url`` (the fast path zarr and zarrs read through)."""
         raise NotImplementedError
 
-    def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
-        """Upload a local file to ``path`` (one object)."""
+    def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str,
+               options: dict[str, Any]) -> None:
+        """Upload a local file to ``path`` (one object); ``options``: the store's."""
         fs.put_file(local, path)
 
     def stored_md5(self, info: dict[str, Any]) -> str | None:

@@ -16,16 +16,16 @@ if TYPE_CHECKING:
     import fsspec
 
 
-# the part size of an S3 multipart upload, passed to s3fs explicitly: the ETag depends on it.
-# s3fs sends a file smaller than two parts in one PUT, read whole, and holds max_concurrency
-# parts at once, each twice (its read and aiohttp's payload copy): with its default 50 MiB,
-# one upload held ~200 MiB of a worker (issue 16). 8 MiB (the AWS CLI's default) holds ~32 MiB
-# and allows objects up to 80 GiB (10,000 parts; shards are a few hundred MB)
+# the part size of an S3 multipart upload, passed to the client explicitly: the ETag depends
+# on it. The parts in flight are held in memory (with s3fs's default 50 MiB, one upload held
+# ~200 MiB of a worker, issue 16); 8 MiB (the AWS CLI's default) allows objects up to 80 GiB
+# (10,000 parts; shards are a few hundred MB)
 S3_PART_BYTES = 8 << 20
 
 
 def s3_single_put(size: int, part_bytes: int = S3_PART_BYTES) -> bool:
-    """Whether s3fs uploads a file of ``size`` bytes in one PUT (``S3FileSystem._put_file``)."""
+    """Whether a file of ``size`` bytes goes up in one PUT: below two parts, as s3fs decides
+    (``S3FileSystem._put_file``) and :meth:`S3Backend.upload` does too."""
     return size < min(5 << 30, 2 * part_bytes)
 
 
@@ -91,10 +91,19 @@ class S3Backend(Backend):
         client = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
         return S3Store(bucket, prefix=prefix, client_options=client, **config)
 
-    def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str) -> None:
-        # the part size is explicit: the ETag depends on it. s3fs holds max_concurrency parts
-        # in memory at once (10 by default); 2 keeps the upload streaming
-        fs.put_file(local, path, chunksize=S3_PART_BYTES, max_concurrency=2)
+    def upload(self, fs: fsspec.AbstractFileSystem, local: str, path: str,
+               options: dict[str, Any]) -> None:
+        """obstore's PUT: 1.2-2.5x the MB/s of s3fs's to the embedded store for the same
+        client CPU (120 MB, alternating). The ETag depends on the parts, so they are as
+        :func:`s3_single_put` and ``HashingWriter`` say: one PUT below two parts, else parts
+        of ``S3_PART_BYTES``; two parts in flight (~16 MiB held) keep it streaming."""
+        import obstore
+
+        bucket, key = bucket_prefix(path)
+        with open(local, "rb") as f:
+            obstore.put(self.object_store(f"s3://{bucket}", options), key or "", f,
+                        use_multipart=not s3_single_put(os.fstat(f.fileno()).st_size),
+                        chunk_size=S3_PART_BYTES, max_concurrency=2)
 
     def stored_md5(self, info: dict[str, Any]) -> str | None:
         tag = str(info.get("ETag") or info.get("etag") or "").strip('"')
