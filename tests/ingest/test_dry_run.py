@@ -38,20 +38,29 @@ def test_cli_prints_the_plan_and_refuses_to_download(tmp_path, biosr_sources):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "nothing written" in out.stdout and "units" in out.stdout
-    assert "full_size.json: biosr" in out.stdout  # where the estimate comes from
+    assert "full_size_10pct.json: biosr" in out.stdout  # where the estimate comes from
     assert not dest.exists()
     out = subprocess.run([*run, "--fetch"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "never downloads" in out.stderr
 
 
 @pytest.mark.parametrize("dataset", sorted(RATES))
-def test_each_rate_is_the_bench_result_it_names(dataset):
+def test_each_rate_is_the_line_through_the_bench_runs_it_names(dataset):
     rate = RATES[dataset]
-    path, name = re.fullmatch(r"(bench/results/\S+\.json): (.+)", rate.measured).groups()
-    # bench_full_size: the CLI's defaults at the published size
-    measured = json.loads((BENCH.parent / path).read_text())["rows"][name]["ingest"]
-    assert rate.source_mb_s == pytest.approx(measured["bytes"] / measured["seconds"] / 1e6,
-                                             rel=0.01)
-    assert rate.peak_mb == pytest.approx(measured["peak_tree_mb"], abs=1)
+    paths, name = re.fullmatch(r"(bench/results/\S+\.json, \S+\.json): (.+)",
+                               rate.measured).groups()
+    full, tenth = paths.split(", ")
+    folder = Path(full).parent
+    # bench_full_size: the CLI's defaults at the published size and at 10% of it
+    runs = [json.loads((BENCH.parent / p).read_text())["rows"][name]
+            for p in (full, folder / tenth)]
+    assert [r["scale"] for r in runs] == [1.0, 0.1]
+    (b1, t1), (b0, t0) = ((r["ingest"]["bytes"], r["ingest"]["seconds"]) for r in runs)
+    assert rate.source_mb_s == pytest.approx((b1 - b0) / (t1 - t0) / 1e6, rel=0.01)
+    assert rate.fixed_s >= 0  # a negative start-up says the two runs disagree: re-measure
+    for b, t in ((b0, t0), (b1, t1)):  # the estimate goes through both measurements
+        assert rate.seconds(b) == pytest.approx(t, rel=0.02)
+    measured = runs[0]["ingest"]
+    assert rate.peak_mb == pytest.approx(max(r["ingest"]["peak_tree_mb"] for r in runs), abs=1)
     assert rate.compression == pytest.approx(measured["array_bytes"] / measured["zarr_bytes"],
                                              rel=0.01)
