@@ -213,15 +213,15 @@ def test_s3_compatible_endpoints_path_or_virtual_hosted_and_regions(monkeypatch)
     for var in ("AWS_ACCESS_KEY_ID", "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(var, raising=False)
     opts = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://h:9000"}}
-    store = Location.parse("s3://b/p", **opts).object_store()
+    store = Location.parse("s3://bkt/p", **opts).object_store()
     assert str(store.config["virtual_hosted_style_request"]).lower() == "false"
     assert store.config["endpoint"] == "http://h:9000" and str(store.prefix) == "p"
     monkeypatch.setenv("AWS_REGION", "eu-central-1")
-    virtual = Location.parse("s3://b", **opts, config_kwargs={"s3": {
+    virtual = Location.parse("s3://bkt", **opts, config_kwargs={"s3": {
         "addressing_style": "virtual"}}).object_store()
     assert str(virtual.config["virtual_hosted_style_request"]).lower() == "true"
     assert virtual.config["region"] == "eu-central-1"
-    regional = Location.parse("s3://b", key="k", secret="s", client_kwargs={
+    regional = Location.parse("s3://bkt", key="k", secret="s", client_kwargs={
         "region_name": "us-west-2"}).object_store()
     assert regional.config["region"] == "us-west-2" and "endpoint" not in regional.config
 
@@ -234,21 +234,21 @@ def test_azure_and_gcs_credentials_follow_each_clouds_conventions(monkeypatch):
     cs = "AccountName=acc;AccountKey=a2V5==;BlobEndpoint=http://h:1/acc"
     assert parse_connection_string(cs)["AccountKey"] == "a2V5=="  # '=' inside a value
     monkeypatch.setenv("AZURE_STORAGE_CONNECTION_STRING", cs)
-    assert Location.parse("az://c").storage_options == {"connection_string": cs}
+    assert Location.parse("az://cnt").storage_options == {"connection_string": cs}
     monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING")
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "acc")
-    assert Location.parse("az://c").storage_options == {"account_name": "acc", "anon": True}
+    assert Location.parse("az://cnt").storage_options == {"account_name": "acc", "anon": True}
     monkeypatch.setenv("AZURE_STORAGE_SAS_TOKEN", "sv=1&sig=secret")
-    loc = Location.parse("az://c/p")
+    loc = Location.parse("az://cnt/p")
     assert loc.storage_options == {"account_name": "acc", "sas_token": "sv=1&sig=secret"}
     snippet = "\n".join(loc.backend.snippet_lines(loc.storage_options))
     assert "AZURE_STORAGE_SAS_TOKEN" in snippet and "secret" not in snippet
     monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "a2V5")  # a key wins over a SAS token
-    assert Location.parse("az://c").storage_options["account_key"] == "a2V5"
-    assert Location.parse("az://c", anon=True).storage_options == {"anon": True}  # caller's
+    assert Location.parse("az://cnt").storage_options["account_key"] == "a2V5"
+    assert Location.parse("az://cnt", anon=True).storage_options == {"anon": True}  # caller's
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/keys/sa.json")
-    assert Location.parse("GS://b/p").url == "gs://b/p"
-    assert Location.parse("gs://b").storage_options == {"token": "/keys/sa.json"}
-    assert Location.parse("gs://b", token="anon").storage_options == {"token": "anon"}
+    assert Location.parse("GS://bkt/p").url == "gs://bkt/p"
+    assert Location.parse("gs://bkt").storage_options == {"token": "/keys/sa.json"}
+    assert Location.parse("gs://bkt", token="anon").storage_options == {"token": "anon"}
     with pytest.raises(StoreError, match="needs a bucket"):
         Location.parse("az://")

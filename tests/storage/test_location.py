@@ -17,3 +17,26 @@ def test_scheme_case_does_not_matter(typed):
 def test_an_s3_url_needs_a_bucket():
     with pytest.raises(StoreError, match="needs a bucket"):
         Location.parse("S3:///key")
+
+
+@pytest.mark.parametrize("url, what", [("s3://t1/x", "an S3 bucket name"),
+                                       ("s3://-bucket", "an S3 bucket name"),
+                                       ("gs://b", "a Google Cloud Storage bucket name"),
+                                       ("gs://My-Bucket", "a Google Cloud Storage bucket name"),
+                                       ("az://c", "an Azure container name"),
+                                       ("az://my--container", "an Azure container name"),
+                                       ("az://Container", "an Azure container name")])
+def test_a_name_the_store_would_refuse_is_told_at_once(url, what):
+    """Told as a name the store refuses (with its rule), not later as a write refused for
+    want of credentials (SeaweedFS answers 's3://t1' with 'The specified bucket is not
+    valid')."""
+    with pytest.raises(StoreError, match=f"is not {what} \\(3-63 .*; name one like"):
+        Location.parse(url)
+
+
+@pytest.mark.parametrize("url", ["s3://cloudmic", "s3://my.bucket-2/p",
+                                 "s3://Old_Bucket_Before_2018/p",  # AWS us-east-1's old rule
+                                 "gs://my_bucket.example.org/p", "az://my-container/p",
+                                 "az://$web/index.html", "https://example.org/x"])
+def test_names_each_store_accepts_parse(url):
+    assert Location.parse(url).url == url

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -35,6 +36,10 @@ class AzureBackend(Backend):
     credentials_hint = ("AZURE_STORAGE_CONNECTION_STRING, or AZURE_STORAGE_ACCOUNT_NAME with "
                         "AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN")
     example = "az://my-container/prefix"
+    # Azure's rule for containers, and its three special ones
+    bucket_name = re.compile(r"\$root|\$web|\$logs|[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9])){2,62}")
+    bucket_rule = ("an Azure container name (3-63 lower-case letters, digits and single "
+                   "hyphens, starting and ending with a letter or digit)")
     client_package = ("adlfs", "azure")
     _OPTION_KEYS = ("connection_string", "account_name", "account_key", "sas_token", "anon",
                     "credential")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -47,13 +48,22 @@ class Backend:
     # ETag); None: the checksum is of the whole object
     part_bytes: int | None = None
     pipe_command: str | None = None  # a shell command printing the object at {u} to stdout
+    # what the store accepts as a bucket (container) name, and that rule in words; None: the
+    # URL's host is not a bucket. Checked at parse, so a name the store would refuse is told
+    # as such, not as a write refused for want of credentials.
+    bucket_name: re.Pattern[str] | None = None
+    bucket_rule: str = ""  # "an S3 bucket name (...)": completes "NAME is not ..."
 
     def url(self, text: str) -> str:
         """The canonical URL: scheme lower-cased, no trailing slash."""
         scheme = urlparse(text).scheme
         text = scheme + text[len(scheme):]
-        if not urlparse(text).netloc:
+        bucket = urlparse(text).netloc
+        if not bucket:
             raise StoreError(f"{text}: this URL needs a bucket or container, like "
+                             f"{self.example}")
+        if self.bucket_name is not None and not self.bucket_name.fullmatch(bucket):
+            raise StoreError(f"{text}: {bucket!r} is not {self.bucket_rule}; name one like "
                              f"{self.example}")
         return text.rstrip("/")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from cloudmic.storage.backends.base import (
@@ -47,6 +48,11 @@ class S3Backend(Backend):
     protocol = "s3"
     credentials_hint = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_ENDPOINT_URL)"
     example = "s3://my-bucket/prefix"
+    # AWS's rule for buckets made before 2018 in us-east-1 (names made since are a subset:
+    # 3-63 lower-case letters, digits, dots and hyphens), so an old bucket still opens
+    bucket_name = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{1,253}[A-Za-z0-9]")
+    bucket_rule = ("an S3 bucket name (3-63 lower-case letters, digits, dots and hyphens, "
+                   "starting and ending with a letter or digit)")
     one_get = {"max_concurrency": 1}  # else s3fs sends a HEAD, and ranged GETs above 50 MB
     part_bytes = S3_PART_BYTES
     pipe_command = "aws s3 cp {u} -"
