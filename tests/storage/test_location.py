@@ -37,6 +37,7 @@ def test_a_name_the_store_would_refuse_is_told_at_once(url, what):
 @pytest.mark.parametrize("url", ["s3://cloudmic", "s3://my.bucket-2/p",
                                  "s3://Old_Bucket_Before_2018/p",  # AWS us-east-1's old rule
                                  "gs://my_bucket.example.org/p", "az://my-container/p",
-                                 "az://$web/index.html", "https://example.org/x"])
+                                 "az://$web/index.html", "https://example.org/x",
+                                 "az://my-container@acc.blob.core.windows.net/p"])
 def test_names_each_store_accepts_parse(url):
     assert Location.parse(url).url == url
