@@ -81,3 +81,24 @@ def gcs_env(gcs_server: emulators.Server) -> Iterator[dict[str, str]]:
     """STORAGE_EMULATOR_HOST for the session's fake-gcs-server."""
     with exported(gcs_server.env) as env:
         yield env
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Close the Azure clients adlfs opened while fsspec's event loop still runs.
+
+    adlfs closes each client in a ``weakref.finalize`` run at interpreter exit, after that
+    loop has closed, so every session that used Azurite ended with a harmless but long
+    "RuntimeError: Loop is not running" traceback (fsspec/adlfs#495). Run those finalizers
+    now (``weakref.finalize`` lists its live finalizers in ``_registry``)."""
+    import sys
+    import weakref
+
+    if "adlfs" not in sys.modules:
+        return
+    from adlfs import AzureBlobFileSystem
+
+    for fin in list(weakref.finalize._registry):  # noqa: SLF001 - no public listing
+        target = fin.peek()
+        if target is not None and isinstance(target[0], AzureBlobFileSystem):
+            with contextlib.suppress(Exception):  # a client that is gone already
+                fin()
