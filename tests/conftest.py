@@ -102,3 +102,4 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if target is not None and isinstance(target[0], AzureBlobFileSystem):
             with contextlib.suppress(Exception):  # a client that is gone already
                 fin()
+    AzureBlobFileSystem.clear_instance_cache()  # closed: no later test may reuse them

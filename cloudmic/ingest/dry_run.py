@@ -100,8 +100,9 @@ class IngestPlan:
                          "none estimated")
         else:
             t = self.seconds_estimate
-            lines.append(f"  estimate with the CLI defaults on a 2-core machine: "
-                         f"{f'{t:.0f} s' if t < 120 else f'{t / 60:.1f} min'}, peak "
+            took = (f"{t:.0f} s" if t < 120 else f"{t / 60:.1f} min" if t < 7200
+                    else f"{t / 3600:.1f} h")
+            lines.append(f"  estimate with the CLI defaults on a 2-core machine: {took}, peak "
                          f"{self.peak_mb_estimate:.0f} MB for {self.peak_of} "
                          f"({self.rate})")
         return "\n".join(lines)

@@ -25,7 +25,12 @@ def test_an_s3_url_needs_a_bucket():
                                        ("gs://My-Bucket", "a Google Cloud Storage bucket name"),
                                        ("az://c", "an Azure container name"),
                                        ("az://my--container", "an Azure container name"),
-                                       ("az://Container", "an Azure container name")])
+                                       ("az://Container", "an Azure container name"),
+                                       # the account comes from the environment, not the URL
+                                       ("az://cnt@acc.blob.core.windows.net/p",
+                                        "an Azure container name"),
+                                       ("s3://bucket@other/p", "an S3 bucket name"),
+                                       ("gs://" + "a" * 64, "a Google Cloud Storage bucket name")])
 def test_a_name_the_store_would_refuse_is_told_at_once(url, what):
     """Told as a name the store refuses (with its rule), not later as a write refused for
     want of credentials (SeaweedFS answers 's3://t1' with 'The specified bucket is not
@@ -37,7 +42,6 @@ def test_a_name_the_store_would_refuse_is_told_at_once(url, what):
 @pytest.mark.parametrize("url", ["s3://cloudmic", "s3://my.bucket-2/p",
                                  "s3://Old_Bucket_Before_2018/p",  # AWS us-east-1's old rule
                                  "gs://my_bucket.example.org/p", "az://my-container/p",
-                                 "az://$web/index.html", "https://example.org/x",
-                                 "az://my-container@acc.blob.core.windows.net/p"])
+                                 "az://$web/index.html", "https://example.org/x"])
 def test_names_each_store_accepts_parse(url):
     assert Location.parse(url).url == url

@@ -62,9 +62,8 @@ class Backend:
         if not bucket:
             raise StoreError(f"{text}: this URL needs a bucket or container, like "
                              f"{self.example}")
-        name = bucket.partition("@")[0]  # az://container@account.host/... names its account
-        if self.bucket_name is not None and not self.bucket_name.fullmatch(name):
-            raise StoreError(f"{text}: {name!r} is not {self.bucket_rule}; name one like "
+        if self.bucket_name is not None and not self.bucket_name.fullmatch(bucket):
+            raise StoreError(f"{text}: {bucket!r} is not {self.bucket_rule}; name one like "
                              f"{self.example}")
         return text.rstrip("/")
 

@@ -26,7 +26,7 @@ class GCSBackend(Backend):
     credentials_hint = "GOOGLE_APPLICATION_CREDENTIALS (a service-account key file)"
     example = "gs://my-bucket/prefix"
     # Google's rule (up to 222 characters when the name holds dots: a domain name)
-    bucket_name = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
+    bucket_name = re.compile(r"(?=[^.]{3,63}$|(?=.*\.).{3,222}$)[a-z0-9][a-z0-9._-]*[a-z0-9]")
     bucket_rule = ("a Google Cloud Storage bucket name (3-63 lower-case letters, digits, "
                    "hyphens, underscores and dots, starting and ending with a letter or "
                    "digit)")
