@@ -1,4 +1,5 @@
-"""Sizes for people (``12.3 MB``): one spelling for the CLI, the catalog page and reports."""
+"""Sizes and durations for people (``12.3 MB``, ``4.2 min``): one spelling for the CLI, the
+catalog page and reports."""
 
 from __future__ import annotations
 
@@ -14,3 +15,8 @@ def human_bytes(n: Any) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1000
     return f"{n:.1f} TB"
+
+
+def human_seconds(t: float) -> str:
+    """Seconds under 2 minutes, minutes under 2 hours, else hours."""
+    return f"{t:.0f} s" if t < 120 else f"{t / 60:.1f} min" if t < 7200 else f"{t / 3600:.1f} h"

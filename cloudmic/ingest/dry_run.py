@@ -20,7 +20,7 @@ import numpy as np
 from cloudmic.datasets import get_adapter
 from cloudmic.datasets.base import Inventory
 from cloudmic.errors import SourceError
-from cloudmic.humanize import human_bytes
+from cloudmic.humanize import human_bytes, human_seconds
 from cloudmic.ingest.plan import plan_units
 from cloudmic.manifest import load_manifest
 from cloudmic.sources import resolve_source
@@ -99,10 +99,8 @@ class IngestPlan:
             lines.append("  time and memory: no rate measured for this dataset yet (bench/); "
                          "none estimated")
         else:
-            t = self.seconds_estimate
-            took = (f"{t:.0f} s" if t < 120 else f"{t / 60:.1f} min" if t < 7200
-                    else f"{t / 3600:.1f} h")
-            lines.append(f"  estimate with the CLI defaults on a 2-core machine: {took}, peak "
+            lines.append(f"  estimate with the CLI defaults on a 2-core machine: "
+                         f"{human_seconds(self.seconds_estimate)}, peak "
                          f"{self.peak_mb_estimate:.0f} MB for {self.peak_of} "
                          f"({self.rate})")
         return "\n".join(lines)

@@ -64,3 +64,12 @@ def test_each_rate_is_the_line_through_the_bench_runs_it_names(dataset):
     assert rate.peak_mb == pytest.approx(max(r["ingest"]["peak_tree_mb"] for r in runs), abs=1)
     assert rate.compression == pytest.approx(measured["array_bytes"] / measured["zarr_bytes"],
                                              rel=0.01)
+
+
+@pytest.mark.parametrize("seconds, said", [(4.4, "4 s"), (119, "119 s"), (120, "2.0 min"),
+                                           (5400, "90.0 min"), (7200, "2.0 h"),
+                                           (17_600, "4.9 h")])
+def test_estimates_read_in_seconds_minutes_or_hours(seconds, said):
+    from cloudmic.humanize import human_seconds
+
+    assert human_seconds(seconds) == said
